@@ -1,0 +1,268 @@
+"""The pipeline config: one pydantic model per section.
+
+These models are the single source of truth: the YAML file, `--set`
+overrides, the Prefect flow parameters and the UI's parameter form are all
+this schema. Sections forbid unknown keys so typos fail fast; a plugin
+reference (`{name: ..., <params>}`) keeps its extra keys for the plugin's own
+params model, which `core.validation` checks against the registries.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, NonNegativeFloat, NonNegativeInt,
+                      PositiveFloat, PositiveInt, ValidationError, field_validator, model_validator)
+
+from core.errors import ConfigError
+
+STAGES = ("acquire", "augment", "pretrain", "finetune", "evaluate", "export")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class PluginRef(BaseModel):
+    """A plugin by name plus its parameters, written flat: `{name: focal, gamma: 2}`.
+
+    A bare string is shorthand for `{name: <string>}`.
+    """
+
+    model_config = ConfigDict(extra="allow")
+    name: str = Field(description="Registered plugin name (see `graft plugins`).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+def _learning_rate(value: Any) -> Any:
+    """A positive number, or `[lo, hi]` with 0 < lo <= hi (fastai's slice(lo, hi))."""
+    if isinstance(value, str):
+        value = yaml.safe_load(value)
+    if isinstance(value, (list, tuple)):
+        if len(value) != 2:
+            raise ValueError(f"expected a number or [lo, hi], got a list of {len(value)}")
+        lo, hi = (_positive(v) for v in value)
+        if lo > hi:
+            raise ValueError(f"[lo, hi] needs lo <= hi, got [{lo}, {hi}]")
+        return [lo, hi]
+    return _positive(value)
+
+
+def _positive(value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"learning rate must be a number, got {value!r}") from None
+    if not number > 0:
+        raise ValueError(f"learning rate must be > 0, got {value}")
+    return number
+
+
+LearningRate = Annotated[float | list[float], BeforeValidator(_learning_rate)]
+ClassList = Annotated[list[str] | None, BeforeValidator(lambda v: None if v is None else [str(c) for c in v])]
+
+
+class SplitConfig(Section):
+    val: float = Field(0.1, ge=0, lt=1, description="Fraction of each class held out for validation.")
+    test: float = Field(0.2, ge=0, lt=1, description="Fraction of each class held out for the final test.")
+    seed: int = Field(0, description="Seed of the stratified split (independent of the training seed).")
+
+    @model_validator(mode="after")
+    def _room_for_training(self) -> SplitConfig:
+        if self.val + self.test >= 1:
+            raise ValueError(f"val + test must be < 1, got {self.val} + {self.test}")
+        return self
+
+
+class SourceConfig(BaseModel):
+    """`kind` selects a data-source plugin; the other keys are its parameters."""
+
+    model_config = ConfigDict(extra="allow")
+    kind: str = Field("sklearn-digits", description="Data-source plugin (sklearn-digits, folder, ...).")
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class DataConfig(Section):
+    source: SourceConfig = Field(default_factory=SourceConfig, description="Where the images come from.")
+    image_size: PositiveInt = Field(32, description="Images are resized to image_size × image_size pixels.")
+    channels: Literal[1, 3] = Field(3, description="1 = grayscale, 3 = RGB.")
+    mean: list[float] = Field([0.5], description="Per-channel normalisation mean (one value = all channels).")
+    std: list[PositiveFloat] = Field([0.5], description="Per-channel normalisation std.")
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    cache_dir: str = Field(".graft/datasets", description="Content-addressed Arrow store (any fsspec URL).")
+    batch_size: PositiveInt = Field(64, description="Training batch size.")
+    num_workers: NonNegativeInt = Field(0, description="DataLoader worker processes (0 = in the main process).")
+
+
+class ModelConfig(BaseModel):
+    """The backbone shared by pretraining and fine-tuning; extra keys go to the family's build."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+    family: str = Field("resnet", description="Model-family plugin (resnet, vit, ...).")
+    variant: str = Field("tiny", description="Variant within the family (see `graft plugins`).")
+    weights: str | None = Field(None, description="Initial weights: a local or fsspec .safetensors file (head keys are dropped).")
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class AugmentConfig(Section):
+    train: list[PluginRef] = Field(default_factory=list, description="Augmentations applied while training.")
+    eval: list[PluginRef] = Field(default_factory=list, description="Transforms applied at evaluation.")
+    preview: NonNegativeInt = Field(8, description="Images in the augmentation preview grid (0 = none).")
+
+
+class TrainingConfig(Section):
+    classes: ClassList = Field(None, description="Class filter: only these class names, relabelled 0..k-1.")
+    epochs: NonNegativeInt = Field(3, description="Epochs of training.")
+    lr: LearningRate = Field(1e-3, description="Learning rate; [lo, hi] spreads it geometrically input→head.")
+    weight_decay: NonNegativeFloat = Field(0.01, description="Decoupled weight decay (not on norms and biases).")
+    optimizer: Literal["adamw", "sgd"] = Field("adamw", description="Optimizer.")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum.")
+    schedule: Literal["one-cycle", "cosine", "constant"] = Field("one-cycle", description="LR schedule per phase.")
+    warmup: float = Field(0.25, ge=0, lt=1, description="Fraction of each phase spent warming up.")
+    batch_size: PositiveInt | None = Field(None, description="Overrides data.batch_size for this stage.")
+    loss: PluginRef = Field(default_factory=lambda: PluginRef(name="cross-entropy"), description="Loss plugin.")
+
+
+class PretrainConfig(TrainingConfig):
+    enabled: bool = Field(True, description="Run pretraining; when off, fine-tuning starts from model.weights or scratch.")
+    pretext: PluginRef = Field(default_factory=lambda: PluginRef(name="supervised"), description="Pretext task plugin.")
+
+
+class FinetuneConfig(TrainingConfig):
+    freeze_epochs: NonNegativeInt = Field(1, description="Head-only epochs with the body frozen, before the rest.")
+    pretrained: bool = Field(True, description="Start from the pretrain stage's backbone when this run has one.")
+
+
+class EvaluateConfig(Section):
+    split: Literal["test", "val"] = Field("test", description="Split to evaluate on.")
+
+
+class ExportConfig(Section):
+    formats: list[str] = Field(["torchscript", "onnx", "safetensors"], description="Exporter plugins to run.")
+    tolerance: PositiveFloat = Field(1e-4, description="Largest allowed |exported − eager| on a real batch.")
+    batch: PositiveInt = Field(8, description="Images in the verification batch.")
+
+
+class PipelineConfig(Section):
+    """A whole transfer-learning pipeline: acquire → augment → pretrain → finetune → evaluate → export."""
+
+    name: str = Field("transfer", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="Pipeline name; runs go under artifact_root/name/.")
+    artifact_root: str = Field("./.graft/runs", description="Where runs are written (any fsspec URL).")
+    device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$", description="auto, cpu, cuda, cuda:N or mps.")
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="Mixed precision policy.")
+    seed: int = Field(0, description="Seed for weights init, shuffling and augmentation.")
+    plugins: list[str] = Field(default_factory=list, description="Extra plugin modules or .py files to load.")
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+
+    @field_validator("artifact_root")
+    @classmethod
+    def _not_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+
+# --- loading --------------------------------------------------------------------
+
+
+def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
+    """One line per problem, each starting with the dotted field path."""
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
+        path = ".".join(filter(None, [prefix, loc])) or "config"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field"
+        lines.append(f"{path}: {msg}")
+    return "\n".join(lines)
+
+
+def apply_override(data: dict[str, Any], assignment: str) -> None:
+    """Apply one `--set a.b.c=value`; the value is parsed as YAML (numbers, lists, ...)."""
+    key, sep, raw = assignment.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {assignment}: expected FIELD=VALUE, e.g. finetune.epochs=3")
+    parts = key.strip().split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        elif isinstance(child, str) and part in ("loss", "pretext"):
+            child = node[part] = {"name": child}
+        elif not isinstance(child, dict):
+            raise ConfigError(f"--set {assignment}: '{part}' is not a section")
+        node = child
+    try:
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        node[parts[-1]] = raw
+
+
+def parse_config(data: Any, source: str = "config") -> PipelineConfig:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections at the top level, got {type(data).__name__}")
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: YAML syntax error: {exc.problem}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: YAML syntax error: {exc}") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    return data or {}
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> PipelineConfig:
+    data = read_yaml(path)
+    for assignment in overrides:
+        apply_override(data, assignment)
+    return parse_config(data, str(path))
+
+
+def parse_stages(text: str | None) -> list[str]:
+    if not text:
+        return list(STAGES)
+    names = [s.strip() for s in re.split(r"[,\s]+", text) if s.strip()]
+    unknown = [s for s in names if s not in STAGES]
+    if unknown:
+        raise ConfigError(f"--stages: unknown stage '{unknown[0]}'; stages are {', '.join(STAGES)}")
+    return [s for s in STAGES if s in names]

@@ -1,0 +1,1 @@
+"""Data: the content-addressed Arrow store, splits, and loaders over it."""

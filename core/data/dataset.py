@@ -1,0 +1,118 @@
+"""Torch datasets and loaders over the Arrow store.
+
+Decoding (torchvision.io) and per-sample transforms run in DataLoader workers;
+the store itself is memory-mapped, so a worker holds offsets, not copies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchvision.io import ImageReadMode, decode_image
+from torchvision.transforms import v2
+
+from core.data.store import read_info, read_table
+from core.errors import DataError
+
+
+@dataclass
+class Selection:
+    """Rows of one split, optionally restricted to some classes and relabelled 0..k-1."""
+
+    images: pa.Array
+    labels: np.ndarray
+    class_names: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def select(store_url: str, split: str | Sequence[str], classes: Sequence[str] | None, field: str) -> Selection:
+    """Rows of `split` whose class is in `classes` (all when None); `field` names the config for errors."""
+    info = read_info(store_url)
+    table = read_table(store_url)
+    names = info.class_names
+    if classes is None:
+        wanted = list(names)
+    else:
+        unknown = [c for c in classes if c not in names]
+        if unknown:
+            raise DataError(f"{field}: class '{unknown[0]}' is not in the data; classes are {', '.join(names)}")
+        wanted = list(classes)
+    splits = [split] if isinstance(split, str) else list(split)
+    old_ids = [names.index(c) for c in wanted]
+    mask = pc.and_(pc.is_in(table["split"], pa.array(splits)),
+                   pc.is_in(table["label"], pa.array(old_ids, pa.int32())))
+    rows = table.filter(mask)
+    remap = np.full(len(names), -1, dtype=np.int64)
+    remap[old_ids] = np.arange(len(old_ids))
+    labels = remap[rows["label"].to_numpy()]
+    return Selection(images=rows["image"].combine_chunks(), labels=labels, class_names=wanted)
+
+
+def require_classes(sel: Selection, split: str, field: str, minimum: int = 2) -> None:
+    present = np.unique(sel.labels)
+    if len(sel) == 0:
+        raise DataError(f"{field}: the {split} split is empty for classes {', '.join(sel.class_names)}")
+    if len(present) < minimum:
+        raise DataError(
+            f"{field}: the {split} split has {len(present)} class(es); training a classifier needs at least {minimum}"
+        )
+
+
+def base_transform(image_size: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    return v2.Resize((image_size, image_size), antialias=True)
+
+
+def normalizer(mean: Sequence[float], std: Sequence[float], channels: int) -> v2.Transform:
+    def per_channel(values: Sequence[float]) -> list[float]:
+        return list(values) * channels if len(values) == 1 else list(values)
+    return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(per_channel(mean), per_channel(std))])
+
+
+class ArrowImageDataset(Dataset):
+    """Decodes encoded images from an Arrow column; returns (float tensor, label)."""
+
+    def __init__(self, sel: Selection, channels: int, image_size: int,
+                 sample_transforms: Sequence[Callable] = (), normalize: Callable | None = None):
+        self.images = sel.images
+        self.labels = torch.as_tensor(sel.labels, dtype=torch.long)
+        self.mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
+        self.resize = base_transform(image_size)
+        self.augment = v2.Compose(list(sample_transforms)) if sample_transforms else None
+        self.normalize = normalize
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def decode(self, i: int) -> torch.Tensor:
+        raw = self.images[i].as_buffer()
+        data = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
+        try:
+            image = decode_image(data, mode=self.mode)
+        except RuntimeError as exc:
+            raise DataError(f"image #{i} of the data store cannot be decoded: {exc}") from exc
+        return self.resize(image)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image = self.decode(i)
+        if self.augment is not None:
+            image = self.augment(image)
+        if self.normalize is not None:
+            image = self.normalize(image)
+        return image, self.labels[i]
+
+
+def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: int, seed: int,
+                pin_memory: bool = False, drop_last: bool = False) -> DataLoader:
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, generator=generator,
+        pin_memory=pin_memory, drop_last=drop_last, persistent_workers=num_workers > 0,
+    )

@@ -1,0 +1,187 @@
+"""Find plugins, register them with pluggy, and gather what they provide.
+
+Callers use `PluginHost` (tox 4's facade style) and never touch `pm.hook`.
+Plugins come from three places, in this order:
+  1. the `graft.plugins` entry points (our built-ins are declared there too, so
+     a stranger's plugin is found exactly like ours),
+  2. modules named in the config's `plugins:` list,
+  3. modules or `.py` files named in `GRAFT_PLUGINS` (comma-separated).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata as metadata
+import importlib.util
+import logging
+import os
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pluggy
+
+from core import hookspecs
+from core.errors import PluginError
+from core.registry import Registry
+from core.specs import AugmentationSpec, DataSource, Exporter, LossSpec, ModelFamily, PretextTask
+
+log = logging.getLogger("graft.plugins")
+
+ENTRY_POINT_GROUP = "graft.plugins"
+ENV_VAR = "GRAFT_PLUGINS"
+OWN_DISTRIBUTION = "graftflow"
+
+# registration hook → (registry attribute, spec class, human label)
+_REGISTRATIONS = {
+    "graft_model_families": ("families", ModelFamily, "model family"),
+    "graft_losses": ("losses", LossSpec, "loss"),
+    "graft_data_sources": ("sources", DataSource, "data source"),
+    "graft_augmentations": ("augmentations", AugmentationSpec, "augmentation"),
+    "graft_pretext_tasks": ("pretexts", PretextTask, "pretext task"),
+    "graft_exporters": ("exporters", Exporter, "exporter"),
+}
+_EVENTS = ("graft_on_stage_start", "graft_on_stage_end", "graft_on_epoch_end", "graft_on_checkpoint")
+
+
+@dataclass(frozen=True)
+class PluginOrigin:
+    name: str
+    origin: str  # "builtin", "entry point", "config", "GRAFT_PLUGINS"
+    version: str
+
+
+def _import_plugin(ref: str, where: str) -> ModuleType:
+    """Import a dotted module name or a `.py` path; failures name the plugin and where it was asked for."""
+    try:
+        if ref.endswith(".py") or os.sep in ref:
+            path = Path(ref).expanduser().resolve()
+            if not path.is_file():
+                raise PluginError(f"{where}: plugin file '{ref}' does not exist")
+            mod_name = f"graft_plugin_{path.stem}"
+            spec = importlib.util.spec_from_file_location(mod_name, path)
+            if spec is None or spec.loader is None:
+                raise PluginError(f"{where}: cannot load plugin file '{ref}'")
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[mod_name] = module
+            spec.loader.exec_module(module)
+            return module
+        return importlib.import_module(ref)
+    except PluginError:
+        raise
+    except Exception as exc:  # a plugin's own import error, reported as such
+        raise PluginError(f"{where}: plugin '{ref}' failed to import: {type(exc).__name__}: {exc}") from exc
+
+
+class PluginHost:
+    """All registered plugins and the registries they filled."""
+
+    def __init__(
+        self,
+        config_plugins: Iterable[str] = (),
+        env: Mapping[str, str] | None = None,
+        use_entry_points: bool = True,
+    ):
+        env = os.environ if env is None else env
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT)
+        self.pm.add_hookspecs(hookspecs)
+        self.origins: dict[str, PluginOrigin] = {}
+        if use_entry_points:
+            self._load_entry_points()
+        for ref in config_plugins:
+            self._register(_import_plugin(ref, "plugins"), ref, "config")
+        for ref in filter(None, (s.strip() for s in env.get(ENV_VAR, "").split(","))):
+            self._register(_import_plugin(ref, ENV_VAR), ref, ENV_VAR)
+        try:
+            self.pm.check_pending()
+        except pluggy.PluginValidationError as exc:
+            raise PluginError(f"invalid plugin: {exc}") from exc
+        self.families: Registry[ModelFamily] = Registry("model_family", "model family")
+        self.losses: Registry[LossSpec] = Registry("loss", "loss")
+        self.sources: Registry[DataSource] = Registry("data_source", "data source")
+        self.augmentations: Registry[AugmentationSpec] = Registry("augmentation", "augmentation")
+        self.pretexts: Registry[PretextTask] = Registry("pretext", "pretext task")
+        self.exporters: Registry[Exporter] = Registry("exporter", "exporter")
+        self._collect()
+
+    # -- discovery -------------------------------------------------------------
+    def _load_entry_points(self) -> None:
+        for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+            dist = getattr(ep, "dist", None)
+            dist_name = dist.name if dist else "?"
+            version = dist.version if dist else "?"
+            origin = "builtin" if dist_name == OWN_DISTRIBUTION else f"entry point ({dist_name})"
+            try:
+                module = ep.load()
+            except Exception as exc:
+                raise PluginError(
+                    f"entry point '{ep.name}' ({ep.value}) of {dist_name} failed to load: {type(exc).__name__}: {exc}"
+                ) from exc
+            self._register(module, ep.value, origin, version)
+
+    def _register(self, plugin: Any, name: str, origin: str, version: str | None = None) -> None:
+        name = getattr(plugin, "__name__", name)
+        if self.pm.get_plugin(name) is not None or self.pm.is_registered(plugin):
+            return  # the same module named twice (entry point and config): one registration
+        if version is None:
+            version = str(getattr(plugin, "__version__", "-"))
+        try:
+            self.pm.register(plugin, name=name)
+        except Exception as exc:
+            raise PluginError(f"plugin '{name}' ({origin}) cannot be registered: {exc}") from exc
+        self.origins[name] = PluginOrigin(name, origin, version)
+
+    def _collect(self) -> None:
+        for hook_name, (attr, spec_cls, label) in _REGISTRATIONS.items():
+            registry: Registry = getattr(self, attr)
+            for impl in getattr(self.pm.hook, hook_name).get_hookimpls():  # registration order
+                plugin = impl.plugin_name
+                try:
+                    specs = impl.function() or []
+                except Exception as exc:
+                    raise PluginError(f"plugin '{plugin}' failed in {hook_name}: {type(exc).__name__}: {exc}") from exc
+                for spec in specs:
+                    if not isinstance(spec, spec_cls):
+                        raise PluginError(
+                            f"plugin '{plugin}' returned {type(spec).__name__} from {hook_name}; expected {spec_cls.__name__}"
+                        )
+                    registry.add(spec, plugin, self.origins[plugin].origin)
+
+    # -- queries ---------------------------------------------------------------
+    def registries(self) -> list[Registry]:
+        return [getattr(self, attr) for attr, _, _ in _REGISTRATIONS.values()]
+
+    def listing(self) -> list[dict[str, str]]:
+        """Every registered item (and every observer plugin): kind, name, plugin, origin, version."""
+        rows = []
+        for registry in self.registries():
+            for name, entry in registry.entries():
+                origin = self.origins[entry.plugin]
+                rows.append(
+                    {"kind": registry.kind, "name": name, "plugin": entry.plugin,
+                     "origin": origin.origin, "version": origin.version}
+                )
+        for plugin_name, origin in sorted(self.origins.items()):
+            plugin = self.pm.get_plugin(plugin_name)
+            hooks = [e for e in _EVENTS if hasattr(plugin, e)]
+            if hooks:
+                rows.append(
+                    {"kind": "observer", "name": plugin_name, "plugin": plugin_name,
+                     "origin": origin.origin, "version": origin.version}
+                )
+        return rows
+
+    # -- events ----------------------------------------------------------------
+    def notify(self, event: str, **kwargs: Any) -> None:
+        """Call every observer of `event`; one that raises is logged and skipped."""
+        if event not in _EVENTS:
+            raise ValueError(f"unknown event {event}")
+        for impl in getattr(self.pm.hook, event).get_hookimpls():
+            try:
+                impl.function(**{k: kwargs[k] for k in impl.argnames})
+            except Exception as exc:
+                log.warning("observer plugin '%s' failed in %s and was skipped: %s: %s",
+                            impl.plugin_name, event, type(exc).__name__, exc)

@@ -1,0 +1,165 @@
+"""The typed objects plugins hand to the core.
+
+Registration hooks return lists of these. They are plain frozen dataclasses so
+that a plugin in one file can build them without touching our internals, and
+so that the registries can list them (`graft plugins`) with their origin.
+
+Every spec that takes user parameters may name a pydantic `params_model`; the
+core validates the YAML against it before any stage runs, so a typo in
+`finetune.loss.label_smothing` is a one-line error, not a crash mid-training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:  # torch is heavy; specs are imported by `graft plugins` too.
+    import torch
+    from torch import nn
+
+
+@dataclass(frozen=True)
+class LayerGroup:
+    """A slice of the network, ordered input→head: the unit of freezing and of LRs."""
+
+    name: str
+    params: tuple[str, ...]  # names as in model.named_parameters()
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """An architecture family.
+
+    `build(variant, num_classes=, in_chans=, image_size=, **params)` returns a
+    fresh nn.Module whose classifier has `num_classes` outputs (0 = features only).
+    `layer_groups(model)` partitions every parameter, input→head; the last group
+    is the head, which fine-tuning replaces and trains first.
+    """
+
+    name: str
+    variants: Mapping[str, str]  # variant → one-line description
+    build: Callable[..., nn.Module]
+    layer_groups: Callable[[nn.Module], list[LayerGroup]]
+    reset_head: Callable[[nn.Module, int], None]
+    capabilities: frozenset[str] = frozenset()  # e.g. {"channels_last", "masked-image-modeling"}
+    params_model: type | None = None
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """`factory(**params)` → nn.Module called as `loss(logits_or_features, target)`."""
+
+    name: str
+    kind: Literal["classification", "pretext", "auxiliary"]
+    factory: Callable[..., nn.Module]
+    params_model: type | None = None
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One image as a source yields it: encoded bytes (PNG/JPEG/...) and its label."""
+
+    image: bytes
+    label: str
+    source: str  # where it came from: a path or URL, for provenance
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """Where images come from.
+
+    `check(params)` is cheap and runs before any stage (e.g. "path does not exist").
+    `fingerprint(params)` identifies the remote content: equal fingerprints mean
+    the content-addressed store can be reused without reading a single image.
+    `load(params, workdir)` yields ImageRecords; it may download into workdir.
+    """
+
+    name: str
+    load: Callable[[Any, Path], Iterable[ImageRecord]]
+    fingerprint: Callable[[Any], str]
+    check: Callable[[Any], None] = lambda params: None
+    params_model: type | None = None
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class AugmentationSpec:
+    """`factory(**params)` → a callable on uint8 image tensors (C,H,W) or batches.
+
+    `placement` says where it runs: "sample" in DataLoader workers, "batch" on
+    the training device after collation.
+    """
+
+    name: str
+    factory: Callable[..., Callable]
+    placement: Literal["sample", "batch"] = "sample"
+    params_model: type | None = None
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class PretextContext:
+    """What a pretext task needs to build its pretraining module."""
+
+    family: ModelFamily
+    variant: str
+    model_params: Mapping[str, Any]
+    in_chans: int
+    image_size: int
+    num_classes: int  # classes in the pretraining data (0 when unlabeled)
+    make_loss: Callable[[], nn.Module] | None  # the configured pretrain loss
+
+
+class PretextModule:  # documented protocol; implementations subclass nn.Module
+    """A pretraining wrapper: `step(images, labels) → loss` and `backbone`.
+
+    `backbone` is a model of the configured family whose state_dict is handed to
+    fine-tuning; keys of its head group are dropped at hand-off.
+    """
+
+    backbone: nn.Module
+
+    def step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class PretextTask:
+    """A way to pretrain a backbone; `build(ctx, **params)` → a PretextModule."""
+
+    name: str
+    build: Callable[..., Any]
+    needs_labels: bool
+    families: frozenset[str] | None = None  # None: every family
+    params_model: type | None = None
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Exporter:
+    """Writes a trained model in a deployable format and checks it.
+
+    `export(model, example, dest)` writes files under dest and returns them;
+    `verify(files, example, rebuild)` runs the exported artifact on `example`
+    and returns its output, which the core compares with eager.
+    `rebuild()` gives a fresh, untrained model of the same architecture.
+    """
+
+    name: str
+    export: Callable[[nn.Module, torch.Tensor, Path], Sequence[Path]]
+    verify: Callable[[Sequence[Path], torch.Tensor, Callable[[], nn.Module]], torch.Tensor]
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What observers (event hooks) learn about a run; never the model itself."""
+
+    name: str
+    run_id: str
+    url: str
+    config: Mapping[str, Any] = field(default_factory=dict)

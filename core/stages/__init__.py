@@ -1,0 +1,12 @@
+"""The six stages as plain functions; pipelines/ wraps each in a Prefect flow."""
+
+from core.stages import acquire, augment, evaluate, export, finetune, pretrain
+
+STAGE_FUNCTIONS = {
+    "acquire": acquire.run,
+    "augment": augment.run,
+    "pretrain": pretrain.run,
+    "finetune": finetune.run,
+    "evaluate": evaluate.run,
+    "export": export.run,
+}

@@ -1,0 +1,114 @@
+"""What every stage gets and gives back, and the one place stages are run.
+
+A stage is a plain function `run(ctx) → StageResult`. It writes only into
+`ctx.out`, a local staging directory that is published as
+`<run>/<stage>/` when the stage succeeds and thrown away when it fails.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from core import storage
+from core.config import PipelineConfig
+from core.device import DevicePolicy, Hardware, apply_backend_settings, resolve_policy
+from core.plugin_manager import PluginHost
+from core.runs import Run, deep_merge
+
+log = logging.getLogger("graft.stage")
+
+
+@dataclass
+class Artifact:
+    """Something worth showing a person; pipelines turn these into Prefect artifacts."""
+
+    kind: str  # "table", "image", "markdown"
+    key: str
+    description: str
+    rows: list[dict[str, Any]] | None = None  # table
+    path: str | None = None  # image: relative to the stage dir
+    markdown: str | None = None
+
+
+@dataclass
+class StageResult:
+    outputs: dict[str, str] = field(default_factory=dict)  # name → path relative to the stage dir
+    summary: dict[str, Any] = field(default_factory=dict)  # merged into summary.json
+    artifacts: list[Artifact] = field(default_factory=list)
+    status: str = "completed"  # or "skipped"
+
+
+@dataclass
+class StageContext:
+    stage: str
+    config: PipelineConfig
+    host: PluginHost
+    run: Run
+    policy: DevicePolicy
+    out: Path
+
+    def input(self, stage: str, name: str) -> Path:
+        """A local path to an output of an earlier stage of this run."""
+        return storage.local_copy(self.run.output(stage, name, needed_by=self.stage))
+
+    def epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
+        self.host.notify("graft_on_epoch_end", run=self.run.info(), stage=self.stage, epoch=epoch, metrics=metrics)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def device_policy(config: PipelineConfig, host: PluginHost) -> DevicePolicy:
+    family = host.families.get(config.model.family, "model.family")
+    policy = resolve_policy(config.device, config.precision, Hardware.probe(),
+                            conv_net="channels_last" in family.capabilities)
+    apply_backend_settings(policy)
+    return policy
+
+
+def execute_stage(stage: str, config: PipelineConfig, run: Run, host: PluginHost) -> dict[str, Any]:
+    """Run one stage and record it; returns the stage's entry of summary.json plus its artifacts."""
+    from core.stages import STAGE_FUNCTIONS
+
+    policy = device_policy(config, host)
+    final_url = run.stage_url(stage)
+    staging = storage.local_staging_dir(final_url)
+    ctx = StageContext(stage, config, host, run, policy, staging)
+    run.update(lambda s: s["stages"].__setitem__(stage, {"status": "running"}))
+    host.notify("graft_on_stage_start", run=run.info(), stage=stage)
+    seed_everything(config.seed)
+    start = time.perf_counter()
+    try:
+        result = STAGE_FUNCTIONS[stage](ctx)
+        seconds = round(time.perf_counter() - start, 3)
+        storage.publish_dir(staging, final_url)
+    except BaseException as exc:
+        storage.discard_dir(staging)
+        seconds = round(time.perf_counter() - start, 3)
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        run.update(lambda s: s["stages"].__setitem__(stage, {"status": "failed", "seconds": seconds, "error": message}))
+        host.notify("graft_on_stage_end", run=run.info(), stage=stage, status="failed", seconds=seconds, outputs={})
+        raise
+    entry = {"status": result.status, "seconds": seconds, "outputs": result.outputs}
+
+    def record(summary: dict[str, Any]) -> None:
+        summary["stages"][stage] = entry
+        summary["device"] = policy.as_summary()
+        deep_merge(summary, result.summary)
+
+    run.update(record)
+    host.notify("graft_on_stage_end", run=run.info(), stage=stage, status=result.status, seconds=seconds,
+                outputs=result.outputs)
+    log.info("stage %s %s in %.1fs", stage, result.status, seconds)
+    return {"stage": stage, **entry, "url": final_url, "artifacts": result.artifacts}

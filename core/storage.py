@@ -1,0 +1,102 @@
+"""fsspec paths and atomic writes.
+
+Every location in graftflow is an fsspec URL. Training code needs local files
+(torch, onnx and safetensors write to paths), so a stage writes into a local
+staging directory and `publish_dir` moves it into place in one step: a crash
+never leaves a half-written stage where the next run would trust it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+
+def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    fs, path = fsspec.core.url_to_fs(url)
+    return fs, path
+
+
+def is_local(url: str) -> bool:
+    return isinstance(filesystem(url)[0], LocalFileSystem)
+
+
+def join(url: str, *parts: str) -> str:
+    return "/".join([url.rstrip("/"), *(p.strip("/") for p in parts)])
+
+
+def write_json(url: str, data: Any) -> None:
+    """Write JSON atomically: a temp sibling then a rename (or a single put)."""
+    text = json.dumps(data, indent=2, sort_keys=False, default=str)
+    fs, path = filesystem(url)
+    fs.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    with fs.open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    if isinstance(fs, LocalFileSystem):
+        os.replace(tmp, path)
+    else:
+        fs.mv(tmp, path)
+
+
+def read_json(url: str) -> Any:
+    fs, path = filesystem(url)
+    with fs.open(path, "r", encoding="utf-8") as f:
+        return json.load(f)
+
+
+def exists(url: str) -> bool:
+    fs, path = filesystem(url)
+    return fs.exists(path)
+
+
+def local_staging_dir(final_url: str) -> Path:
+    """A fresh local directory to write a stage into, next to its destination when local."""
+    fs, path = filesystem(final_url)
+    if isinstance(fs, LocalFileSystem):
+        parent = Path(path).parent
+        parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{Path(path).name}.partial-", dir=parent))
+    return Path(tempfile.mkdtemp(prefix="graft-stage-"))
+
+
+def publish_dir(local: Path, final_url: str) -> None:
+    """Replace `final_url` with the finished local directory in one step."""
+    fs, path = filesystem(final_url)
+    if isinstance(fs, LocalFileSystem):
+        if os.path.exists(path):
+            trash = f"{path}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(path, trash)
+            os.replace(local, path)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(local, path)
+        return
+    partial = f"{path}.partial-{uuid.uuid4().hex[:8]}"
+    fs.put(str(local), partial, recursive=True)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+    fs.mv(partial, path, recursive=True)
+    shutil.rmtree(local, ignore_errors=True)
+
+
+def discard_dir(local: Path) -> None:
+    shutil.rmtree(local, ignore_errors=True)
+
+
+def local_copy(url: str) -> Path:
+    """A local path to read `url` (a file or directory) with libraries that need one."""
+    fs, path = filesystem(url)
+    if isinstance(fs, LocalFileSystem):
+        return Path(path)
+    dest = Path(tempfile.mkdtemp(prefix="graft-read-")) / Path(path).name
+    fs.get(path, str(dest), recursive=fs.isdir(path))
+    return dest

@@ -1,0 +1,82 @@
+"""Optimizer parameter groups built from a family's layer groups.
+
+All groups are created once, at the start: freezing is `requires_grad`, never
+a rebuilt optimizer, so schedules and resumed optimizer state stay aligned.
+Each layer group becomes up to two optimizer groups (with and without weight
+decay: norms, biases and timm's `no_weight_decay()` names get none), and both
+carry the layer group's own learning rate in `base_lr`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from torch import nn
+
+from core.errors import PluginError
+from core.specs import LayerGroup
+
+
+def spread_lrs(lr: float | Sequence[float], n: int) -> list[float]:
+    """One LR per group, input→head. `[lo, hi]` is spread geometrically like fastai's `slice(lo, hi)`."""
+    if isinstance(lr, (int, float)):
+        return [float(lr)] * n
+    lo, hi = lr
+    if n == 1:
+        return [float(hi)]
+    step = (hi / lo) ** (1 / (n - 1))
+    return [lo * step**i for i in range(n)]
+
+
+@dataclass(frozen=True)
+class GroupRecord:
+    name: str
+    lr: float
+    n_params: int
+
+
+def check_partition(model: nn.Module, groups: Sequence[LayerGroup], family: str) -> None:
+    names = [n for n, _ in model.named_parameters()]
+    seen: dict[str, str] = {}
+    for group in groups:
+        for p in group.params:
+            if p in seen:
+                raise PluginError(f"model family '{family}': parameter '{p}' is in groups '{seen[p]}' and '{group.name}'")
+            seen[p] = group.name
+    missing = [n for n in names if n not in seen]
+    if missing:
+        raise PluginError(f"model family '{family}': layer_groups leave out parameter '{missing[0]}'")
+
+
+def build_param_groups(model: nn.Module, groups: Sequence[LayerGroup], lrs: Sequence[float],
+                       weight_decay: float) -> tuple[list[dict], list[GroupRecord]]:
+    params = dict(model.named_parameters())
+    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    opt_groups: list[dict] = []
+    records: list[GroupRecord] = []
+    for group, lr in zip(groups, lrs, strict=True):
+        decay = [params[n] for n in group.params if params[n].ndim > 1 and n not in skip]
+        no_decay = [params[n] for n in group.params if params[n].ndim <= 1 or n in skip]
+        for subset, wd in ((decay, weight_decay), (no_decay, 0.0)):
+            if subset:
+                opt_groups.append({"params": subset, "lr": lr, "base_lr": lr, "weight_decay": wd,
+                                   "layer_group": group.name})
+        records.append(GroupRecord(group.name, lr, sum(params[n].numel() for n in group.params)))
+    return opt_groups, records
+
+
+def set_trainable(model: nn.Module, groups: Sequence[LayerGroup], trainable: set[str]) -> None:
+    """Freeze every layer group not named in `trainable` (requires_grad only)."""
+    params = dict(model.named_parameters())
+    for group in groups:
+        for n in group.params:
+            params[n].requires_grad_(group.name in trainable)
+
+
+def make_optimizer(kind: str, param_groups: list[dict], momentum: float):
+    import torch
+
+    if kind == "sgd":
+        return torch.optim.SGD(param_groups, lr=param_groups[0]["lr"], momentum=momentum)
+    return torch.optim.AdamW(param_groups, lr=param_groups[0]["lr"])

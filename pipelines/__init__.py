@@ -1,0 +1,1 @@
+"""Prefect flows over the core's stages, the `graft` CLI, and example configs."""

@@ -1,0 +1,96 @@
+"""Vision Transformer family: small variants for tiny images plus timm's standard ones.
+
+Every variant is built for the configured `image_size`: the position embedding
+has one slot per patch, so the image size must be a multiple of the patch size,
+which is checked here rather than left to a shape error in the first forward.
+"""
+
+from __future__ import annotations
+
+import re
+
+import timm
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+from core import ConfigError, ModelFamily, hookimpl
+from plugins.models._timm import DropParams, reset_head, timm_layer_groups, unknown_variant, validate_params
+
+# variant → VisionTransformer kwargs; micro's patch size depends on the image (see _patch_size).
+SMALL = {
+    "micro": dict(embed_dim=64, depth=4, num_heads=4),
+    "tiny": dict(patch_size=4, embed_dim=192, depth=12, num_heads=3),
+}
+STANDARD = {"vit_tiny_patch16_224": 16, "vit_small_patch16_224": 16, "vit_base_patch16_224": 16}
+
+VARIANTS = {
+    "micro": "embed 64, depth 4, 4 heads, patch 4 (2 below 16 px); ~0.2M params, for 8–64 px images",
+    "tiny": "embed 192, depth 12, 3 heads, patch 4; ~5.3M params, for 16–64 px images",
+    "vit_tiny_patch16_224": "timm ViT-Ti/16 at the configured image size",
+    "vit_small_patch16_224": "timm ViT-S/16 at the configured image size",
+    "vit_base_patch16_224": "timm ViT-B/16 at the configured image size",
+}
+
+# timm's own matcher folds the final `norm` into the last block (MATCH_PREV_GROUP),
+# which suits layer-wise LR decay; for freezing we keep it a group of its own, so
+# unfreezing from the top goes head → norm → last block. Anything unmatched
+# (e.g. `fc_norm` with average pooling) lands in a group just before the head.
+MATCHER = {
+    "embed": r"^(?:cls_token|reg_token|pos_embed|patch_embed|norm_pre)",
+    "blocks": r"^blocks\.(\d+)\.",
+    "norm": r"^norm\.",
+}
+
+
+class ViTParams(DropParams):
+    """`model.drop_rate` and `model.drop_path_rate`."""
+
+
+def _patch_size(variant: str, image_size: int) -> int:
+    if variant == "micro":
+        return 4 if image_size >= 16 else 2
+    return SMALL[variant]["patch_size"] if variant in SMALL else STANDARD[variant]
+
+
+def build(variant: str, *, num_classes: int, in_chans: int, image_size: int, **params) -> nn.Module:
+    """A fresh, randomly initialised ViT for `image_size`×`image_size` inputs."""
+    params = validate_params(ViTParams, params)
+    if variant not in SMALL and variant not in STANDARD:
+        raise unknown_variant("vit", variant, VARIANTS)
+    patch = _patch_size(variant, image_size)
+    if image_size < patch or image_size % patch:
+        raise ConfigError(
+            f"model.variant: vit '{variant}' cuts images into {patch}×{patch} patches, "
+            f"so the image size must be a multiple of {patch}; got {image_size}"
+        )
+    common = dict(num_classes=num_classes, in_chans=in_chans, img_size=image_size, **params)
+    if variant in STANDARD:
+        return timm.create_model(variant, pretrained=False, **common)
+    return VisionTransformer(**{**SMALL[variant], "patch_size": patch, **common})
+
+
+def _rename(label: str) -> str:
+    """"embed" for the stem, "block3" for "blocks.3"."""
+    return "embed" if label == "stem" else re.sub(r"^blocks\.(\d+)$", r"block\1", label)
+
+
+def layer_groups(model: nn.Module):
+    """"embed", "block0".."blockN-1", "norm", "head" (only the classifier Linear)."""
+    return timm_layer_groups(model, matcher=MATCHER, rename=_rename)
+
+
+FAMILY = ModelFamily(
+    name="vit",
+    variants=VARIANTS,
+    build=build,
+    layer_groups=layer_groups,
+    reset_head=reset_head,
+    capabilities=frozenset({"masked-image-modeling"}),
+    params_model=ViTParams,
+    description="Vision Transformers (timm), built for the configured image size.",
+)
+
+
+@hookimpl
+def graft_model_families():
+    return [FAMILY]

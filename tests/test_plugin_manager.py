@@ -1,0 +1,143 @@
+"""Discovery, registries and the observer contract of the plugin core."""
+
+import json
+import textwrap
+
+import pytest
+
+from core.errors import PluginError
+from core.plugin_manager import PluginHost
+from conftest import graft
+
+EXTERNAL_LOSS = textwrap.dedent('''
+    """A stranger's plugin: one file, only pluggy and core's public API."""
+    import os
+    import pluggy
+    from torch import nn
+    from core import LossSpec
+
+    hookimpl = pluggy.HookimplMarker("graft")
+    __version__ = "0.3"
+
+    class Squared(nn.Module):
+        def forward(self, logits, target):
+            onehot = nn.functional.one_hot(target, logits.shape[1]).float()
+            return ((logits.softmax(1) - onehot) ** 2).sum(1).mean()
+
+    def make():
+        marker = os.environ.get("SQUARED_LOSS_MARKER")
+        if marker:
+            open(marker, "a").write("built\\n")
+        return Squared()
+
+    @hookimpl
+    def graft_losses():
+        return [LossSpec(name="squared-error", kind="classification", factory=make)]
+''')
+
+
+@pytest.fixture
+def external_plugin(tmp_path):
+    path = tmp_path / "elsewhere" / "squared_loss.py"
+    path.parent.mkdir()
+    path.write_text(EXTERNAL_LOSS)
+    return path
+
+
+def test_builtins_come_through_entry_points():
+    host = PluginHost(env={})
+    assert {"resnet", "vit"} <= set(host.families.names())
+    assert "cross-entropy" in host.losses and "sklearn-digits" in host.sources and "folder" in host.sources
+    assert "supervised" in host.pretexts
+    assert {"torchscript", "onnx", "safetensors"} <= set(host.exporters.names())
+    origins = {row["origin"] for row in host.listing()}
+    assert origins == {"builtin"}
+
+
+def test_env_plugin_file_is_registered_with_its_origin(external_plugin):
+    host = PluginHost(env={"GRAFT_PLUGINS": str(external_plugin)})
+    row = next(r for r in host.listing() if r["name"] == "squared-error")
+    assert row == {"kind": "loss", "name": "squared-error", "plugin": "graft_plugin_squared_loss",
+                   "origin": "GRAFT_PLUGINS", "version": "0.3"}
+
+
+def test_duplicate_name_names_both_plugins(tmp_path):
+    clash = tmp_path / "clash.py"
+    clash.write_text(textwrap.dedent('''
+        import pluggy
+        from torch import nn
+        from core import LossSpec
+        hookimpl = pluggy.HookimplMarker("graft")
+        @hookimpl
+        def graft_losses():
+            return [LossSpec(name="cross-entropy", kind="classification", factory=nn.CrossEntropyLoss)]
+    '''))
+    with pytest.raises(PluginError) as err:
+        PluginHost(env={"GRAFT_PLUGINS": str(clash)})
+    assert str(err.value) == ("loss 'cross-entropy' is registered twice: by plugin 'plugins.losses' "
+                              "and by plugin 'graft_plugin_clash'")
+
+
+def test_unknown_name_lists_available():
+    host = PluginHost(env={})
+    with pytest.raises(PluginError, match=r"model.family: unknown model family 'resnt'; available: .*resnet.*vit"):
+        host.families.get("resnt", "model.family")
+
+
+def test_bad_plugins_are_clear_errors(tmp_path):
+    broken = tmp_path / "broken.py"
+    broken.write_text("import no_such_module_xyz\n")
+    with pytest.raises(PluginError, match="GRAFT_PLUGINS: plugin '.*broken.py' failed to import: ModuleNotFoundError"):
+        PluginHost(env={"GRAFT_PLUGINS": str(broken)})
+    with pytest.raises(PluginError, match="plugin file 'nope.py' does not exist"):
+        PluginHost(env={"GRAFT_PLUGINS": "nope.py"})
+    typo = tmp_path / "typo.py"
+    typo.write_text("import pluggy\nhookimpl = pluggy.HookimplMarker('graft')\n"
+                    "@hookimpl\ndef graft_lossess():\n    return []\n")
+    with pytest.raises(PluginError, match="graft_lossess"):
+        PluginHost(env={"GRAFT_PLUGINS": str(typo)})
+    wrong = tmp_path / "wrong.py"
+    wrong.write_text("import pluggy\nhookimpl = pluggy.HookimplMarker('graft')\n"
+                     "@hookimpl\ndef graft_losses():\n    return ['not a spec']\n")
+    with pytest.raises(PluginError, match="returned str from graft_losses; expected LossSpec"):
+        PluginHost(env={"GRAFT_PLUGINS": str(wrong)})
+
+
+def test_failing_observer_is_logged_and_skipped(tmp_path, caplog):
+    obs = tmp_path / "observers.py"
+    obs.write_text(textwrap.dedent('''
+        import pluggy
+        hookimpl = pluggy.HookimplMarker("graft")
+        seen = []
+        class Bad:
+            @hookimpl
+            def graft_on_epoch_end(self, run, stage, epoch, metrics):
+                raise RuntimeError("tracker down")
+        class Good:
+            @hookimpl
+            def graft_on_epoch_end(self, stage, epoch):
+                seen.append((stage, epoch))
+        bad, good = Bad(), Good()
+        @hookimpl
+        def graft_on_stage_start(run, stage):
+            seen.append(("start", stage))
+    '''))
+    host = PluginHost(env={"GRAFT_PLUGINS": str(obs)})
+    module = host.pm.get_plugin("graft_plugin_observers")
+    host.pm.register(module.bad, name="bad-tracker")
+    host.pm.register(module.good, name="good-tracker")
+    host.notify("graft_on_epoch_end", run=None, stage="finetune", epoch=2, metrics={"loss": 1.0})
+    host.notify("graft_on_stage_start", run=None, stage="acquire")
+    assert module.seen == [("finetune", 2), ("start", "acquire")]
+    assert "observer plugin 'bad-tracker' failed in graft_on_epoch_end and was skipped" in caplog.text
+
+
+def test_graft_plugins_cli_lists_every_item_as_json(external_plugin):
+    proc = graft("plugins", "--json", env={"GRAFT_PLUGINS": str(external_plugin)})
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)
+    kinds = {r["kind"] for r in rows}
+    assert {"model_family", "loss", "data_source", "augmentation", "pretext", "exporter"} <= kinds
+    assert any(r["name"] == "squared-error" and r["origin"] == "GRAFT_PLUGINS" for r in rows)
+    table = graft("plugins", env={"GRAFT_PLUGINS": str(external_plugin)})
+    assert "squared-error" in table.stdout and "GRAFT_PLUGINS" in table.stdout
