@@ -26,6 +26,9 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
+bench: $(STAMP)
+	$(PY) -m tests.benchmarks $(BENCH_ARGS)
+
 lint-imports: $(STAMP)
 	$(VENV)/bin/lint-imports
 

@@ -201,8 +201,15 @@ def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
     return "\n".join(lines)
 
 
+PLUGIN_SELECTORS = ("name", "kind")
+
+
 def apply_override(data: dict[str, Any], assignment: str) -> None:
-    """Apply one `--set a.b.c=value`; the value is parsed as YAML (numbers, lists, ...)."""
+    """Apply one `--set a.b.c=value`; the value is parsed as YAML (numbers, lists, ...).
+
+    Setting a plugin reference's `name` (or a source's `kind`) to a different
+    plugin drops the parameters written for the previous one.
+    """
     key, sep, raw = assignment.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set {assignment}: expected FIELD=VALUE, e.g. finetune.epochs=3")
@@ -218,9 +225,14 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
             raise ConfigError(f"--set {assignment}: '{part}' is not a section")
         node = child
     try:
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
-        node[parts[-1]] = raw
+        value = raw
+    if parts[-1] in PLUGIN_SELECTORS and node.get(parts[-1]) not in (None, value):
+        # Another plugin is chosen: the old one's parameters mean nothing to it.
+        for key in [k for k in node if k != parts[-1]]:
+            del node[key]
+    node[parts[-1]] = value
 
 
 def parse_config(data: Any, source: str = "config") -> PipelineConfig:

@@ -52,6 +52,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     run = Run.open(config, args.run_id)  # an unwritable artifact_root fails here, before Prefect starts
 
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "graft")
+    os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
     # The ephemeral server's telemetry heartbeat races its own SQLite migrations ("database is locked").
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # A fresh PREFECT_HOME migrates its SQLite database first: ~20 s on 2 busy cores, Prefect's default limit.
@@ -67,7 +68,7 @@ def _print_summary(summary: dict[str, Any], path: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console(soft_wrap=True)  # paths and numbers stay on one line for scripts that read them
     table = Table(title=f"run {summary['run_id']}")
     table.add_column("stage")
     table.add_column("status")

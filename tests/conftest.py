@@ -1,16 +1,12 @@
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-DIGITS = ROOT / "pipelines" / "configs" / "digits.yaml"
-
 # Keep every test's Prefect state away from ~/.prefect.
 os.environ.setdefault("PREFECT_HOME", str(Path(os.environ.get("TMPDIR", "/tmp")) / f"graft-test-prefect-{os.getpid()}"))
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "graft")
+os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
@@ -39,10 +35,3 @@ def tiny_overrides(tmp_path):
         "augment.preview=4",
     ]
 
-
-def graft(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run the real `graft` console script in a subprocess."""
-    exe = Path(sys.executable).parent / "graft"
-    full_env = {**os.environ, **(env or {})}
-    return subprocess.run([str(exe), *args], capture_output=True, text=True, env=full_env, cwd=cwd or ROOT,
-                          timeout=timeout)

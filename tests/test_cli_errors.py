@@ -2,7 +2,7 @@
 
 import pytest
 
-from conftest import DIGITS, graft
+from tests.support import DIGITS, graft
 from pipelines.cli import main
 
 

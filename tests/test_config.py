@@ -2,7 +2,7 @@ import pytest
 
 from core.config import STAGES, apply_override, load_config, parse_config, parse_stages
 from core.errors import ConfigError
-from conftest import DIGITS
+from tests.support import DIGITS
 
 
 def test_demo_config_loads_with_every_section():
@@ -13,10 +13,18 @@ def test_demo_config_loads_with_every_section():
 
 
 def test_set_overrides_parse_yaml_values():
-    cfg = load_config(DIGITS, ["finetune.epochs=7", "finetune.lr=[1e-4, 1e-2]", "finetune.loss.name=other",
-                               "model.variant=small"])
-    assert cfg.finetune.epochs == 7 and cfg.finetune.lr == [1e-4, 1e-2]
-    assert cfg.finetune.loss.name == "other" and cfg.finetune.loss.params == {"label_smoothing": 0.1}
+    cfg = load_config(DIGITS, ["finetune.epochs=7", "finetune.lr=[1e-4, 1e-2]", "model.variant=small",
+                               "finetune.loss.label_smoothing=0.2"])
+    assert cfg.finetune.epochs == 7 and cfg.finetune.lr == [1e-4, 1e-2] and cfg.model.variant == "small"
+    assert cfg.finetune.loss.name == "cross-entropy" and cfg.finetune.loss.params == {"label_smoothing": 0.2}
+
+
+def test_choosing_another_plugin_drops_the_old_ones_params():
+    cfg = load_config(DIGITS, ["finetune.loss.name=other", "data.source.kind=folder", "data.source.path=/x"])
+    assert cfg.finetune.loss.name == "other" and cfg.finetune.loss.params == {}
+    assert cfg.data.source.kind == "folder" and cfg.data.source.params == {"path": "/x"}
+    same = load_config(DIGITS, ["finetune.loss.name=cross-entropy"])
+    assert same.finetune.loss.params == {"label_smoothing": 0.1}
 
 
 def test_set_on_a_string_loss_turns_it_into_a_mapping():

@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import ROOT
+from tests.support import ROOT
 
 
 def test_import_linter_contracts_hold():

@@ -7,8 +7,8 @@ import pytest
 
 from core.config import load_config
 from core.runs import Run
-from conftest import DIGITS, graft
-from test_plugin_manager import EXTERNAL_LOSS
+from tests.support import DIGITS, graft
+from tests.test_plugin_manager import EXTERNAL_LOSS
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,7 @@ import pytest
 
 from core.errors import PluginError
 from core.plugin_manager import PluginHost
-from conftest import graft
+from tests.support import graft
 
 EXTERNAL_LOSS = textwrap.dedent('''
     """A stranger's plugin: one file, only pluggy and core's public API."""

@@ -1,0 +1,46 @@
+"""Run every benchmark (or those named): `python -m tests.benchmarks [--quick] [names...]`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+from rich.console import Console
+from rich.table import Table
+
+import tests.benchmarks as pkg
+from tests.benchmarks.results import write
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="make bench")
+    parser.add_argument("names", nargs="*", help="benchmark modules to run (default: all), e.g. training_loop")
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke run)")
+    args = parser.parse_args(argv)
+    modules = sorted(m.name for m in pkgutil.iter_modules(pkg.__path__) if m.name.startswith("bench_"))
+    if args.names:
+        modules = [m for m in modules if m.removeprefix("bench_") in args.names or m in args.names]
+    table = Table(title="graftflow benchmarks (ratio: higher is better)")
+    for col in ("benchmark", "value", "baseline", "ratio", "target", "met"):
+        table.add_column(col)
+    all_results = []
+    for name in modules:
+        results = importlib.import_module(f"tests.benchmarks.{name}").run(quick=args.quick)
+        write(results)
+        all_results += results
+        for r in results:
+            ratio = r.ratio
+            table.add_row(r.name, f"{r.value:.4g} {r.unit}",
+                          "-" if r.baseline is None else f"{r.baseline:.4g} {r.unit}",
+                          "-" if ratio is None else f"{ratio:.2f}×",
+                          "-" if r.target_ratio is None else f"≥ {r.target_ratio:g}×",
+                          "-" if r.target_ratio is None or ratio is None else ("yes" if ratio >= r.target_ratio else "NO"))
+    Console(soft_wrap=True).print(table)
+    print(f"results: .graft/bench/ ({len(all_results)} files)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

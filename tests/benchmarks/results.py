@@ -1,0 +1,52 @@
+"""The record every benchmark writes: name, value, baseline, ratio, unit."""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+OUT_DIR = Path(".graft/bench")
+
+
+@dataclass
+class Result:
+    name: str
+    value: float
+    baseline: float | None
+    unit: str
+    higher_is_better: bool = True
+    target_ratio: float | None = None  # e.g. 3.0 for "≥ 3× the baseline"
+    notes: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float | None:
+        if not self.baseline:
+            return None
+        return self.value / self.baseline if self.higher_is_better else self.baseline / self.value
+
+    def as_json(self) -> dict:
+        ratio = self.ratio
+        met = None if self.target_ratio is None or ratio is None else ratio >= self.target_ratio
+        return {**asdict(self), "ratio": ratio, "met": met, "machine": machine()}
+
+
+def machine() -> dict:
+    import os
+
+    return {"cpu_count": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def write(results: list[Result]) -> list[Path]:
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for r in results:
+        path = OUT_DIR / f"{r.name}.json"
+        path.write_text(json.dumps(r.as_json(), indent=2))
+        paths.append(path)
+    return paths

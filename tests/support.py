@@ -1,0 +1,17 @@
+"""Helpers shared by tests and benchmarks."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DIGITS = ROOT / "pipelines" / "configs" / "digits.yaml"
+
+
+def graft(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run the real `graft` console script in a subprocess."""
+    exe = Path(sys.executable).parent / "graft"
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, env=full_env, cwd=cwd or ROOT,
+                          timeout=timeout)
