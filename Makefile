@@ -7,7 +7,7 @@ STAMP := $(VENV)/.graftflow-installed
 CONFIG ?= pipelines/configs/digits.yaml
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-fast bench lint-imports clean
+.PHONY: install run test test-fast bench experiment-ssl lint-imports clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,9 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m tests.benchmarks $(BENCH_ARGS)
+
+experiment-ssl: $(STAMP)
+	$(PY) -m pipelines.experiments.ssl_vs_scratch
 
 lint-imports: $(STAMP)
 	$(VENV)/bin/lint-imports

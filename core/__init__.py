@@ -4,13 +4,22 @@ This module is the public API for plugins: `from core import hookimpl, LossSpec`
 core never imports Prefect, `plugins` or `pipelines`.
 """
 
-from core.errors import ConfigError, DataError, GraftError, PluginError, StageError
+from core.errors import ConfigError, DataError, GraftError, PluginError, StageError, TransientDataError
 from core.hookspecs import hookimpl
-from core.specs import (AugmentationSpec, DataSource, Exporter, ImageRecord, LayerGroup, LossSpec, ModelFamily,
-                        PretextContext, PretextTask, RunInfo)
+from core.config import LossRef
+from core.data.archives import archive_kind, looks_like_archive, safe_extract
+from core.data.layouts import FoldersLayout, ImageSourceParams, Records, TableLayout, listing
+from core.data.layouts import records as image_records
+from core.secrets import lookup as lookup_secret
+from core.secrets import redact, secret_ref
+from core.specs import (AugmentationSpec, DataSource, Exporter, ImageRecord, LayerGroup, LossContext, LossSpec,
+                        ModelFamily, PretextContext, PretextTask, RunInfo)
 
 __all__ = [
     "AugmentationSpec", "ConfigError", "DataError", "DataSource", "Exporter", "GraftError", "ImageRecord",
-    "LayerGroup", "LossSpec", "ModelFamily", "PluginError", "PretextContext", "PretextTask", "RunInfo",
+    "LayerGroup", "LossContext", "LossRef", "LossSpec", "ModelFamily", "PluginError", "PretextContext", "PretextTask", "RunInfo",
     "StageError", "hookimpl",
+    # data sources: layouts, archives, secrets
+    "FoldersLayout", "ImageSourceParams", "Records", "TableLayout", "TransientDataError", "archive_kind",
+    "image_records", "listing", "looks_like_archive", "lookup_secret", "redact", "safe_extract", "secret_ref",
 ]

@@ -44,7 +44,6 @@ class DevicePolicy:
     grad_scaler: bool
     accelerator: str
     memory_gib: float | None
-    compiled: bool = False
 
     @property
     def torch_device(self) -> torch.device:

@@ -24,5 +24,10 @@ class DataError(GraftError):
     """The data cannot be acquired or is unusable for the requested task."""
 
 
+class TransientDataError(DataError):
+    """A source failed in a way that may pass on its own (HTTP 5xx or 429, a dropped
+    connection, a truncated transfer): the acquire stage is retried with back-off."""
+
+
 class StageError(GraftError):
     """A stage cannot run, e.g. an earlier stage's output is missing."""

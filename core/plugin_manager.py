@@ -16,6 +16,7 @@ import importlib.util
 import logging
 import os
 import sys
+from fnmatch import fnmatch
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ log = logging.getLogger("graft.plugins")
 
 ENTRY_POINT_GROUP = "graft.plugins"
 ENV_VAR = "GRAFT_PLUGINS"
+ALLOW_VAR, DENY_VAR = "GRAFT_PLUGINS_ALLOW", "GRAFT_PLUGINS_DENY"
 OWN_DISTRIBUTION = "graftflow"
 
 # registration hook → (registry attribute, spec class, human label)
@@ -52,6 +54,10 @@ class PluginOrigin:
     name: str
     origin: str  # "builtin", "entry point", "config", "GRAFT_PLUGINS"
     version: str
+
+
+def _patterns(value: str | None) -> list[str]:
+    return [p.strip() for p in (value or "").split(",") if p.strip()]
 
 
 def _import_plugin(ref: str, where: str) -> ModuleType:
@@ -86,14 +92,18 @@ class PluginHost:
         use_entry_points: bool = True,
     ):
         env = os.environ if env is None else env
+        self._allow = _patterns(env.get(ALLOW_VAR))
+        self._deny = _patterns(env.get(DENY_VAR))
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
         self.origins: dict[str, PluginOrigin] = {}
         if use_entry_points:
             self._load_entry_points()
         for ref in config_plugins:
+            self._require_permitted(ref, "plugins")
             self._register(_import_plugin(ref, "plugins"), ref, "config")
         for ref in filter(None, (s.strip() for s in env.get(ENV_VAR, "").split(","))):
+            self._require_permitted(ref, ENV_VAR)
             self._register(_import_plugin(ref, ENV_VAR), ref, ENV_VAR)
         try:
             self.pm.check_pending()
@@ -114,6 +124,9 @@ class PluginHost:
             dist_name = dist.name if dist else "?"
             version = dist.version if dist else "?"
             origin = "builtin" if dist_name == OWN_DISTRIBUTION else f"entry point ({dist_name})"
+            if not self._permitted(ep.value):
+                log.info("plugin '%s' (%s) not loaded: excluded by %s/%s", ep.value, origin, ALLOW_VAR, DENY_VAR)
+                continue
             try:
                 module = ep.load()
             except Exception as exc:
@@ -121,6 +134,18 @@ class PluginHost:
                     f"entry point '{ep.name}' ({ep.value}) of {dist_name} failed to load: {type(exc).__name__}: {exc}"
                 ) from exc
             self._register(module, ep.value, origin, version)
+
+    def _permitted(self, ref: str) -> bool:
+        """Allow/deny lists match a plugin's module name (or .py file name) with shell wildcards."""
+        names = {ref, Path(ref).stem} if ref.endswith(".py") else {ref}
+        if self._deny and any(fnmatch(n, pat) for n in names for pat in self._deny):
+            return False
+        return not self._allow or any(fnmatch(n, pat) for n in names for pat in self._allow)
+
+    def _require_permitted(self, ref: str, where: str) -> None:
+        """A plugin the user asked for by name is an error when excluded; silence would hide it."""
+        if not self._permitted(ref):
+            raise PluginError(f"{where}: plugin '{ref}' is not allowed here ({ALLOW_VAR}/{DENY_VAR})")
 
     def _register(self, plugin: Any, name: str, origin: str, version: str | None = None) -> None:
         name = getattr(plugin, "__name__", name)

@@ -51,22 +51,63 @@ class ModelFamily:
 
 @dataclass(frozen=True)
 class LossSpec:
-    """`factory(**params)` → nn.Module called as `loss(logits_or_features, target)`."""
+    """`factory(**params)` → nn.Module called as `loss(logits_or_features, target)`.
+
+    `kind` says where it fits: "classification" (`loss(logits, labels)`, the
+    fine-tuning and supervised-pretraining objective), "pretext" (`loss(a, b)`
+    on two sets of embeddings, e.g. InfoNCE for contrastive pretexts) or
+    "auxiliary" (a term a training step adds, e.g. MMD between two domains).
+
+    `uses_context=True`: the factory also gets `context=` a `LossContext`
+    (the training split's class counts, building other losses and models).
+    `uses_inputs=True`: the module is called as `loss(logits, labels, inputs)`
+    with the batch's input images (knowledge distillation runs its teacher on them).
+    """
 
     name: str
     kind: Literal["classification", "pretext", "auxiliary"]
     factory: Callable[..., nn.Module]
     params_model: type | None = None
     description: str = ""
+    uses_context: bool = False
+    uses_inputs: bool = False
+
+
+@dataclass(frozen=True)
+class LossContext:
+    """What a loss factory with `uses_context=True` receives as `context=`.
+
+    `field` is the config path of the loss (e.g. "finetune.loss"), for messages;
+    `inputs` describes the images the model sees (in_chans, image_size, mean, std).
+    `class_counts[i]` is the number of training images of class i (empty when
+    the stage trains without labels). `make_loss(ref, field)` builds another
+    registered loss from a `{name: ..., <params>}` mapping (flooding's `inner`).
+    `load_model(url, field)` → (model, meta) reads a saved model: a directory
+    with model.safetensors + model.json (a run's `finetune/model`), or a
+    .safetensors file with model.json beside it (distillation's teacher).
+    """
+
+    field: str
+    num_classes: int
+    class_names: Sequence[str]
+    class_counts: Sequence[int]
+    make_loss: Callable[[Mapping[str, Any], str], nn.Module]
+    load_model: Callable[[str, str], tuple[nn.Module, dict[str, Any]]]
+    inputs: Mapping[str, Any] = field(default_factory=dict)  # in_chans, image_size, mean, std of the batches
 
 
 @dataclass(frozen=True)
 class ImageRecord:
-    """One image as a source yields it: encoded bytes (PNG/JPEG/...) and its label."""
+    """One image as a source yields it: encoded bytes (PNG/JPEG/...) and its label.
+
+    A multi-label source sets `labels` (the image's label set, possibly empty);
+    `label` is then only a readable summary. A store holds one kind or the other.
+    """
 
     image: bytes
     label: str
     source: str  # where it came from: a path or URL, for provenance
+    labels: tuple[str, ...] | None = None  # multi-label targets; None = single-label
 
 
 @dataclass(frozen=True)
@@ -76,7 +117,12 @@ class DataSource:
     `check(params)` is cheap and runs before any stage (e.g. "path does not exist").
     `fingerprint(params)` identifies the remote content: equal fingerprints mean
     the content-addressed store can be reused without reading a single image.
-    `load(params, workdir)` yields ImageRecords; it may download into workdir.
+    `load(params, workdir)` yields ImageRecords; workdir is scratch space,
+    deleted afterwards. The iterable it returns may carry a `report` dict
+    (e.g. `core.Records`), read once it is exhausted: it is kept with the store
+    and shown in summary.json (`data.report`) and the dataset card.
+    `cache_exempt` names parameters that do not change what the source yields
+    (credential references, download folders): they stay out of the store's address.
     """
 
     name: str
@@ -85,6 +131,7 @@ class DataSource:
     check: Callable[[Any], None] = lambda params: None
     params_model: type | None = None
     description: str = ""
+    cache_exempt: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -112,7 +159,7 @@ class PretextContext:
     in_chans: int
     image_size: int
     num_classes: int  # classes in the pretraining data (0 when unlabeled)
-    make_loss: Callable[[], nn.Module] | None  # the configured pretrain loss
+    make_loss: Callable[[], nn.Module] | None  # pretrain.loss (or the pretext's default); None: takes no loss
 
 
 class PretextModule:  # documented protocol; implementations subclass nn.Module
@@ -120,6 +167,12 @@ class PretextModule:  # documented protocol; implementations subclass nn.Module
 
     `backbone` is a model of the configured family whose state_dict is handed to
     fine-tuning; keys of its head group are dropped at hand-off.
+    `step` gets the normalised batch on the training device (after batch
+    augmentations); a self-supervised pretext makes its own views from it and
+    ignores `labels`. Every other trainable parameter of the module (projection
+    heads, decoders, mask tokens) is optimised as the group "pretext"; parameters
+    with `requires_grad=False` are not, so a MoCo/BYOL-style momentum encoder
+    keeps its copy frozen and updates it by EMA at the start of `step`.
     """
 
     backbone: nn.Module
@@ -129,7 +182,13 @@ class PretextModule:  # documented protocol; implementations subclass nn.Module
 
 @dataclass(frozen=True)
 class PretextTask:
-    """A way to pretrain a backbone; `build(ctx, **params)` → a PretextModule."""
+    """A way to pretrain a backbone; `build(ctx, **params)` → a PretextModule.
+
+    `loss_kind` is the kind of loss it takes from `pretrain.loss` (through
+    `PretextContext.make_loss`), or None when it computes its own objective
+    (SimMIM's L1 on masked pixels) and `pretrain.loss` must stay unset;
+    `default_loss` names the loss used when `pretrain.loss` is not given.
+    """
 
     name: str
     build: Callable[..., Any]
@@ -137,6 +196,8 @@ class PretextTask:
     families: frozenset[str] | None = None  # None: every family
     params_model: type | None = None
     description: str = ""
+    loss_kind: Literal["classification", "pretext"] | None = "classification"
+    default_loss: str | None = "cross-entropy"
 
 
 @dataclass(frozen=True)

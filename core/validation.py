@@ -7,11 +7,11 @@ Every problem is one line that starts with the field path.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import BaseModel, ValidationError
 
-from core.config import PipelineConfig, format_validation_error
+from core.config import LossRef, PipelineConfig, PluginRef, format_validation_error
 from core.errors import ConfigError, GraftError
 from core.plugin_manager import PluginHost
 
@@ -28,6 +28,33 @@ def plugin_params(spec: Any, params: dict[str, Any], field: str) -> dict[str, An
         return model.model_validate(params).model_dump()
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, prefix=field)) from None
+
+
+def check_source(source: Any, params: dict[str, Any], field: str) -> None:
+    """`source.check(params)`; sources name their fields under `data.source`, which is re-rooted at `field`."""
+    try:
+        source.check(params)
+    except GraftError as exc:
+        if field == "data.source" or not str(exc).startswith("data.source"):
+            raise
+        raise type(exc)(field + str(exc).removeprefix("data.source")) from None
+
+
+def check_loss(host: PluginHost, ref: PluginRef, field: str, kind: str | None, hint: str = "") -> dict[str, Any]:
+    """The loss exists, is of `kind`, and its parameters fit (losses named inside them too)."""
+    loss = host.losses.get(ref.name, f"{field}.name")
+    if kind is not None and loss.kind != kind:
+        fitting = ", ".join(n for n, e in host.losses.entries() if e.spec.kind == kind) or "none registered"
+        article = "an" if loss.kind[0] in "aeiou" else "a"
+        raise ConfigError(f"{field}.name: '{loss.name}' is {article} {loss.kind} loss; {field} needs a {kind} loss "
+                          f"({fitting}){hint}")
+    params = plugin_params(loss, ref.params, field)
+    model = getattr(loss, "params_model", None)
+    for name, info in (model.model_fields.items() if model is not None else ()):
+        types = get_args(info.annotation) or (info.annotation,)
+        if any(isinstance(t, type) and issubclass(t, LossRef) for t in types) and params.get(name):
+            check_loss(host, LossRef.model_validate(params[name]), f"{field}.{name}", kind)
+    return params
 
 
 def validate_config(config: PipelineConfig, host: PluginHost, stages: list[str] | None = None) -> None:
@@ -50,11 +77,15 @@ def validate_config(config: PipelineConfig, host: PluginHost, stages: list[str] 
             )
         check(plugin_params, family, config.model.params, "model")
 
-    source = check(host.sources.get, config.data.source.kind, "data.source.kind")
-    if source is not None:
-        params = check(plugin_params, source, config.data.source.params, "data.source")
-        if params is not None and (stages is None or "acquire" in stages):
-            check(source.check, params)
+    sources = [("data.source", config.data.source)]
+    if config.pretrain.source is not None:
+        sources.append(("pretrain.source", config.pretrain.source))
+    for field, source_cfg in sources:
+        source = check(host.sources.get, source_cfg.kind, f"{field}.kind")
+        if source is not None:
+            params = check(plugin_params, source, source_cfg.params, field)
+            if params is not None and (stages is None or "acquire" in stages):
+                check(check_source, source, params, field)
 
     for section in ("augment.train", "augment.eval"):
         for i, ref in enumerate(getattr(config.augment, section.split(".")[1])):
@@ -71,11 +102,16 @@ def validate_config(config: PipelineConfig, host: PluginHost, stages: list[str] 
                 f"it supports {', '.join(sorted(pretext.families))}"
             )
 
-    for section in ("pretrain", "finetune"):
-        ref = getattr(config, section).loss
-        loss = check(host.losses.get, ref.name, f"{section}.loss.name")
-        if loss is not None:
-            check(plugin_params, loss, ref.params, f"{section}.loss")
+    if pretext is not None:
+        ref = config.pretrain.loss
+        if pretext.loss_kind is None and ref is not None:
+            problems.append(f"pretrain.loss: pretext '{pretext.name}' computes its own objective and takes no loss; "
+                            f"remove pretrain.loss")
+        elif pretext.loss_kind is not None:
+            ref = ref or PluginRef(name=pretext.default_loss or "")
+            check(check_loss, host, ref, "pretrain.loss", pretext.loss_kind,
+                  f", or leave it unset for {pretext.name}'s default" if pretext.default_loss else "")
+    check(check_loss, host, config.finetune.loss, "finetune.loss", "classification")
 
     for i, fmt in enumerate(config.export.formats):
         check(host.exporters.get, fmt, f"export.formats[{i}]")

@@ -51,17 +51,42 @@ def cmd_run(args: argparse.Namespace) -> int:
     validate_config(config, PluginHost(config.plugins), stages)
     run = Run.open(config, args.run_id)  # an unwritable artifact_root fails here, before Prefect starts
 
+    _prefect_defaults()
+    from pipelines.flows import transfer
+
+    result = transfer(config=config, stages=stages, run_id=run.run_id, force=args.force)
+    _print_summary(run.summary(), result["summary"])
+    return 0
+
+
+def cmd_lr_find(args: argparse.Namespace) -> int:
+    from core.config import load_config
+    from core.plugin_manager import PluginHost
+    from core.runs import Run
+    from core.validation import validate_config
+
+    config = load_config(args.config, args.set or [])
+    validate_config(config, PluginHost(config.plugins), ["acquire"])
+    run = Run.open(config, args.run_id)
+    _prefect_defaults()
+    from pipelines.flows import lr_find
+
+    result = lr_find(config=config, run_id=run.run_id)
+    found = run.summary()["lr_find"]
+    print(f"suggested head LR: {found['suggested_lr']:.3g}  (steepest descent; min-loss/10: "
+          f"{found.get('min_loss_div10', float('nan')):.3g}; from {found['start_weights']} weights)")
+    print(f"plot: {result['url']}/lr_find.png")
+    return 0
+
+
+def _prefect_defaults() -> None:
+    """Settings for the ephemeral server a CLI run starts; an explicit environment wins."""
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "graft")
     os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
     # The ephemeral server's telemetry heartbeat races its own SQLite migrations ("database is locked").
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # A fresh PREFECT_HOME migrates its SQLite database first: ~20 s on 2 busy cores, Prefect's default limit.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
-    from pipelines.flows import transfer
-
-    result = transfer(config=config, stages=stages, run_id=run.run_id)
-    _print_summary(run.summary(), result["summary"])
-    return 0
 
 
 def _print_summary(summary: dict[str, Any], path: str) -> None:
@@ -76,6 +101,10 @@ def _print_summary(summary: dict[str, Any], path: str) -> None:
     for stage, entry in summary.get("stages", {}).items():
         table.add_row(stage, entry.get("status", "?"), f"{entry.get('seconds', 0):.1f}")
     console.print(table)
+    data = summary.get("data")
+    if data and "acquire" in summary.get("stages", {}):
+        console.print(f"data: {data['rows']} images, {data['classes']} classes ({data.get('target', 'single')})"
+                      f"{', cache hit' if data.get('cache_hit') else ''} → {data['path']}")
     test = summary.get("metrics", {}).get("test")
     if test:
         console.print(f"test accuracy: {test['accuracy']:.4f}   macro-F1: {test['macro_f1']:.4f}"
@@ -92,8 +121,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("config", help="YAML config file")
     run.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override a config field (repeatable)")
     run.add_argument("--stages", help="comma-separated stages to run (default: all)")
-    run.add_argument("--run-id", help="continue this run (later stages read its earlier outputs)")
+    run.add_argument("--run-id", help="continue this run: completed stages are skipped, an interrupted one resumes")
+    run.add_argument("--force", action="store_true", help="with --run-id: run completed stages again")
     run.set_defaults(func=cmd_run)
+    finder = sub.add_parser("lr-find", help="LR range test for fine-tuning: plot and suggested LR (weights untouched)")
+    finder.add_argument("config", help="YAML config file")
+    finder.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override a config field (repeatable)")
+    finder.add_argument("--run-id", help="use this run's data and pretrained backbone")
+    finder.set_defaults(func=cmd_lr_find)
     plugins = sub.add_parser("plugins", help="list every registered plugin item")
     plugins.add_argument("--json", action="store_true", help="machine-readable output")
     plugins.add_argument("--plugin", action="append", help="also load this plugin module or .py file")

@@ -7,25 +7,96 @@ paths (through the run's summary.json), never models or tensors.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager, nullcontext
 from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.concurrency.sync import concurrency
 
-from core import storage
+from core import secrets, storage
 from core.config import STAGES, PipelineConfig
+from core.errors import DataError, GraftError, TransientDataError
 from core.plugin_manager import PluginHost
 from core.runs import Run
-from core.stages.base import execute_stage
+from core.stages.base import device_policy, execute_stage
 from core.validation import validate_config
 from pipelines.artifacts import publish
+
+
+class _UserErrorsWithoutTraceback(logging.Filter):
+    """A GraftError is a user mistake explained in one line: Prefect logs it without the traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], GraftError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+for _logger in ("prefect.task_runs", "prefect.flow_runs"):
+    logging.getLogger(_logger).addFilter(_UserErrorsWithoutTraceback())
+if logging.getLogger("graft").level == logging.NOTSET:  # core's notices (cache hits, skipped downloads) are INFO
+    logging.getLogger("graft").setLevel(logging.INFO)
+
+
+@contextmanager
+def _source_secrets(stage: str, config: PipelineConfig) -> Iterator[None]:
+    """Resolve the Prefect Secret blocks a source names (`secret_block`) and hand their values to the
+    stage in memory, for its duration only: never into the config, summary.json, parameters or logs."""
+    sources = [config.data.source, getattr(config.pretrain, "source", None)]
+    names = sorted({s.params.get("secret_block") for s in sources if s is not None} - {None, ""})
+    if stage != "acquire" or not names:
+        yield
+        return
+    from prefect.blocks.system import Secret
+
+    with ExitStack() as stack:
+        for name in names:
+            try:
+                value = Secret.load(name).get()
+            except ValueError:
+                raise DataError(f"data.source.secret_block: there is no Prefect Secret block named '{name}' "
+                                f"(create one: Secret(value=...).save('{name}'))") from None
+            stack.enter_context(secrets.supplied(secrets.secret_ref(name), value))
+        yield
+
+
+def _transient(task, task_run, state) -> bool:
+    """Retry the acquire stage only for failures that may pass (HTTP 5xx, a dropped connection)."""
+    exc = getattr(state, "data", None)
+    if not isinstance(exc, BaseException):
+        try:
+            state.result()
+        except BaseException as raised:
+            exc = raised
+    return isinstance(exc, TransientDataError)
+
+
+GPU_STAGES = frozenset({"pretrain", "finetune", "evaluate", "export", "lr-find"})
+
+
+def _gpu_slot(stage: str, config: PipelineConfig, host: PluginHost):
+    """The global concurrency slot a GPU stage holds, so runs queue instead of fighting for GPU memory.
+
+    Without a server (or without the limit) Prefect lets the stage through at once.
+    """
+    hold = config.gpu_slot.hold
+    if stage not in GPU_STAGES or hold == "never":
+        return nullcontext()
+    if hold == "auto" and device_policy(config, host).device_type != "cuda":
+        return nullcontext()
+    get_run_logger().info("%s: taking a slot of global concurrency limit '%s'", stage, config.gpu_slot.name)
+    return concurrency(config.gpu_slot.name, occupy=1)
 
 
 @task(name="run-stage", task_run_name="{stage}", cache_policy=NO_CACHE)
 def run_stage(stage: str, config: PipelineConfig, run_id: str) -> dict[str, Any]:
     host = PluginHost(config.plugins)
     run = Run.open(config, run_id)
-    result = execute_stage(stage, config, run, host)
+    with _source_secrets(stage, config), _gpu_slot(stage, config, host):
+        result = execute_stage(stage, config, run, host)
     publish(config.name, result["url"], result.pop("artifacts"))
     get_run_logger().info("%s %s in %.1fs → %s", stage, result["status"], result["seconds"], result["url"])
     return result
@@ -34,7 +105,12 @@ def run_stage(stage: str, config: PipelineConfig, run_id: str) -> dict[str, Any]
 def _stage_flow(stage: str, config: PipelineConfig, run_id: str | None) -> dict[str, Any]:
     validate_config(config, PluginHost(config.plugins), [stage])
     run = Run.open(config, run_id)
-    return run_stage(stage, config, run.run_id)
+    runner = run_stage
+    if stage == "acquire" and config.data.retries:  # downloads: retried with exponential back-off
+        runner = run_stage.with_options(
+            retries=config.data.retries, retry_condition_fn=_transient,
+            retry_delay_seconds=[config.data.retry_delay * 2 ** i for i in range(config.data.retries)])
+    return runner(stage, config, run.run_id)
 
 
 def _name(stage: str):
@@ -99,12 +175,30 @@ def _transfer_name() -> str:
 
 @flow(name="transfer", flow_run_name=_transfer_name)
 def transfer(config: PipelineConfig = PipelineConfig(), stages: list[str] | None = None,
-             run_id: str | None = None) -> dict[str, Any]:
-    """The whole transfer pipeline: acquire → augment → pretrain → finetune → evaluate → export."""
+             run_id: str | None = None, force: bool = False) -> dict[str, Any]:
+    """The whole transfer pipeline: acquire → augment → pretrain → finetune → evaluate → export.
+
+    Continuing a run (`run_id`) skips the stages it already completed, unless `force`;
+    an interrupted stage resumes from its last checkpoint.
+    """
     selected = [s for s in STAGES if stages is None or s in stages]
     validate_config(config, PluginHost(config.plugins), selected)
     run = Run.open(config, run_id)
-    get_run_logger().info("run %s → %s", run.run_id, run.url)
+    logger = get_run_logger()
+    logger.info("run %s → %s", run.run_id, run.url)
     for stage in selected:
+        if not force and run.completed(stage):
+            logger.info("%s: already completed in run %s, skipped (force: true runs it again)", stage, run.run_id)
+            continue
         STAGE_FLOWS[stage](config=config, run_id=run.run_id)
     return {"run_id": run.run_id, "url": run.url, "summary": storage.join(run.url, "summary.json")}
+
+
+@flow(name="lr-find", flow_run_name=_name("lr-find"))
+def lr_find(config: PipelineConfig = PipelineConfig(), run_id: str | None = None) -> dict[str, Any]:
+    """LR range test on the fine-tuning task (acquires first if the run has no data yet); weights are untouched."""
+    validate_config(config, PluginHost(config.plugins), ["acquire", "lr-find"])
+    run = Run.open(config, run_id)
+    if not run.completed("acquire"):
+        acquire(config=config, run_id=run.run_id)
+    return run_stage("lr-find", config, run.run_id)

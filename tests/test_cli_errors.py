@@ -12,7 +12,7 @@ from pipelines.cli import main
     (["--set", "data.source={kind: folder, path: /no/such/images}"],
      "error: data.source.path: folder '/no/such/images' does not exist"),
     (["--set", "model.variant=huge"], "error: model.variant: unknown variant 'huge' of family 'resnet'"),
-    (["--set", "finetune.loss.name=nope"], "error: finetune.loss.name: unknown loss 'nope'; available: cross-entropy"),
+    (["--set", "finetune.loss.name=nope"], "error: finetune.loss.name: unknown loss 'nope'; available: class-balanced, cross-entropy, distillation"),
     (["--set", "finetune.loss.label_smothing=0.1"], "error: finetune.loss.label_smothing: unknown field"),
     (["--set", "export.formats=[onnx, tflite]"], "error: export.formats[1]: unknown exporter 'tflite'"),
     (["--stages", "acquire,train"], "error: --stages: unknown stage 'train'"),
@@ -49,3 +49,28 @@ def test_unwritable_artifact_root(tmp_path, capsys):
     locked.write_text("a file, not a folder")
     assert main(["run", str(DIGITS), "--set", f"artifact_root={locked}/runs"]) == 2
     assert capsys.readouterr().err.startswith(f"error: artifact_root: cannot write to '{locked}/runs'")
+
+
+@pytest.mark.slow
+def test_single_class_data_fails_the_run_in_one_line(tmp_path):
+    """Found inside the flow (the data must be read first), still one line and exit 2."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    for i in range(12):
+        (tmp_path / "imgs" / "only").mkdir(parents=True, exist_ok=True)
+        buf = io.BytesIO()
+        Image.fromarray(np.full((8, 8), i * 20, np.uint8)).save(buf, format="PNG")
+        (tmp_path / "imgs" / "only" / f"{i}.png").write_bytes(buf.getvalue())
+    proc = graft("run", str(DIGITS), "--set", f"artifact_root={tmp_path / 'runs'}",
+                 "--set", f"data.cache_dir={tmp_path / 'ds'}",
+                 "--set", f"data.source={{kind: folder, path: {tmp_path / 'imgs'}}}",
+                 "--set", "pretrain.enabled=false", "--set", "finetune.classes=null", "--stages", "acquire,finetune")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: finetune.classes: the train split has 1 class(es); training a classifier needs at least 2"]
+    assert "Traceback" not in proc.stderr
+    run_dir = next((tmp_path / "runs" / "digits-transfer").iterdir())
+    assert not (run_dir / "finetune").exists() and not list(run_dir.glob(".finetune*"))

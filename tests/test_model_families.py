@@ -53,8 +53,8 @@ def test_small_variants_forward(family, variant, in_chans, image_size):
     [
         ("resnet", "tiny", ["stem", "layer1", "layer2", "layer3", "layer4", "head"]),
         ("resnet", "small", ["stem", "layer1", "layer2", "layer3", "layer4", "head"]),
-        ("vit", "micro", ["embed", "block0", "block1", "block2", "block3", "norm", "head"]),
-        ("vit", "tiny", ["embed", *(f"block{i}" for i in range(12)), "norm", "head"]),
+        ("vit", "micro", ["embed", "block0", "block1", "block2", "block3", "head"]),
+        ("vit", "tiny", ["embed", *(f"block{i}" for i in range(12)), "head"]),
     ],
 )
 def test_layer_groups(family, variant, expected):

@@ -74,7 +74,7 @@ def test_duplicate_name_names_both_plugins(tmp_path):
     '''))
     with pytest.raises(PluginError) as err:
         PluginHost(env={"GRAFT_PLUGINS": str(clash)})
-    assert str(err.value) == ("loss 'cross-entropy' is registered twice: by plugin 'plugins.losses' "
+    assert str(err.value) == ("loss 'cross-entropy' is registered twice: by plugin 'plugins.losses.classification' "
                               "and by plugin 'graft_plugin_clash'")
 
 
@@ -141,3 +141,15 @@ def test_graft_plugins_cli_lists_every_item_as_json(external_plugin):
     assert any(r["name"] == "squared-error" and r["origin"] == "GRAFT_PLUGINS" for r in rows)
     table = graft("plugins", env={"GRAFT_PLUGINS": str(external_plugin)})
     assert "squared-error" in table.stdout and "GRAFT_PLUGINS" in table.stdout
+
+
+def test_allow_and_deny_lists(external_plugin):
+    host = PluginHost(env={"GRAFT_PLUGINS_DENY": "plugins.models.vit"})
+    assert "vit" not in host.families and "resnet" in host.families
+    allow = {"GRAFT_PLUGINS_ALLOW": "plugins.*", "GRAFT_PLUGINS": str(external_plugin)}
+    with pytest.raises(PluginError, match=r"GRAFT_PLUGINS: plugin '.*squared_loss.py' is not allowed here"):
+        PluginHost(env=allow)
+    ok = PluginHost(env={**allow, "GRAFT_PLUGINS_ALLOW": "plugins.*,squared_loss"})
+    assert "squared-error" in ok.losses
+    with pytest.raises(PluginError, match="plugins: plugin 'evil_module' is not allowed here"):
+        PluginHost(config_plugins=["evil_module"], env={"GRAFT_PLUGINS_DENY": "evil_*"})

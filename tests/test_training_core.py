@@ -9,7 +9,8 @@ from torch import nn
 from core.device import Hardware, resolve_policy
 from core.errors import ConfigError, PluginError
 from core.specs import LayerGroup
-from core.training.param_groups import build_param_groups, check_partition, set_trainable, spread_lrs
+from core.training.freezing import set_trainable
+from core.training.param_groups import build_param_groups, check_partition, spread_lrs
 from core.training.schedule import GroupScheduler, factor
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms import v2
 
@@ -36,6 +36,9 @@ class Selection:
 def select(store_url: str, split: str | Sequence[str], classes: Sequence[str] | None, field: str) -> Selection:
     """Rows of `split` whose class is in `classes` (all when None); `field` names the config for errors."""
     info = read_info(store_url)
+    if info.target != "single":
+        raise DataError(f"{field}: the data store holds multi-label targets (data.source.layout.target: multi); "
+                        f"training and evaluation are single-label for now: use target single or any")
     table = read_table(store_url)
     names = info.class_names
     if classes is None:
@@ -110,9 +113,14 @@ class ArrowImageDataset(Dataset):
 
 
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: int, seed: int,
-                pin_memory: bool = False, drop_last: bool = False) -> DataLoader:
+                pin_memory: bool = False, drop_last: bool = False, shard: tuple[int, int] | None = None) -> DataLoader:
+    """`shard=(rank, world_size)` gives each process of a distributed stage its own part of every epoch."""
     generator = torch.Generator().manual_seed(seed)
+    sampler = None
+    if shard is not None:
+        sampler = DistributedSampler(dataset, num_replicas=shard[1], rank=shard[0], shuffle=shuffle, seed=seed,
+                                     drop_last=drop_last)
     return DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, generator=generator,
-        pin_memory=pin_memory, drop_last=drop_last, persistent_workers=num_workers > 0,
+        dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler, num_workers=num_workers,
+        generator=generator, pin_memory=pin_memory, drop_last=drop_last, persistent_workers=num_workers > 0,
     )

@@ -2,7 +2,10 @@
 
 Columns: `image` (encoded bytes), `label` (int32), `split`, `source` (original
 path or URL), `sha256`. Class names and provenance live in the schema
-metadata. A store's directory name is a hash of everything that determines
+metadata. A multi-label store (`graft.target` = "multi" in the metadata,
+`target` in `_SUCCESS`) has one more column, `labels` (list<int32>: the
+image's label set, possibly empty), and holds -1 in `label`; its class names
+are the individual labels, and its split is stratified by label set. A store's directory name is a hash of everything that determines
 its content (source, its fingerprint, split options, format version), so an
 unchanged acquire finds the finished store and reads nothing. A store is
 finished when its `_SUCCESS` file exists; that file is written last.
@@ -11,6 +14,7 @@ finished when its `_SUCCESS` file exists; that file is written last.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import re
 from collections import Counter
@@ -26,7 +30,7 @@ from core import storage
 from core.errors import DataError
 from core.specs import ImageRecord
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: multi-label stores, image sizes and the source's report in _SUCCESS
 SHARD_ROWS = 4096
 SUCCESS = "_SUCCESS"
 
@@ -37,6 +41,7 @@ SCHEMA = pa.schema([
     ("source", pa.string()),
     ("sha256", pa.string()),
 ])
+MULTI_SCHEMA = SCHEMA.append(pa.field("labels", pa.list_(pa.int32())))
 
 
 def natural_key(name: str) -> list[Any]:
@@ -59,20 +64,52 @@ class StoreInfo:
     duplicates_dropped: int = 0
     cache_hit: bool = False
     provenance: dict[str, Any] = field(default_factory=dict)
+    target: str = "single"  # or "multi": labels in the `labels` column, `label` is -1
+    image_sizes: dict[str, Any] = field(default_factory=dict)
+    report: dict[str, Any] = field(default_factory=dict)  # what the source said while it was read
 
     def as_summary(self) -> dict[str, Any]:
         return {
             "path": self.url, "rows": self.rows, "classes": len(self.class_names),
             "class_names": self.class_names, "class_counts": self.class_counts,
             "split_counts": self.split_counts, "duplicates_dropped": self.duplicates_dropped,
-            "cache_hit": self.cache_hit,
+            "cache_hit": self.cache_hit, "target": self.target, "image_sizes": self.image_sizes,
+            **({"report": self.report} if self.report else {}),
         }
 
 
 def read_info(url: str) -> StoreInfo:
     meta = storage.read_json(storage.join(url, SUCCESS))
     return StoreInfo(url=url, **{k: meta[k] for k in ("rows", "class_names", "class_counts", "split_counts",
-                                                       "duplicates_dropped", "provenance")})
+                                                       "duplicates_dropped", "provenance")},
+                     **{k: meta[k] for k in ("target", "image_sizes", "report") if k in meta})
+
+
+class _Sizes:
+    """Image sizes from the encoded headers (no decoding): min, max and the most common."""
+
+    def __init__(self):
+        self.counts: Counter = Counter()
+
+    def add(self, data: bytes) -> None:
+        from PIL import Image
+
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                self.counts[im.size] += 1
+        except Exception:  # an undecodable image fails later, where it is decoded, with its index
+            self.counts[("?", "?")] += 1
+
+    def summary(self) -> dict[str, Any]:
+        known = [s for s in self.counts if s != ("?", "?")]
+        if not known:
+            return {}
+        return {
+            "min": [min(w for w, _ in known), min(h for _, h in known)],
+            "max": [max(w for w, _ in known), max(h for _, h in known)],
+            "most_common": [[w, h, n] for (w, h), n in self.counts.most_common(5) if (w, h) != ("?", "?")],
+            "distinct": len(known),
+        }
 
 
 def is_complete(url: str) -> bool:
@@ -91,9 +128,12 @@ def build_store(records: Iterable[ImageRecord], url: str, split: dict[str, Any],
         raw_dir = staging / "_raw"
         raw_dir.mkdir()
         label_names: list[str] = []
+        label_sets: list[tuple[str, ...]] = []  # multi-label stores only
         hashes: list[str] = []
-        seen: set[str] = set()
+        seen: set[tuple] = set()
         dropped = 0
+        target: str | None = None
+        sizes = _Sizes()
         buffer: dict[str, list] = {"image": [], "label_name": [], "source": [], "sha256": []}
         shard_paths: list[Path] = []
 
@@ -112,55 +152,89 @@ def build_store(records: Iterable[ImageRecord], url: str, split: dict[str, Any],
                 values.clear()
 
         for rec in records:
+            kind = "single" if rec.labels is None else "multi"
+            if target is None:
+                target = kind
+            elif kind != target:
+                raise DataError(f"data.source: the source mixes single-label and multi-label images "
+                                f"(at {rec.source}); a store holds one kind")
             digest = hashlib.sha256(rec.image).hexdigest()
-            if (digest, rec.label) in seen:
+            identity = (digest, rec.label if rec.labels is None else tuple(rec.labels))
+            if identity in seen:
                 dropped += 1
                 continue
-            seen.add((digest, rec.label))
+            seen.add(identity)
             buffer["image"].append(rec.image)
             buffer["label_name"].append(str(rec.label))
             buffer["source"].append(rec.source)
             buffer["sha256"].append(digest)
             label_names.append(str(rec.label))
+            if rec.labels is not None:
+                label_sets.append(tuple(str(x) for x in rec.labels))
             hashes.append(digest)
+            sizes.add(rec.image)
             if len(buffer["image"]) >= SHARD_ROWS:
                 flush()
         flush()
 
         if not label_names:
             raise DataError(f"data.source: the source yielded no images ({provenance.get('source', '?')})")
-        class_names = sorted(set(label_names), key=natural_key)
-        index = {name: i for i, name in enumerate(class_names)}
-        labels = [index[n] for n in label_names]
-        splits = split_fn(labels, hashes, split["val"], split["test"], split["seed"])
+        report = dict(getattr(records, "report", None) or {})
+        multi = target == "multi"
+        if multi:
+            class_names = sorted({x for s in label_sets for x in s}, key=natural_key)
+            index = {name: i for i, name in enumerate(class_names)}
+            label_ids = [[index[x] for x in s] for s in label_sets]
+            # Stratify by label set: every combination is a stratum of its own.
+            combos = {c: i for i, c in enumerate(sorted({tuple(s) for s in label_ids}))}
+            labels = [-1] * len(label_ids)
+            splits = split_fn([combos[tuple(s)] for s in label_ids], hashes, split["val"], split["test"],
+                              split["seed"])
+            counts = Counter(x for s in label_sets for x in s)
+            class_counts = {name: counts[name] for name in class_names}
+            unlabelled = sum(1 for s in label_sets if not s)
+            if unlabelled:
+                report["empty_label_sets"] = unlabelled
+        else:
+            class_names = sorted(set(label_names), key=natural_key)
+            index = {name: i for i, name in enumerate(class_names)}
+            labels = [index[n] for n in label_names]
+            splits = split_fn(labels, hashes, split["val"], split["test"], split["seed"])
+            class_counts = {name: c for name, c in sorted(Counter(label_names).items(),
+                                                          key=lambda kv: natural_key(kv[0]))}
 
         offset = 0
         metadata = {b"graft.class_names": json.dumps(class_names).encode(),
-                    b"graft.provenance": json.dumps(provenance, default=str).encode()}
+                    b"graft.provenance": json.dumps(provenance, default=str).encode(),
+                    b"graft.target": (target or "single").encode()}
         for i, raw in enumerate(shard_paths):
             table = pq.read_table(raw)
             n = table.num_rows
-            out = pa.table({
+            columns = {
                 "image": table["image"],
                 "label": pa.array(labels[offset:offset + n], pa.int32()),
                 "split": pa.array(splits[offset:offset + n], pa.string()),
                 "source": table["source"],
                 "sha256": table["sha256"],
-            }, schema=SCHEMA.with_metadata(metadata))
+            }
+            if multi:
+                columns["labels"] = pa.array(label_ids[offset:offset + n], pa.list_(pa.int32()))
+            out = pa.table(columns, schema=(MULTI_SCHEMA if multi else SCHEMA).with_metadata(metadata))
             pq.write_table(out, staging / f"part-{i:05d}.parquet")
             raw.unlink()
             offset += n
         raw_dir.rmdir()
 
         info = StoreInfo(
-            url=url, rows=len(labels), class_names=class_names,
-            class_counts={name: c for name, c in sorted(Counter(label_names).items(), key=lambda kv: natural_key(kv[0]))},
+            url=url, rows=len(labels), class_names=class_names, class_counts=class_counts,
             split_counts=dict(Counter(splits)), duplicates_dropped=dropped, provenance=provenance,
+            target=target or "single", image_sizes=sizes.summary(), report=report,
         )
         storage.write_json(str(staging / SUCCESS), {
             "format": FORMAT_VERSION, "rows": info.rows, "class_names": class_names,
             "class_counts": info.class_counts, "split_counts": info.split_counts,
-            "duplicates_dropped": dropped, "provenance": provenance,
+            "duplicates_dropped": dropped, "provenance": provenance, "target": info.target,
+            "image_sizes": info.image_sizes, "report": report,
         })
         storage.publish_dir(staging, url)
         return info

@@ -1,6 +1,6 @@
 """The six stages as plain functions; pipelines/ wraps each in a Prefect flow."""
 
-from core.stages import acquire, augment, evaluate, export, finetune, pretrain
+from core.stages import acquire, augment, evaluate, export, finetune, lr_find, pretrain
 
 STAGE_FUNCTIONS = {
     "acquire": acquire.run,
@@ -9,4 +9,5 @@ STAGE_FUNCTIONS = {
     "finetune": finetune.run,
     "evaluate": evaluate.run,
     "export": export.run,
+    "lr-find": lr_find.run,  # on demand (`graft lr-find`), not part of the transfer chain
 }

@@ -1,62 +1,159 @@
-"""Acquire: fetch the source and normalise it into the content-addressed Arrow store."""
+"""Acquire: fetch the source and normalise it into the content-addressed Arrow store.
+
+The store's address is a hash of the source, its content-bearing parameters, its
+fingerprint and the split options: unchanged inputs find the finished store and
+nothing is downloaded or read (`data.cache_hit`). A dataset card (class counts,
+image sizes, what the source reported, a sample grid) is written beside
+`dataset.json` and published as a Prefect artifact.
+"""
 
 from __future__ import annotations
 
+import base64
+import logging
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from core import storage
-from core.data.dataset import ArrowImageDataset, select
+from core.config import SourceConfig
+from core.data.dataset import ArrowImageDataset, Selection, select
 from core.data.splits import stratified_split
-from core.data.store import build_store, is_complete, read_info, store_key
+from core.data.store import StoreInfo, build_store, is_complete, read_info, read_table, store_key
 from core.images import save_grid
 from core.stages.base import Artifact, StageContext, StageResult
-from core.validation import plugin_params
+from core.validation import check_source, plugin_params
+
+log = logging.getLogger("graft.data")
 
 DATASET_FILE = "dataset.json"
+PRETRAIN_DATASET_FILE = "pretrain_dataset.json"
+CARD_FILE = "dataset_card.md"
 
 
-def run(ctx: StageContext) -> StageResult:
-    data = ctx.config.data
-    source = ctx.host.sources.get(data.source.kind, "data.source.kind")
-    params = plugin_params(source, data.source.params, "data.source")
-    source.check(params)
-    split = data.split.model_dump()
-    key = store_key({"source": source.name, "params": params, "fingerprint": source.fingerprint(params),
-                     "split": split})
-    url = storage.join(data.cache_dir, key)
+def acquire_store(ctx: StageContext, cfg: SourceConfig, field: str) -> StoreInfo:
+    """The store for one configured source: found by its content address, or built."""
+    source = ctx.host.sources.get(cfg.kind, f"{field}.kind")
+    params = plugin_params(source, cfg.params, field)
+    check_source(source, params, field)
+    split = ctx.config.data.split.model_dump()
+    keyed = {k: v for k, v in params.items() if k not in source.cache_exempt}
+    url = storage.join(ctx.config.data.cache_dir, store_key(
+        {"source": source.name, "params": keyed, "fingerprint": source.fingerprint(params), "split": split}))
     if is_complete(url):
         info = read_info(url)
         info.cache_hit = True
+        log.info("%s: unchanged inputs, store %s reused (cache hit): nothing downloaded or read", field, url)
     else:
         with tempfile.TemporaryDirectory(prefix="graft-acquire-") as workdir:
             info = build_store(source.load(params, Path(workdir)), url, split,
-                               {"source": source.name, "params": params}, stratified_split)
+                               {"source": source.name, "params": keyed}, stratified_split)
+        log.info("%s: new store %s: %d images, %d classes", field, url, info.rows, len(info.class_names))
+    return info
+
+
+def run(ctx: StageContext) -> StageResult:
+    info = acquire_store(ctx, ctx.config.data.source, "data.source")
     storage.write_json(str(ctx.out / DATASET_FILE), info.as_summary())
-    sample = _sample_grid(ctx, url)
+    sample = _sample_grid(ctx, info)
+    card = _card(ctx, info, sample)
     counts = [{"class": name, "images": n} for name, n in info.class_counts.items()]
+    pretrain_outputs, pretrain_summary = _pretrain_source(ctx)
     return StageResult(
-        outputs={"dataset": DATASET_FILE, **({"samples": sample} if sample else {})},
-        summary={"data": info.as_summary()},
+        outputs={"dataset": DATASET_FILE, "card": CARD_FILE, **({"samples": sample} if sample else {}),
+                 **pretrain_outputs},
+        summary={"data": info.as_summary(), **pretrain_summary},
         artifacts=[
             Artifact("table", "dataset-classes", f"{info.rows} images, {len(info.class_names)} classes"
                      f" ({'cache hit' if info.cache_hit else 'new store'})", rows=counts),
             *([Artifact("image", "dataset-samples", "sample images", path=sample)] if sample else []),
+            Artifact("markdown", "dataset-card", "dataset card", markdown=_embed(card, ctx.out, sample)),
         ],
     )
 
 
-def _sample_grid(ctx: StageContext, url: str, per_class: int = 4) -> str | None:
-    sel = select(url, ["train", "val", "test"], None, "data")
-    dataset = ArrowImageDataset(sel, ctx.config.data.channels, ctx.config.data.image_size)
-    picks = []
-    for label in range(len(sel.class_names)):
-        picks += np.flatnonzero(sel.labels == label)[:per_class].tolist()
+def _pretrain_source(ctx: StageContext) -> tuple[dict[str, str], dict]:
+    """`pretrain.source`, when set: a store of its own (e.g. unlabelled images) for the pretrain stage."""
+    cfg = ctx.config.pretrain.source
+    if cfg is None:
+        return {}, {}
+    info = acquire_store(ctx, cfg, "pretrain.source")
+    storage.write_json(str(ctx.out / PRETRAIN_DATASET_FILE), info.as_summary())
+    return {"pretrain_dataset": PRETRAIN_DATASET_FILE}, {"pretrain_data": info.as_summary()}
+
+
+def _sample_grid(ctx: StageContext, info: StoreInfo, per_class: int = 4) -> str | None:
+    if info.target == "multi":  # a row per label: the first images that carry it
+        table = read_table(info.url)
+        sel = Selection(images=table["image"].combine_chunks(), labels=np.zeros(table.num_rows, np.int64),
+                        class_names=info.class_names)
+        sets = table["labels"].to_pylist()
+        picks = []
+        for label in range(len(info.class_names)):
+            picks += [i for i, s in enumerate(sets) if label in s][:per_class]
+        picks += [i for i, s in enumerate(sets) if not s][:per_class]
+    else:
+        sel = select(info.url, ["train", "val", "test"], None, "data")
+        picks = []
+        for label in range(len(sel.class_names)):
+            picks += np.flatnonzero(sel.labels == label)[:per_class].tolist()
     if not picks:
         return None
+    dataset = ArrowImageDataset(sel, ctx.config.data.channels, ctx.config.data.image_size)
     images = [dataset.decode(i) for i in picks]
     save_grid(images, ctx.out / "samples.png", nrow=per_class)
     return "samples.png"
 
+
+def _card(ctx: StageContext, info: StoreInfo, sample: str | None) -> str:
+    """dataset_card.md: what a person wants to know about the data before training on it."""
+    source = ctx.config.data.source
+    lines = [f"# Dataset card: {info.report.get('source') or source.kind}", "",
+             f"Store `{info.url}` ({'cache hit: unchanged inputs, nothing downloaded or read' if info.cache_hit else 'new store'}).",
+             "", "| images | classes | target | train / val / test | duplicates dropped |", "|---|---|---|---|---|",
+             f"| {info.rows} | {len(info.class_names)} | {info.target} | "
+             f"{' / '.join(str(info.split_counts.get(s, 0)) for s in ('train', 'val', 'test'))} | "
+             f"{info.duplicates_dropped} |", "", "## Classes", "", "| class | images |", "|---|---|"]
+    lines += [f"| {name} | {n} |" for name, n in info.class_counts.items()]
+    if info.report.get("empty_label_sets"):
+        lines.append(f"| (no label) | {info.report['empty_label_sets']} |")
+    sizes = info.image_sizes
+    if sizes:
+        common = ", ".join(f"{w}×{h} ({n})" for w, h, n in sizes.get("most_common", []))
+        lines += ["", "## Image sizes", "",
+                  f"{sizes['distinct']} distinct; smallest {sizes['min'][0]}×{sizes['min'][1]}, largest "
+                  f"{sizes['max'][0]}×{sizes['max'][1]}; most common: {common}. Resized to "
+                  f"{ctx.config.data.image_size}×{ctx.config.data.image_size} for training."]
+    lines += _report_lines(info.report)
+    if sample:
+        lines += ["", "## Samples", "", f"![samples]({sample})"]
+    text = "\n".join(lines) + "\n"
+    (ctx.out / CARD_FILE).write_text(text, encoding="utf-8")
+    return text
+
+
+def _report_lines(report: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    downloads = report.get("downloads")
+    if downloads:
+        lines += ["", "## Downloads (when the store was built)", "", "| file | status | bytes |", "|---|---|---|"]
+        lines += [f"| {d['file']} | {d['status']} | {d['bytes']} |" for d in downloads]
+    bad = report.get("bad_images") or {}
+    if bad.get("missing") or bad.get("unreadable"):
+        lines += ["", "## Bad images (skipped)", "",
+                  f"{bad['missing']} missing, {bad['unreadable']} unreadable; first: {', '.join(bad['first'])}"]
+    unlabelled = report.get("unlabelled_skipped")
+    if unlabelled:
+        lines += ["", f"{unlabelled['count']} images without a label were left out; first: "
+                      f"{', '.join(unlabelled['first'])}"]
+    return lines
+
+
+def _embed(card: str, out: Path, sample: str | None) -> str:
+    """The card for the Prefect UI, with the sample grid inlined (Prefect artifacts cannot reference files)."""
+    if not sample:
+        return card
+    data = base64.b64encode((out / sample).read_bytes()).decode()
+    return card.replace(f"]({sample})", f"](data:image/png;base64,{data})")

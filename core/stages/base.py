@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from datetime import datetime, timezone
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import torch
 
 from core import storage
 from core.config import PipelineConfig
+from core.distributed import DISTRIBUTED_STAGES, DistInfo, launch, wrap, wrap_step
 from core.device import DevicePolicy, Hardware, apply_backend_settings, resolve_policy
 from core.plugin_manager import PluginHost
 from core.runs import Run, deep_merge
@@ -54,13 +56,32 @@ class StageContext:
     run: Run
     policy: DevicePolicy
     out: Path
+    dist: DistInfo | None = None  # set in each process of a distributed stage
 
     def input(self, stage: str, name: str) -> Path:
         """A local path to an output of an earlier stage of this run."""
         return storage.local_copy(self.run.output(stage, name, needed_by=self.stage))
 
     def epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
-        self.host.notify("graft_on_epoch_end", run=self.run.info(), stage=self.stage, epoch=epoch, metrics=metrics)
+        if self.dist is None or self.dist.is_main:
+            self.host.notify("graft_on_epoch_end", run=self.run.info(), stage=self.stage, epoch=epoch, metrics=metrics)
+
+    def parallel(self, model):
+        """The model to train through: DDP-wrapped in a distributed stage, else itself."""
+        return model if self.dist is None else wrap(model, self.dist, self.policy.torch_device)
+
+    def parallel_step(self, module):
+        """A pretext module's `step`, routed through DDP in a distributed stage."""
+        return module.step if self.dist is None else wrap_step(module, self.dist, self.policy.torch_device)
+
+
+def _from_json(data: dict[str, Any]) -> StageResult:
+    return StageResult(outputs=data["outputs"], summary=data["summary"], status=data["status"],
+                       artifacts=[Artifact(**a) for a in data["artifacts"]])
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
 def seed_everything(seed: int) -> None:
@@ -85,26 +106,33 @@ def execute_stage(stage: str, config: PipelineConfig, run: Run, host: PluginHost
     final_url = run.stage_url(stage)
     staging = storage.local_staging_dir(final_url)
     ctx = StageContext(stage, config, host, run, policy, staging)
-    run.update(lambda s: s["stages"].__setitem__(stage, {"status": "running"}))
+    started = _now()
+    run.update(lambda s: s["stages"].__setitem__(stage, {"status": "running", "started": started}))
     host.notify("graft_on_stage_start", run=run.info(), stage=stage)
     seed_everything(config.seed)
     start = time.perf_counter()
     try:
-        result = STAGE_FUNCTIONS[stage](ctx)
+        nproc = config.distributed.nproc_per_node
+        if nproc > 1 and stage in DISTRIBUTED_STAGES:
+            result = _from_json(launch(stage, config, run.run_id, staging, nproc))
+        else:
+            result = STAGE_FUNCTIONS[stage](ctx)
         seconds = round(time.perf_counter() - start, 3)
         storage.publish_dir(staging, final_url)
     except BaseException as exc:
         storage.discard_dir(staging)
         seconds = round(time.perf_counter() - start, 3)
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        run.update(lambda s: s["stages"].__setitem__(stage, {"status": "failed", "seconds": seconds, "error": message}))
+        run.update(lambda s: s["stages"].__setitem__(stage, {"status": "failed", "seconds": seconds, "error": message,
+                                                             "started": started, "ended": _now()}))
         host.notify("graft_on_stage_end", run=run.info(), stage=stage, status="failed", seconds=seconds, outputs={})
         raise
-    entry = {"status": result.status, "seconds": seconds, "outputs": result.outputs}
+    entry = {"status": result.status, "seconds": seconds, "started": started, "ended": _now(),
+             "outputs": result.outputs}
 
     def record(summary: dict[str, Any]) -> None:
         summary["stages"][stage] = entry
-        summary["device"] = policy.as_summary()
+        summary.setdefault("device", {}).update(policy.as_summary())  # keeps what stages added (compiled)
         deep_merge(summary, result.summary)
 
     run.update(record)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
@@ -13,15 +15,16 @@ from core import storage
 from core.checkpoint import META, WEIGHTS, load_into, read_weights
 from core.config import PluginRef
 from core.data.dataset import ArrowImageDataset, Selection, make_loader, normalizer, require_classes, select
+from core.errors import ConfigError
 from core.plugin_manager import PluginHost
-from core.specs import LayerGroup
+from core.specs import LayerGroup, LossContext, LossSpec
 from core.stages.base import StageContext
 from core.validation import plugin_params
 
 
-def dataset_url(ctx: StageContext) -> str:
-    """The store this run acquired (read from the acquire stage's output)."""
-    return storage.read_json(str(ctx.input("acquire", "dataset")))["path"]
+def dataset_url(ctx: StageContext, name: str = "dataset") -> str:
+    """The store this run acquired (read from the acquire stage's output `name`)."""
+    return storage.read_json(str(ctx.input("acquire", name)))["path"]
 
 
 def build_model(host: PluginHost, meta: dict[str, Any]) -> nn.Module:
@@ -50,6 +53,22 @@ def head_keys(model: nn.Module, groups: Sequence[LayerGroup]) -> set[str]:
     """State-dict keys of the head: every key under a module that owns a head parameter."""
     prefixes = {p.rsplit(".", 1)[0] + "." for p in groups[-1].params} if groups and groups[-1].name == "head" else set()
     return {k for k in model.state_dict() if any(k.startswith(pre) for pre in prefixes)}
+
+
+def read_model(host: PluginHost, url: str, field: str) -> tuple[nn.Module, dict[str, Any]]:
+    """A saved model from a directory with model.safetensors + model.json, or a .safetensors with model.json beside it."""
+    base = url.rstrip("/")
+    if base.endswith(".safetensors"):
+        weights, meta_url = base, storage.join(base.rsplit("/", 1)[0] if "/" in base else ".", META)
+    else:
+        weights, meta_url = storage.join(base, WEIGHTS), storage.join(base, META)
+    if not storage.exists(meta_url):
+        raise ConfigError(f"{field}: '{url}' is not a saved model: {meta_url} is missing "
+                          f"(give a run's finetune/model folder, or a .safetensors with model.json beside it)")
+    meta = storage.read_json(meta_url)
+    model = build_model(host, meta)
+    load_into(model, read_weights(weights, field), drop=set(), source=field)
+    return model, meta
 
 
 def load_trained(ctx: StageContext, stage: str = "finetune", name: str = "model") -> tuple[nn.Module, dict]:
@@ -81,22 +100,49 @@ def compose_batch(ops: Sequence[Callable]) -> Callable | None:
     return apply
 
 
+def per_class_subsample(sel: Selection, per_class: int, seed: int) -> Selection:
+    """At most `per_class` rows of each class, the same ones for the same seed (stratified label budget)."""
+    rng = np.random.default_rng(seed)
+    keep = []
+    for label in range(len(sel.class_names)):
+        rows = np.flatnonzero(sel.labels == label)
+        keep.append(np.sort(rng.permutation(rows)[:per_class]))
+    idx = np.sort(np.concatenate(keep)) if keep else np.zeros(0, dtype=np.int64)
+    return Selection(images=sel.images.take(pa.array(idx, pa.int64())), labels=sel.labels[idx],
+                     class_names=list(sel.class_names))
+
+
 def task_loaders(ctx: StageContext, section: str, classes: Sequence[str] | None, batch_size: int | None,
-                 min_classes: int = 2) -> tuple[DataLoader, DataLoader | None, Selection, Callable | None]:
-    """Train loader (with the train augmentations) and val loader (eval transforms) for a class filter."""
+                 min_classes: int = 2, store: str = "dataset",
+                 ) -> tuple[DataLoader, DataLoader | None, Selection, Callable | None]:
+    """Train loader (with the train augmentations) and val loader (eval transforms) for a class filter.
+
+    `store` names the acquire output to read ("pretrain_dataset": a separate pretraining
+    source, whose every split is used for training). `<section>.labels_per_class`,
+    when the section has it set, keeps that many train images per class (seeded by `seed`).
+    """
     cfg = ctx.config
-    url = dataset_url(ctx)
-    train = select(url, "train", classes, f"{section}.classes")
-    require_classes(train, "train", f"{section}.classes", min_classes)
-    val = select(url, "val", train.class_names, f"{section}.classes")
+    url = dataset_url(ctx, store)
+    if store != "dataset":  # a source of its own: all of it is pretraining data
+        train = select(url, ["train", "val", "test"], classes, f"{section}.classes")
+        require_classes(train, "train", f"{section}.classes", min_classes)
+        val = Selection(images=train.images.slice(0, 0), labels=train.labels[:0], class_names=train.class_names)
+    else:
+        train = select(url, "train", classes, f"{section}.classes")
+        require_classes(train, "train", f"{section}.classes", min_classes)
+        val = select(url, "val", train.class_names, f"{section}.classes")
+    per_class = getattr(getattr(cfg, section, None), "labels_per_class", None)
+    if per_class:
+        train = per_class_subsample(train, per_class, cfg.seed)
     norm = normalizer(cfg.data.mean, cfg.data.std, cfg.data.channels)
     train_ops, batch_ops = sample_transforms(ctx.host, cfg.augment.train, "augment.train")
     eval_ops, _ = sample_transforms(ctx.host, cfg.augment.eval, "augment.eval")
     bs = batch_size or cfg.data.batch_size
     workers = cfg.data.num_workers
     train_ds = ArrowImageDataset(train, cfg.data.channels, cfg.data.image_size, train_ops, norm)
+    shard = (ctx.dist.rank, ctx.dist.world_size) if ctx.dist is not None else None
     train_loader = make_loader(train_ds, bs, True, workers, cfg.seed, ctx.policy.pin_memory,
-                               drop_last=len(train_ds) > bs)
+                               drop_last=len(train_ds) > bs * (shard[1] if shard else 1), shard=shard)
     val_loader = None
     if len(val):
         val_ds = ArrowImageDataset(val, cfg.data.channels, cfg.data.image_size, eval_ops, norm)
@@ -104,9 +150,13 @@ def task_loaders(ctx: StageContext, section: str, classes: Sequence[str] | None,
     return train_loader, val_loader, train, compose_batch(batch_ops)
 
 
-def eval_loader(ctx: StageContext, split: str, class_names: Sequence[str], batch_size: int) -> tuple[DataLoader, Selection]:
+def eval_loader(ctx: StageContext, split: str, class_names: Sequence[str], batch_size: int,
+                per_class: int | None = None) -> tuple[DataLoader, Selection]:
+    """Eval-transformed images of `split` (at most `per_class` per class, seeded like fine-tuning's budget)."""
     cfg = ctx.config
     sel = select(dataset_url(ctx), split, class_names, f"evaluate.split")
+    if per_class:
+        sel = per_class_subsample(sel, per_class, cfg.seed)
     eval_ops, _ = sample_transforms(ctx.host, cfg.augment.eval, "augment.eval")
     ds = ArrowImageDataset(sel, cfg.data.channels, cfg.data.image_size, eval_ops,
                            normalizer(cfg.data.mean, cfg.data.std, cfg.data.channels))
@@ -119,3 +169,67 @@ def initial_weights(ctx: StageContext, model: nn.Module, groups: Sequence[LayerG
     if not url:
         return None
     return load_into(model, read_weights(url, "model.weights"), drop=head_keys(model, groups), source=url)
+
+
+class StageLoss(nn.Module):
+    """A configured loss as a stage calls it: `loss(output, target, inputs=None, **extra)`.
+
+    Losses declared with `uses_inputs` also get the batch's input images (a
+    distillation teacher runs on them); the others are called with two arguments.
+    """
+
+    def __init__(self, spec: LossSpec, module: nn.Module, field: str):
+        super().__init__()
+        self.spec_name, self.uses_inputs, self.field = spec.name, spec.uses_inputs, field
+        self.inner = module
+
+    def forward(self, output: torch.Tensor, target: torch.Tensor, inputs: torch.Tensor | None = None,
+                **extra: Any) -> torch.Tensor:
+        """`extra` keywords go to the loss as they are (e.g. infonce's `negatives` from a MoCo queue)."""
+        if self.uses_inputs:
+            if inputs is None:
+                raise ConfigError(f"{self.field}: loss '{self.spec_name}' needs the input images, "
+                                  f"which this training step does not give it")
+            return self.inner(output, target, inputs, **extra)
+        return self.inner(output, target, **extra)
+
+
+def build_loss(host: PluginHost, ref: PluginRef | dict, field: str, class_names: Sequence[str] = (),
+               class_counts: Sequence[int] = (), inputs: dict[str, Any] | None = None) -> StageLoss:
+    """The loss `ref` names, its params checked, with a `LossContext` for losses that ask for one."""
+    ref = ref if isinstance(ref, PluginRef) else PluginRef.model_validate(dict(ref))
+    spec = host.losses.get(ref.name, f"{field}.name")
+    params = plugin_params(spec, ref.params, field)
+    if spec.uses_context:
+        params["context"] = LossContext(
+            field=field, num_classes=len(class_names), class_names=list(class_names),
+            class_counts=[int(c) for c in class_counts],
+            make_loss=lambda inner, inner_field: build_loss(host, inner, inner_field, class_names, class_counts,
+                                                            inputs),
+            load_model=lambda url, model_field: read_model(host, url, model_field),
+            inputs=dict(inputs or {}),
+        )
+    return StageLoss(spec, spec.factory(**params), field)
+
+
+def stage_loss(ctx: StageContext, section: str, ref: PluginRef, sel: Selection, labelled: bool = True) -> StageLoss:
+    """`build_loss` for a training stage: class names and counts from its train selection."""
+    counts = np.bincount(sel.labels, minlength=len(sel.class_names)) if len(sel) and labelled else []
+    data = ctx.config.data
+    inputs = {"in_chans": data.channels, "image_size": data.image_size, "mean": data.mean, "std": data.std}
+    return build_loss(ctx.host, ref, f"{section}.loss", sel.class_names if labelled else [], list(counts), inputs)
+
+
+def checkpoint_url(ctx: StageContext) -> str:
+    """Where a training stage keeps its resumable checkpoints: outside the stage's own (staged) folder."""
+    return storage.join(ctx.run.url, "_checkpoints", ctx.stage)
+
+
+def epoch_reseeder(loader: DataLoader, seed: int) -> Callable[[int], None]:
+    """Each epoch's shuffle depends on (seed, epoch) alone, so a resumed run draws the same batches."""
+    generator = loader.generator
+
+    def reseed(epoch: int) -> None:
+        if generator is not None:
+            generator.manual_seed(seed * 1_000_003 + epoch)
+    return reseed

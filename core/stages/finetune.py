@@ -1,21 +1,30 @@
-"""Fine-tune: head-only epochs with the body frozen, then every group at its own LR.
+"""Fine-tune: head-only epochs with the body frozen, then the layer groups at their own LRs.
 
-The optimizer is built once with one group per layer group (input→head) and
-the LRs spread as configured; phase one freezes all but the head with
-`requires_grad`, phase two unfreezes everything. Each phase has its own
-schedule, scaling every group by the same factor of its own base LR.
+The optimizer is built once, with one group per layer group (input→head) at
+its own LR (`lr: [lo, hi]` or `layer_decay`); phases only change
+`requires_grad`, so schedules and optimizer state stay aligned. Each phase has
+its own schedule, scaling every group by the same factor of its own base LR.
 """
 
 from __future__ import annotations
 
+import logging
+
 from core import storage
 from core.checkpoint import META, WEIGHTS, load_into, read_weights, save_model
 from core.stages.base import Artifact, StageContext, StageResult
-from core.stages.common import build_model, head_keys, initial_weights, layer_groups, model_meta, task_loaders
+from core.stages.common import (build_model, checkpoint_url, epoch_reseeder, head_keys, initial_weights, layer_groups, model_meta, stage_loss,
+                                task_loaders)
+from core.training.checkpointing import Checkpointer
+from core.training.compile import compiled_forward
+from core.training.freezing import set_trainable, train_mode, unfrozen_groups
 from core.training.loop import History, accuracy_and_loss, train_epochs
-from core.training.param_groups import build_param_groups, make_optimizer, set_trainable, spread_lrs
+from core.training.param_groups import build_param_groups, group_lrs, make_optimizer
+from core.training.resume import TrainingState
 from core.training.schedule import GroupScheduler
-from core.validation import plugin_params
+from core.training.selection import BestTracker, make_ema
+
+log = logging.getLogger("graft.stage")
 
 
 def run(ctx: StageContext) -> StageResult:
@@ -26,43 +35,94 @@ def run(ctx: StageContext) -> StageResult:
     meta = model_meta(ctx, class_names)
     model = build_model(host, meta)
     groups = layer_groups(host, cfg.model.family, model)
-    load_report = _starting_weights(ctx, model, groups)
+    load_report = starting_weights(ctx, model, groups)
 
-    loss_spec = host.losses.get(ft.loss.name, "finetune.loss.name")
-    criterion = loss_spec.factory(**plugin_params(loss_spec, ft.loss.params, "finetune.loss"))
-    lrs = spread_lrs(ft.lr, len(groups))
+    criterion = stage_loss(ctx, "finetune", ft.loss, train_sel)
+    lrs = group_lrs(ft.lr, len(groups), ft.layer_decay)
     opt_groups, records = build_param_groups(model, groups, lrs, ft.weight_decay)
     model = ctx.policy.prepare(model)
     criterion = criterion.to(ctx.policy.torch_device)
     optimizer = make_optimizer(ft.optimizer, opt_groups, ft.momentum)
+    ema = make_ema(model, ft.ema) if ft.ema else None
+    evaluated = ema.module if ema is not None else model  # what validation, selection and export see
+    best = BestTracker(ft.monitor)
+    all_groups = {g.name for g in groups}
+
+    forward, compile_status = compiled_forward(ctx.parallel(model), cfg.compile)
 
     def step(images, labels):
-        return criterion(model(images), labels)
+        return criterion(forward(images), labels, inputs=images)
 
-    validate = (lambda: accuracy_and_loss(model, val_loader, ctx.policy)) if val_loader is not None else None  # noqa: E731
+    def validate() -> dict[str, float]:
+        return accuracy_and_loss(evaluated, val_loader, ctx.policy) if val_loader is not None else {}
+
+    def on_epoch_end(epoch: int, metrics: dict[str, float]) -> None:
+        best.update(epoch, metrics, evaluated)
+        ctx.epoch_end(epoch, metrics)
+
     history = History()
-    phases = [("head", {groups[-1].name}, ft.freeze_epochs), ("all", {g.name for g in groups}, ft.epochs)]
-    for phase, trainable, epochs in phases:
-        if epochs == 0:
+    phases = [("head", ft.freeze_epochs), ("all", ft.epochs)]
+    state = TrainingState(Checkpointer(checkpoint_url(ctx), cfg.checkpoints.every_steps, cfg.checkpoints.keep),
+                          model, optimizer, history, ema, best, writer=ctx.dist is None or ctx.dist.is_main)
+    resumed = state.restore()
+    if resumed is not None:
+        log.info("finetune: resuming from the checkpoint at step %d", resumed.step)
+    for index, (phase, epochs) in enumerate(phases):
+        if epochs == 0 or history.stopped_early or (resumed is not None and index < resumed.phase):
             continue
-        set_trainable(model, groups, trainable)
-        scheduler = GroupScheduler(optimizer, ft.schedule, epochs * len(train_loader), ft.warmup)
+
+        def before_epoch(index: int, phase: str = phase) -> dict:
+            if phase == "head":
+                trainable = {groups[-1].name}
+            elif ft.unfreeze == "gradual":
+                trainable = unfrozen_groups(groups, index, head_only_done=ft.freeze_epochs > 0)
+            else:
+                trainable = all_groups
+            set_trainable(model, groups, trainable, ft.bn)
+            train_mode(model, ft.bn)
+            return {"trainable_groups": len(trainable)}
+
+        scheduler = GroupScheduler(optimizer, ft.schedule, epochs * len(train_loader), ft.warmup, ft.monitor,
+                                   ft.plateau_patience, ft.plateau_factor)
+        position, rng_after_skip = None, None
+        if resumed is not None and index == resumed.phase:
+            scheduler.load_state_dict(resumed.scheduler)
+            position = resumed.position
+            if position.batch:
+                rng_after_skip = resumed.restore_rng  # once the finished batches have been drawn again
+            else:
+                resumed.restore_rng()
         train_epochs(model, step, train_loader, optimizer, scheduler, ctx.policy, epochs, history=history,
                      phase=f"finetune-{phase}", batch_transform=batch_op, validate=validate,
-                     on_epoch_end=ctx.epoch_end)
-    set_trainable(model, groups, {g.name for g in groups})
+                     on_epoch_end=on_epoch_end, before_epoch=before_epoch,
+                     after_step=(lambda: ema.update_parameters(model)) if ema is not None else None,
+                     should_stop=lambda: bool(ft.early_stopping) and best.since_best >= ft.early_stopping,
+                     position=position, reseed=epoch_reseeder(train_loader, cfg.seed), restore_rng=rng_after_skip,
+                     on_position=state.on_position(index, scheduler))
+    set_trainable(model, groups, all_groups)
+    restored = ft.restore_best and best.state is not None and best.best_epoch != len(history.epochs)
+    if restored:
+        best.restore(evaluated)
 
-    save_model(model.cpu(), ctx.out / "model", meta)
+    save_model(evaluated.cpu(), ctx.out / "model", meta)
     storage.write_json(str(ctx.out / "history.json"), history.epochs)
+    state.ckpt.clear()
     param_groups = [{"name": r.name, "lr": r.lr, "n_params": r.n_params} for r in records]
     last = history.epochs[-1] if history.epochs else {}
+    final = next((e for e in history.epochs if e["epoch"] == best.best_epoch), last) if restored else last
     return StageResult(
         outputs={"model": "model", "history": "history.json"},
         summary={
             "param_groups": param_groups,
-            "metrics": {"finetune": {k: v for k, v in last.items() if k not in ("epoch", "phase")}},
-            "finetune": {"classes": class_names, "images": len(train_sel), "phases": [p[0] for p in phases if p[2]],
-                         "weights_load": load_report, "steps": history.steps},
+            "metrics": {"finetune": {k: v for k, v in final.items() if k not in ("epoch", "phase")}},
+            "finetune": {"classes": class_names, "images": len(train_sel), "phases": [p for p, e in phases if e],
+                         "weights_load": load_report, "steps": history.steps, "epochs_run": len(history.epochs),
+                         "stopped_early": history.stopped_early, "best_epoch": best.best_epoch,
+                         "monitor": ft.monitor, "restored_best": restored, "ema": ft.ema,
+                         "lr_spread": "layer_decay" if ft.layer_decay else ("lo-hi" if isinstance(ft.lr, list) else "uniform"),
+                         "micro_batch": history.micro_batch, "oom_backoffs": history.oom_backoffs,
+                         "resumed_from_step": resumed.step if resumed is not None else None},
+            "device": {"compiled": compile_status},
         },
         artifacts=[
             Artifact("table", "param-groups", "learning rate per layer group (input → head), last phase",
@@ -72,7 +132,7 @@ def run(ctx: StageContext) -> StageResult:
     )
 
 
-def _starting_weights(ctx: StageContext, model, groups) -> dict | None:
+def starting_weights(ctx: StageContext, model, groups) -> dict | None:
     """The pretrain stage's backbone when this run has one, else `model.weights`, else none (scratch)."""
     summary = ctx.run.summary()
     if ctx.config.finetune.pretrained and summary.get("stages", {}).get("pretrain", {}).get("status") == "completed":

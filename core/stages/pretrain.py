@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from core import storage
 from core.checkpoint import save_model
+from core.config import PluginRef
 from core.specs import PretextContext
 from core.stages.base import Artifact, StageContext, StageResult
-from core.stages.common import head_keys, initial_weights, layer_groups, model_meta, task_loaders
+from core.stages.common import head_keys, initial_weights, layer_groups, model_meta, stage_loss, task_loaders
 from core.training.loop import History, accuracy_and_loss, train_epochs
-from core.training.param_groups import build_param_groups, make_optimizer, spread_lrs
+from core.training.param_groups import build_param_groups, group_lrs, make_optimizer
 from core.training.schedule import GroupScheduler
 from core.validation import plugin_params
 
@@ -21,34 +22,43 @@ def run(ctx: StageContext) -> StageResult:
     pretext = host.pretexts.get(pre.pretext.name, "pretrain.pretext")
     family = host.families.get(cfg.model.family, "model.family")
     min_classes = 2 if pretext.needs_labels else 1
+    store = "pretrain_dataset" if pre.source is not None else "dataset"
     train_loader, val_loader, train_sel, batch_op = task_loaders(ctx, "pretrain", pre.classes, pre.batch_size,
-                                                                 min_classes)
+                                                                 min_classes, store=store)
     class_names = train_sel.class_names
-    loss_spec = host.losses.get(pre.loss.name, "pretrain.loss.name")
-    loss_params = plugin_params(loss_spec, pre.loss.params, "pretrain.loss")
+    loss_ref = pre.loss or (PluginRef(name=pretext.default_loss) if pretext.default_loss else None)
+    make_loss = None
+    if pretext.loss_kind is not None and loss_ref is not None:
+        make_loss = lambda: stage_loss(ctx, "pretrain", loss_ref, train_sel, pretext.needs_labels)  # noqa: E731
     pctx = PretextContext(
         family=family, variant=cfg.model.variant, model_params=plugin_params(family, cfg.model.params, "model"), in_chans=cfg.data.channels,
         image_size=cfg.data.image_size, num_classes=len(class_names) if pretext.needs_labels else 0,
-        make_loss=lambda: loss_spec.factory(**loss_params),
+        make_loss=make_loss,
     )
     module = pretext.build(pctx, **plugin_params(pretext, pre.pretext.params, "pretrain.pretext"))
     backbone = module.backbone
     groups = layer_groups(host, family.name, backbone)
     load_report = initial_weights(ctx, backbone, groups)
-    lrs = spread_lrs(pre.lr, len(groups))
+    lrs = group_lrs(pre.lr, len(groups), pre.layer_decay)
     opt_groups, records = build_param_groups(backbone, groups, lrs, pre.weight_decay)
     backbone_ids = {id(p) for p in backbone.parameters()}
-    extra = [p for p in module.parameters() if id(p) not in backbone_ids]
-    if extra:  # projection heads, decoders: trained at the head's LR
-        opt_groups.append({"params": extra, "lr": lrs[-1], "base_lr": lrs[-1], "weight_decay": pre.weight_decay,
-                           "layer_group": "pretext"})
+    extra = [(n, p) for n, p in module.named_parameters() if id(p) not in backbone_ids and p.requires_grad]
+    # Projection heads, decoders, mask tokens: trained at the last group's LR, no decay on biases,
+    # norms and the module's `no_weight_decay()` names (a momentum encoder has requires_grad=False).
+    skip = set(module.no_weight_decay()) if hasattr(module, "no_weight_decay") else set()
+    decay = [p for n, p in extra if p.ndim > 1 and n not in skip]
+    no_decay = [p for n, p in extra if p.ndim <= 1 or n in skip]
+    for subset, wd in ((decay, pre.weight_decay), (no_decay, 0.0)):
+        if subset:
+            opt_groups.append({"params": subset, "lr": lrs[-1], "base_lr": lrs[-1], "weight_decay": wd,
+                               "layer_group": "pretext"})
     module = ctx.policy.prepare(module)
     optimizer = make_optimizer(pre.optimizer, opt_groups, pre.momentum)
     scheduler = GroupScheduler(optimizer, pre.schedule, pre.epochs * len(train_loader), pre.warmup)
     validate = None
     if pretext.needs_labels and val_loader is not None:
         validate = lambda: accuracy_and_loss(backbone, val_loader, ctx.policy)  # noqa: E731
-    history = train_epochs(module, module.step, train_loader, optimizer, scheduler, ctx.policy, pre.epochs,
+    history = train_epochs(module, ctx.parallel_step(module), train_loader, optimizer, scheduler, ctx.policy, pre.epochs,
                            history=History(), phase="pretrain", batch_transform=batch_op, validate=validate,
                            on_epoch_end=ctx.epoch_end)
     meta = model_meta(ctx, class_names)
@@ -62,6 +72,8 @@ def run(ctx: StageContext) -> StageResult:
         outputs={"backbone": "backbone", "history": "history.json"},
         summary={"metrics": {"pretrain": {k: v for k, v in last.items() if k not in ("epoch", "phase")}},
                  "pretrain": {"pretext": pretext.name, "classes": class_names, "images": len(train_sel),
+                              "labels_used": pretext.needs_labels, "data": store,
+                              "loss": loss_ref.name if make_loss is not None else None,
                               "epochs": pre.epochs, "load": load_report}},
         artifacts=[Artifact("table", "pretrain-history", f"{pretext.name} pretraining per epoch", rows=history.epochs)],
     )

@@ -29,6 +29,17 @@ def spread_lrs(lr: float | Sequence[float], n: int) -> list[float]:
     return [lo * step**i for i in range(n)]
 
 
+def group_lrs(lr: float | Sequence[float], n: int, layer_decay: float | None = None) -> list[float]:
+    """LRs input→head: `[lo, hi]` spread geometrically, or `lr × decay^(groups above)` with layer decay.
+
+    Layer decay matches timm's `param_groups_layer_decay`: the head group gets
+    `lr`, the group below it `lr × decay`, the first group `lr × decay^(n−1)`.
+    """
+    if layer_decay is None:
+        return spread_lrs(lr, n)
+    return [float(lr) * layer_decay ** (n - 1 - i) for i in range(n)]
+
+
 @dataclass(frozen=True)
 class GroupRecord:
     name: str
@@ -64,14 +75,6 @@ def build_param_groups(model: nn.Module, groups: Sequence[LayerGroup], lrs: Sequ
                                    "layer_group": group.name})
         records.append(GroupRecord(group.name, lr, sum(params[n].numel() for n in group.params)))
     return opt_groups, records
-
-
-def set_trainable(model: nn.Module, groups: Sequence[LayerGroup], trainable: set[str]) -> None:
-    """Freeze every layer group not named in `trainable` (requires_grad only)."""
-    params = dict(model.named_parameters())
-    for group in groups:
-        for n in group.params:
-            params[n].requires_grad_(group.name in trainable)
 
 
 def make_optimizer(kind: str, param_groups: list[dict], momentum: float):

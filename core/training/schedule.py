@@ -34,23 +34,60 @@ def _cos(start: float, end: float, pct: float) -> float:
 
 
 class GroupScheduler:
-    def __init__(self, optimizer: Optimizer, kind: str, total_steps: int, warmup: float):
+    """Sets every group's LR to `base_lr × factor` after each step.
+
+    "plateau" is constant after warm-up and multiplies its factor by
+    `plateau_factor` when the monitored metric has not improved for
+    `plateau_patience` epochs (torch's ReduceLROnPlateau rule, applied to
+    every group's own base LR).
+    """
+
+    def __init__(self, optimizer: Optimizer, kind: str, total_steps: int, warmup: float,
+                 monitor: str = "val_loss", plateau_patience: int = 1, plateau_factor: float = 0.5):
         self.optimizer, self.kind, self.total, self.warmup = optimizer, kind, total_steps, warmup
+        self.monitor, self.patience, self.reduce_by = monitor, plateau_patience, plateau_factor
         self.step_count = 0
+        self.plateau_scale = 1.0
+        self.best: float | None = None
+        self.bad_epochs = 0
         self._apply()
 
     def _apply(self) -> None:
-        f = factor(self.kind, self.step_count, self.total, self.warmup)
+        if self.kind == "plateau":
+            f = factor("cosine", self.step_count, self.total, self.warmup) if self._warming() else 1.0
+            f *= self.plateau_scale
+        else:
+            f = factor(self.kind, self.step_count, self.total, self.warmup)
         for group in self.optimizer.param_groups:
             group["lr"] = group["base_lr"] * f
+
+    def _warming(self) -> bool:
+        return self.warmup > 0 and self.step_count < self.warmup * self.total
 
     def step(self) -> None:
         self.step_count += 1
         self._apply()
 
+    def epoch_end(self, metrics: dict[str, float]) -> None:
+        value = metrics.get(self.monitor)
+        if self.kind != "plateau" or value is None:
+            return
+        better = self.best is None or (value < self.best if self.monitor.endswith("loss") else value > self.best)
+        if better:
+            self.best, self.bad_epochs = value, 0
+            return
+        self.bad_epochs += 1
+        if self.bad_epochs > self.patience:
+            self.plateau_scale *= self.reduce_by
+            self.bad_epochs = 0
+            self._apply()
+
     def state_dict(self) -> dict:
-        return {"kind": self.kind, "total": self.total, "warmup": self.warmup, "step_count": self.step_count}
+        return {"kind": self.kind, "total": self.total, "warmup": self.warmup, "step_count": self.step_count,
+                "plateau_scale": self.plateau_scale, "best": self.best, "bad_epochs": self.bad_epochs}
 
     def load_state_dict(self, state: dict) -> None:
         self.step_count = int(state["step_count"])
+        self.plateau_scale = float(state.get("plateau_scale", 1.0))
+        self.best, self.bad_epochs = state.get("best"), int(state.get("bad_epochs", 0))
         self._apply()

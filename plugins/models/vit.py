@@ -13,7 +13,7 @@ import timm
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from core import ConfigError, ModelFamily, hookimpl
+from core import ConfigError, LayerGroup, ModelFamily, hookimpl
 from plugins.models._timm import DropParams, reset_head, timm_layer_groups, unknown_variant, validate_params
 
 # variant → VisionTransformer kwargs; micro's patch size depends on the image (see _patch_size).
@@ -31,14 +31,13 @@ VARIANTS = {
     "vit_base_patch16_224": "timm ViT-B/16 at the configured image size",
 }
 
-# timm's own matcher folds the final `norm` into the last block (MATCH_PREV_GROUP),
-# which suits layer-wise LR decay; for freezing we keep it a group of its own, so
-# unfreezing from the top goes head → norm → last block. Anything unmatched
-# (e.g. `fc_norm` with average pooling) lands in a group just before the head.
+# timm's own grouping: the final `norm` joins the last block (timm's MATCH_PREV_GROUP),
+# exactly as timm's `param_groups_layer_decay` sees a ViT, so `finetune.layer_decay`
+# gives the same per-parameter scales as timm/MAE/BEiT. Anything unmatched (e.g.
+# `fc_norm` with average pooling) lands in a group just before the head.
 MATCHER = {
     "embed": r"^(?:cls_token|reg_token|pos_embed|patch_embed|norm_pre)",
-    "blocks": r"^blocks\.(\d+)\.",
-    "norm": r"^norm\.",
+    "blocks": [(r"^blocks\.(\d+)\.", None), (r"^norm\.", (99999,))],
 }
 
 
@@ -75,8 +74,14 @@ def _rename(label: str) -> str:
 
 
 def layer_groups(model: nn.Module):
-    """"embed", "block0".."blockN-1", "norm", "head" (only the classifier Linear)."""
-    return timm_layer_groups(model, matcher=MATCHER, rename=_rename)
+    """"embed", "block0".."blockN-1" (the last one holds the final norm too), "head"."""
+    groups = timm_layer_groups(model, matcher=MATCHER, rename=_rename)
+    # The last block plus the final norm share no single module: name it after its block.
+    named = []
+    for g in groups:
+        match = re.match(r"^blocks\.(\d+)\.", g.params[0])
+        named.append(LayerGroup(f"block{match.group(1)}", g.params) if g.name.startswith("group") and match else g)
+    return named
 
 
 FAMILY = ModelFamily(

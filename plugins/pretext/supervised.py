@@ -20,7 +20,7 @@ class SupervisedPretext(nn.Module):
         self.loss = ctx.make_loss()
 
     def step(self, images, labels):
-        return self.loss(self.backbone(images), labels)
+        return self.loss(self.backbone(images), labels, inputs=images)
 
 
 @hookimpl

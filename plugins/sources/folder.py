@@ -1,4 +1,9 @@
-"""Class-per-directory images at any fsspec URL: `<root>/<class>/<image>`."""
+"""Images at any fsspec URL: a folder, or a zip/tar archive of one (`file://`, `memory://`, `s3://`, `https://`).
+
+The layout says how labels are given: class per sub-folder (`<root>/<class>/<image>`,
+the default) or a CSV/Parquet label table (see `core.TableLayout`). An archive is
+copied into the stage's scratch folder and safely extracted there.
+"""
 
 from __future__ import annotations
 
@@ -6,57 +11,81 @@ import hashlib
 from pathlib import Path
 
 import fsspec
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from core import DataError, DataSource, ImageRecord, hookimpl
+from core import (DataError, DataSource, ImageSourceParams, hookimpl, image_records, listing, looks_like_archive,
+                  safe_extract)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-
-
-class FolderParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    path: str = Field(description="Root folder (local path or fsspec URL) with one sub-folder per class.")
-    extensions: list[str] = Field(list(IMAGE_SUFFIXES), description="Image file suffixes to include.")
+# What identifies a file's version on each filesystem: local/memory times, S3/GCS/HTTP validators.
+_VERSION_KEYS = ("mtime", "created", "LastModified", "last_modified", "updated", "ETag", "etag", "Last-Modified",
+                 "md5Hash", "Content-MD5")
 
 
-def _listing(params: dict) -> tuple[fsspec.AbstractFileSystem, str, list[tuple[str, str, dict]]]:
-    fs, root = fsspec.core.url_to_fs(params["path"])
-    suffixes = tuple(s.lower() for s in params["extensions"])
-    files = []
-    for path, info in sorted(fs.find(root, detail=True).items()):
-        rel = path[len(root.rstrip("/")) + 1:] if path.startswith(root.rstrip("/")) else path
-        parts = rel.split("/")
-        if len(parts) >= 2 and path.lower().endswith(suffixes):
-            files.append((path, parts[0], info))
-    return fs, root, files
+class FolderParams(ImageSourceParams):
+    path: str = Field(description="A folder, or a .zip/.tar(.gz) archive of one: a local path or any fsspec URL.")
+
+
+def _params(params: dict) -> FolderParams:
+    return FolderParams.model_validate(params)
+
+
+def _is_archive(p: FolderParams) -> bool:
+    return looks_like_archive(p.path.split("?", 1)[0])
 
 
 def _check(params: dict) -> None:
-    fs, root = fsspec.core.url_to_fs(params["path"])
-    if not fs.exists(root):
-        raise DataError(f"data.source.path: folder '{params['path']}' does not exist")
-    if not fs.isdir(root):
-        raise DataError(f"data.source.path: '{params['path']}' is not a folder")
+    p = _params(params)
+    fs, root = fsspec.core.url_to_fs(p.path)
+    what = "archive" if _is_archive(p) else "folder"
+    try:
+        exists = fs.exists(root)
+    except Exception as exc:  # an unreachable host or bucket: say which
+        raise DataError(f"data.source.path: cannot reach '{p.path}': {type(exc).__name__}: {exc}") from None
+    if not exists:
+        raise DataError(f"data.source.path: {what} '{p.path}' does not exist")
+    if what == "folder" and not fs.isdir(root):
+        raise DataError(f"data.source.path: '{p.path}' is not a folder (nor a .zip/.tar archive)")
+
+
+def _version(info: dict) -> str:
+    return "\0".join(str(info.get(k)) for k in ("size", *_VERSION_KEYS) if info.get(k) is not None)
 
 
 def _fingerprint(params: dict) -> str:
-    """Names, sizes and modification times: a changed file changes the store's address."""
-    _, _, files = _listing(params)
+    """Names, sizes and versions (mtime, ETag...): a changed file changes the store's address."""
+    p = _params(params)
+    fs, root = fsspec.core.url_to_fs(p.path)
     digest = hashlib.sha256()
-    for path, label, info in files:
-        digest.update(f"{path}\0{label}\0{info.get('size')}\0{info.get('mtime', info.get('LastModified', ''))}\n".encode())
+    if _is_archive(p):
+        digest.update(f"archive\0{_version(fs.info(root))}".encode())
+    else:
+        for rel, info in listing(fs, root):
+            digest.update(f"{rel}\0{_version(info)}\n".encode())
     return digest.hexdigest()
 
 
-def _load(params: dict, workdir: Path):
-    fs, root, files = _listing(params)
-    if not files:
-        raise DataError(f"data.source.path: no images in class sub-folders of '{params['path']}'")
-    for path, label, _ in files:
-        yield ImageRecord(image=fs.cat_file(path), label=label, source=fs.unstrip_protocol(path))
+def _load(params: dict, workdir: Path | None):
+    p = _params(params)
+    fs, root = fsspec.core.url_to_fs(p.path)
+    if not _is_archive(p):
+        return image_records(fs, root, p, f"'{p.path}'")
+    if workdir is None:
+        raise DataError("data.source.path: an archive source needs a scratch folder to extract into")
+    name = Path(root.split("?", 1)[0]).name
+    local = workdir / "download" / name
+    local.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fs.get_file(root, str(local))
+    except Exception as exc:
+        raise DataError(f"data.source.path: cannot fetch '{p.path}': {type(exc).__name__}: {exc}") from None
+    data = workdir / "data"
+    safe_extract(local, data, p.max_extract_bytes)
+    local.unlink()
+    return image_records(fsspec.filesystem("file"), str(data), p, f"archive '{name}'")
 
 
 @hookimpl
 def graft_data_sources():
     return [DataSource(name="folder", load=_load, fingerprint=_fingerprint, check=_check,
-                       params_model=FolderParams, description="class-per-directory images at any fsspec URL")]
+                       params_model=FolderParams,
+                       description="images at any fsspec URL (folder or zip/tar): class folders or a label table")]

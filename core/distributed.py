@@ -1,0 +1,95 @@
+"""Several processes, one stage: DDP launched through `torch.distributed.run`.
+
+With `distributed.nproc_per_node: N > 1`, a training stage starts N processes
+(`torch.distributed.run --standalone`), each running the same stage function
+on its shard of the data with the model wrapped in DistributedDataParallel.
+Rank 0 alone writes: the other ranks get a throwaway output directory, so
+stage code needs no "if rank == 0" of its own. Training loss is averaged over
+ranks (all-reduce); rank 0 hands the stage's result back to the parent as JSON.
+Backend: NCCL on CUDA, gloo on CPU (what the tests use: 2 processes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from core.errors import StageError
+
+DISTRIBUTED_STAGES = frozenset({"pretrain", "finetune"})
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    backend: str
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+class _StepModule(nn.Module):
+    """Routes a pretext's `step` through `forward`, which is what DDP hooks for gradient sync."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.module.step(images, labels)
+
+
+def wrap(model: nn.Module, info: DistInfo, device: torch.device) -> nn.Module:
+    """DDP around `model`. Unused parameters are expected: freezing leaves groups without gradients."""
+    ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
+
+
+def wrap_step(module: nn.Module, info: DistInfo, device: torch.device):
+    ddp = wrap(_StepModule(module), info, device)
+    return lambda images, labels: ddp(images, labels)
+
+
+def mean_over_ranks(value: torch.Tensor) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized():
+        value = value.clone()
+        dist.all_reduce(value)
+        value /= dist.get_world_size()
+    return value
+
+
+def launch(stage: str, config, run_id: str, out: Path, nproc: int) -> dict[str, Any]:
+    """Run `stage` in `nproc` processes; returns rank 0's result (outputs, summary, artifacts, status)."""
+    with tempfile.TemporaryDirectory(prefix="graft-ddp-") as tmp:
+        tmp_path = Path(tmp)
+        (tmp_path / "config.json").write_text(config.model_dump_json())
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "core.distributed_worker", stage, str(tmp_path / "config.json"), run_id, str(out), str(tmp_path)]
+        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        error = tmp_path / "error.json"
+        if error.exists():
+            raise StageError(json.loads(error.read_text())["message"])
+        if proc.returncode != 0 or not (tmp_path / "result.json").exists():
+            tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
+            raise StageError(f"{stage}: distributed run ({nproc} processes) failed with exit code {proc.returncode}: "
+                             f"{tail.splitlines()[-1] if tail else ''}") from RuntimeError(tail)
+        return json.loads((tmp_path / "result.json").read_text())
+
+
+def result_to_json(result) -> dict[str, Any]:
+    return {"outputs": result.outputs, "summary": result.summary, "status": result.status,
+            "artifacts": [asdict(a) for a in result.artifacts]}

@@ -1,0 +1,59 @@
+"""One rank of a distributed stage (started by `core.distributed.launch` through torch.distributed.run)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from core.config import PipelineConfig
+from core.distributed import DistInfo, result_to_json
+from core.errors import GraftError
+from core.plugin_manager import PluginHost
+from core.runs import Run
+from core.stages.base import StageContext, device_policy, seed_everything
+
+
+def main(stage: str, config_path: str, run_id: str, out: str, exchange: str) -> int:
+    import os
+
+    from core.stages import STAGE_FUNCTIONS
+
+    config = PipelineConfig.model_validate_json(Path(config_path).read_text())
+    host = PluginHost(config.plugins)
+    policy = device_policy(config, host)
+    local_rank = int(os.environ["LOCAL_RANK"])
+    if policy.device_type == "cuda":
+        torch.cuda.set_device(local_rank)
+        policy = dataclasses.replace(policy, device=f"cuda:{local_rank}")
+    backend = "nccl" if policy.device_type == "cuda" else "gloo"
+    dist.init_process_group(backend)
+    info = DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, backend)
+    seed_everything(config.seed)
+    scratch = None if info.is_main else tempfile.TemporaryDirectory(prefix="graft-rank-")
+    ctx = StageContext(stage, config, host, Run(config, run_id), policy, Path(out) if info.is_main else Path(scratch.name),
+                       dist=info)
+    try:
+        result = STAGE_FUNCTIONS[stage](ctx)
+        if info.is_main:
+            result.summary.setdefault(stage, {})["distributed"] = {"world_size": info.world_size, "backend": backend}
+            Path(exchange, "result.json").write_text(json.dumps(result_to_json(result), default=str))
+        dist.barrier()
+        return 0
+    except GraftError as exc:
+        if info.is_main:
+            Path(exchange, "error.json").write_text(json.dumps({"message": str(exc)}))
+        raise
+    finally:
+        dist.destroy_process_group()
+        if scratch is not None:
+            scratch.cleanup()
+
+
+if __name__ == "__main__":
+    sys.exit(main(*sys.argv[1:6]))

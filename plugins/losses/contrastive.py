@@ -1,0 +1,85 @@
+"""Contrastive and metric losses on embeddings.
+
+- infonce (kind "pretext"): `loss(a, b)` with a[i] and b[i] two views of one image.
+  Without a bank it is SimCLR's NT-Xent: all 2N embeddings are anchors, each with its
+  partner as the positive and the other 2N − 2 as negatives, cosine similarity over a
+  temperature τ. With `negatives=` (a (K, D) bank, e.g. a MoCo queue) each a[i] is
+  contrasted against b[i] and the bank: cross-entropy over [a·b, a·bank] / τ.
+- triplet (kind "auxiliary"): batch-hard triplet margin loss (Hermans et al. 2017) on
+  (N, D) embeddings with (N,) labels: for each anchor its farthest positive and nearest
+  negative, then torch's TripletMarginLoss. Not wired into a built-in training step.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from core import LossSpec, hookimpl
+
+
+class InfoNCEParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    temperature: float = Field(0.2, gt=0, le=10, description="Softmax temperature τ on cosine similarities.")
+
+
+class TripletParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    margin: float = Field(1.0, gt=0, description="Required gap between the positive and the negative distance.")
+    p: float = Field(2.0, gt=0, description="Norm of the pairwise distance.")
+
+
+class InfoNCE(nn.Module):
+    def __init__(self, temperature: float = 0.2):
+        super().__init__()
+        self.temperature = temperature
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor, negatives: torch.Tensor | None = None) -> torch.Tensor:
+        if a.shape != b.shape or a.ndim != 2:
+            raise ValueError(f"infonce expects two (N, D) batches of paired embeddings, got {tuple(a.shape)} and "
+                             f"{tuple(b.shape)}")
+        a, b = F.normalize(a.float(), dim=1), F.normalize(b.float(), dim=1)
+        if negatives is not None:
+            bank = F.normalize(negatives.float().detach(), dim=1)
+            logits = torch.cat([(a * b).sum(1, keepdim=True), a @ bank.T], dim=1) / self.temperature
+            return F.cross_entropy(logits, torch.zeros(len(a), dtype=torch.long, device=a.device))
+        n = len(a)
+        z = torch.cat([a, b])
+        sim = (z @ z.T) / self.temperature
+        sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
+        target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+        return F.cross_entropy(sim, target)
+
+
+class BatchHardTriplet(nn.Module):
+    def __init__(self, margin: float = 1.0, p: float = 2.0):
+        super().__init__()
+        self.p = p
+        self.triplet = nn.TripletMarginLoss(margin=margin, p=p)
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        x = embeddings.float()
+        with torch.no_grad():
+            dist = torch.cdist(x, x, p=self.p)
+            same = labels[:, None] == labels[None, :]
+            eye = torch.eye(len(x), dtype=torch.bool, device=x.device)
+            pos = dist.masked_fill(~same | eye, float("-inf"))
+            neg = dist.masked_fill(same, float("inf"))
+            valid = torch.isfinite(pos.max(1).values) & torch.isfinite(neg.min(1).values)
+            anchors = valid.nonzero().squeeze(1)
+            hardest_pos, hardest_neg = pos.argmax(1)[anchors], neg.argmin(1)[anchors]
+        if len(anchors) == 0:  # no class with two samples next to another class: nothing to pull or push
+            return x.sum() * 0.0
+        return self.triplet(x[anchors], x[hardest_pos], x[hardest_neg])
+
+
+@hookimpl
+def graft_losses():
+    return [
+        LossSpec(name="infonce", kind="pretext", factory=InfoNCE, params_model=InfoNCEParams,
+                 description="InfoNCE / NT-Xent on paired views (SimCLR; MoCo with a negative bank)."),
+        LossSpec(name="triplet", kind="auxiliary", factory=BatchHardTriplet, params_model=TripletParams,
+                 description="Batch-hard triplet margin loss on embeddings with labels (torch's TripletMarginLoss)."),
+    ]

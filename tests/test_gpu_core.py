@@ -1,0 +1,84 @@
+"""Issue 7 on CPU: OOM back-off with gradient accumulation, compile with fallback.
+
+CUDA is not available here, so out-of-memory is injected by raising torch's own
+`torch.OutOfMemoryError` (the type CUDA raises) from the step for large micro-batches.
+"""
+
+import copy
+import logging
+
+import pytest
+import torch
+from torch import nn
+
+from core.device import Hardware, resolve_policy
+from core.errors import StageError
+from core.training.compile import compiled_forward
+from core.training.loop import History, train_epochs
+from core.training.schedule import GroupScheduler
+
+CPU = resolve_policy("cpu", "fp32", Hardware(0, None, None, None, False))
+
+
+def batches(n=3, size=16):
+    g = torch.Generator().manual_seed(0)
+    return [(torch.randn(size, 5, generator=g), torch.randint(0, 3, (size,), generator=g)) for _ in range(n)]
+
+
+def train(model, limit=None, data=None):
+    opt = torch.optim.SGD([{"params": model.parameters(), "lr": 0.1, "base_lr": 0.1}])
+
+    def step(x, y):
+        if limit is not None and len(x) > limit:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return nn.functional.cross_entropy(model(x), y)
+
+    history = History()
+    train_epochs(model, step, data or batches(), opt, GroupScheduler(opt, "constant", 3, 0.0), CPU, 1,
+                 history=history, phase="test")
+    return history
+
+
+def test_oom_halves_the_micro_batch_and_keeps_the_full_batch_gradient(caplog):
+    torch.manual_seed(0)
+    reference = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3))
+    backed_off = copy.deepcopy(reference)
+    train(reference)
+    with caplog.at_level(logging.WARNING, logger="graft.train"):
+        history = train(backed_off, limit=4)
+    assert history.micro_batch == 4
+    assert history.oom_backoffs == [{"step": 1, "batch": 16, "micro_batch": 8}, {"step": 1, "batch": 16, "micro_batch": 4}]
+    for a, b in zip(reference.parameters(), backed_off.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)  # same updates: accumulation keeps the effective batch
+    assert "micro-batch 16 → 8" in caplog.text and "accumulating 4 micro-batches per step" in caplog.text
+
+
+def test_oom_with_a_micro_batch_of_one_is_a_clear_error():
+    with pytest.raises(StageError, match="out of memory at step 1 even with a micro-batch of 1"):
+        train(nn.Linear(5, 3), limit=0)
+
+
+def test_compile_failure_falls_back_to_eager(monkeypatch, caplog):
+    def broken_compile(model, **kwargs):
+        def run(x):
+            raise RuntimeError("inductor: no working C++ compiler")
+        return run
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    model = nn.Linear(5, 3)
+    forward, status = compiled_forward(model, True)
+    x = torch.randn(2, 5)
+    with caplog.at_level(logging.WARNING, logger="graft.train"):
+        assert torch.equal(forward(x), model(x))
+    assert status == {"requested": True, "compiled": False, "error": "RuntimeError: inductor: no working C++ compiler"}
+    assert "torch.compile failed, training eagerly instead" in caplog.text
+
+
+def test_compile_really_compiles_on_cpu():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 3))
+    forward, status = compiled_forward(model, True)
+    x = torch.randn(4, 5)
+    assert torch.allclose(forward(x), model(x), atol=1e-6)
+    assert status == {"requested": True, "compiled": True, "error": None}
+    off, status_off = compiled_forward(model, False)
+    assert off is model and status_off["compiled"] is False
