@@ -105,7 +105,15 @@ class DataConfig(Section):
     split: SplitConfig = Field(default_factory=SplitConfig)
     cache_dir: str = Field(".graft/datasets", description="Content-addressed Arrow store (any fsspec URL).")
     batch_size: PositiveInt = Field(64, description="Training batch size.")
-    num_workers: NonNegativeInt = Field(0, description="DataLoader worker processes (0 = in the main process).")
+    num_workers: NonNegativeInt | Literal["auto"] = Field(
+        0, description="DataLoader worker processes (0 = in the main process; auto = min(4, CPUs − 1) when the "
+                       "split has at least 1,000 images, else 0).")
+    prefetch_factor: PositiveInt | None = Field(
+        None, description="Batches each worker loads ahead (None = torch's default of 2; unused with 0 workers).")
+    persistent_workers: bool = Field(True, description="Keep worker processes alive between epochs.")
+    cache_decoded: bool | Literal["auto"] = Field(
+        "auto", description="Decode and resize each split once into a uint8 tensor in memory (auto: when it fits "
+                            "in 1 GiB), instead of decoding every image every epoch.")
     retries: NonNegativeInt = Field(
         3, description="Acquire is retried this many times after a passing failure (HTTP 5xx, a dropped connection).")
     retry_delay: NonNegativeFloat = Field(
@@ -129,6 +137,9 @@ class AugmentConfig(Section):
     train: list[PluginRef] = Field(default_factory=list, description="Augmentations applied while training.")
     eval: list[PluginRef] = Field(default_factory=list, description="Transforms applied at evaluation.")
     preview: NonNegativeInt = Field(8, description="Images in the augmentation preview grid (0 = none).")
+    materialize: NonNegativeInt = Field(
+        0, description="Write K augmented copies of the train split (plus the untouched val/test rows) into a new "
+                       "Arrow store that later stages train on (0 = off; for tiny datasets).")
 
 
 class TrainingConfig(Section):
@@ -297,11 +308,25 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
-    if parts[-1] in PLUGIN_SELECTORS and node.get(parts[-1]) not in (None, value):
+    if parts[-1] in PLUGIN_SELECTORS and node.get(parts[-1]) not in (None, value) and _selects_plugin(parts[:-1]):
         # Another plugin is chosen: the old one's parameters mean nothing to it.
         for key in [k for k in node if k != parts[-1]]:
             del node[key]
     node[parts[-1]] = value
+
+
+def _selects_plugin(path: list[str]) -> bool:
+    """Whether the field at `path` is a plugin reference (a loss, pretext, source), by the schema."""
+    model: Any = PipelineConfig
+    for part in path:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return False
+        candidates = [field.annotation, *getattr(field.annotation, "__args__", ())]
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if model is None:
+            return False
+    return model is not PipelineConfig and issubclass(model, (PluginRef, SourceConfig))
 
 
 def parse_config(data: Any, source: str = "config") -> PipelineConfig:

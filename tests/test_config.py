@@ -27,6 +27,14 @@ def test_choosing_another_plugin_drops_the_old_ones_params():
     assert same.finetune.loss.params == {"label_smoothing": 0.1}
 
 
+def test_a_name_that_is_not_a_plugin_reference_is_just_a_value():
+    cfg = load_config(DIGITS, ["name=other", "gpu_slot.hold=always", "gpu_slot.name=gpu-big"])
+    assert cfg.name == "other" and cfg.finetune.lr == [0.0003, 0.003]  # the rest of the file is kept
+    assert (cfg.gpu_slot.name, cfg.gpu_slot.hold) == ("gpu-big", "always")
+    pretext = load_config(DIGITS, ["pretrain.pretext.name=simclr", "pretrain.source.kind=folder", "pretrain.source.path=/x"])
+    assert pretext.pretrain.pretext.name == "simclr" and pretext.pretrain.source.params == {"path": "/x"}
+
+
 def test_set_on_a_string_loss_turns_it_into_a_mapping():
     data = {"finetune": {"loss": "cross-entropy"}}
     apply_override(data, "finetune.loss.label_smoothing=0.2")
