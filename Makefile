@@ -6,8 +6,15 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.graftflow-installed
 CONFIG ?= pipelines/configs/digits.yaml
 PYTEST_ARGS ?=
+# Prefect server operations (docs/server.md): `make server` in one terminal, then pool, deploy, worker.
+PREFECT := $(VENV)/bin/prefect
+SERVER_HOST ?= 127.0.0.1
+SERVER_PORT ?= 4200
+# Only the server targets talk to this API (`make run` and `make test` keep Prefect's ephemeral mode).
+API_URL ?= $(or $(PREFECT_API_URL),http://$(SERVER_HOST):$(SERVER_PORT)/api)
+GPU_SLOTS ?= 1
 
-.PHONY: install run test test-fast bench experiment-ssl lint-imports clean
+.PHONY: install run test test-fast bench experiment-ssl experiment-finetune lint-imports clean server pool deploy worker
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,8 +36,26 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m tests.benchmarks $(BENCH_ARGS)
 
+experiment-finetune: $(STAMP)
+	$(PY) -m pipelines.experiments.finetune_strategies
+
 experiment-ssl: $(STAMP)
 	$(PY) -m pipelines.experiments.ssl_vs_scratch
+
+server: $(STAMP)  ## a local Prefect server on loopback, SQLite under $$PREFECT_HOME (default ~/.prefect)
+	PREFECT_SERVER_API_HOST=$(SERVER_HOST) PREFECT_SERVER_API_PORT=$(SERVER_PORT) PREFECT_SERVER_ANALYTICS_ENABLED=false \
+		$(PREFECT) server start --host $(SERVER_HOST) --port $(SERVER_PORT)
+
+pool: $(STAMP)  ## the `local` process work pool and the `gpu` global concurrency limit (idempotent)
+	export PREFECT_API_URL=$(API_URL); \
+	$(PREFECT) work-pool inspect local >/dev/null 2>&1 || $(PREFECT) work-pool create local --type process; \
+	$(PREFECT) gcl inspect gpu >/dev/null 2>&1 || $(PREFECT) gcl create gpu --limit $(GPU_SLOTS)
+
+deploy: $(STAMP)  ## every deployment in deploy/prefect.yaml; the worker will run them from this checkout
+	PREFECT_API_URL=$(API_URL) GRAFT_ROOT=$(CURDIR) $(PREFECT) --no-prompt deploy --all --prefect-file deploy/prefect.yaml
+
+worker: $(STAMP)  ## a worker for the `local` pool (stop it with Ctrl-C)
+	PREFECT_API_URL=$(API_URL) PREFECT_LOGGING_EXTRA_LOGGERS=graft $(PREFECT) worker start --pool local
 
 lint-imports: $(STAMP)
 	$(VENV)/bin/lint-imports

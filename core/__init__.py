@@ -12,11 +12,11 @@ from core.data.layouts import FoldersLayout, ImageSourceParams, Records, TableLa
 from core.data.layouts import records as image_records
 from core.secrets import lookup as lookup_secret
 from core.secrets import redact, secret_ref
-from core.specs import (AugmentationSpec, DataSource, Exporter, ImageRecord, LayerGroup, LossContext, LossSpec,
+from core.specs import (AugmentContext, AugmentationSpec, DataSource, Exporter, ImageRecord, LayerGroup, LossContext, LossSpec,
                         ModelFamily, PretextContext, PretextTask, RunInfo)
 
 __all__ = [
-    "AugmentationSpec", "ConfigError", "DataError", "DataSource", "Exporter", "GraftError", "ImageRecord",
+    "AugmentContext", "AugmentationSpec", "ConfigError", "DataError", "DataSource", "Exporter", "GraftError", "ImageRecord",
     "LayerGroup", "LossContext", "LossRef", "LossSpec", "ModelFamily", "PluginError", "PretextContext", "PretextTask", "RunInfo",
     "StageError", "hookimpl",
     # data sources: layouts, archives, secrets

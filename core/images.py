@@ -46,3 +46,34 @@ def save_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: 
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def save_training_curves(epochs: Sequence[dict], path: Path, title: str) -> Path:
+    """Loss (left) and accuracy (right) per epoch from a stage's history rows; phases are marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xs = [row["epoch"] for row in epochs]
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(9, 3.2), dpi=100)
+    for key, ax in (("train_loss", loss_ax), ("val_loss", loss_ax), ("train_accuracy", acc_ax), ("val_accuracy", acc_ax)):
+        points = [(x, row[key]) for x, row in zip(xs, epochs) if isinstance(row.get(key), (int, float))]
+        if points:
+            ax.plot(*zip(*points), marker="o", label=key)
+    for ax, label in ((loss_ax, "loss"), (acc_ax, "accuracy")):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    phases = [row.get("phase") for row in epochs]
+    for i in range(1, len(phases)):
+        if phases[i] != phases[i - 1]:  # e.g. head-only → all layers
+            for ax in (loss_ax, acc_ax):
+                ax.axvline(xs[i] - 0.5, color="grey", linestyle="--", linewidth=1)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

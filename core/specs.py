@@ -71,6 +71,7 @@ class LossSpec:
     description: str = ""
     uses_context: bool = False
     uses_inputs: bool = False
+    soft_targets: bool = False  # also takes (N, C) class probabilities as targets (MixUp / CutMix)
 
 
 @dataclass(frozen=True)
@@ -135,11 +136,31 @@ class DataSource:
 
 
 @dataclass(frozen=True)
-class AugmentationSpec:
-    """`factory(**params)` → a callable on uint8 image tensors (C,H,W) or batches.
+class AugmentContext:
+    """What an augmentation factory with `uses_context=True` receives as `context=`."""
 
-    `placement` says where it runs: "sample" in DataLoader workers, "batch" on
-    the training device after collation.
+    num_classes: int
+    image_size: int
+    channels: int
+
+
+@dataclass(frozen=True)
+class AugmentationSpec:
+    """An augmentation, named in `augment.train` / `augment.eval`.
+
+    `factory(**params)` builds the op for its default `placement`:
+    - "sample": a callable on one uint8 image tensor (C,H,W) → uint8 (C,H,W), run in
+      DataLoader workers before normalisation (torchvision.transforms.v2 ops fit);
+    - "batch": a callable `(images, labels) → (images, labels)` on a collated batch
+      on the training device, where `images` are float32 (N,C,H,W) in [0, 1] and
+      normalisation follows all batch ops. `labels` are int64 (N,) class indices
+      or, once a `soft_targets` op ran, float (N, C) class probabilities.
+    `batch_factory(**params)`, when given, builds a batch op equivalent to the
+    sample op with per-sample randomness, so that the entry may run on the device
+    (`placement: batch`, or `auto` on CUDA).
+    `uses_context=True`: the factories also get `context=` an `AugmentContext`.
+    `soft_targets=True`: the op turns labels into class probabilities (MixUp),
+    so the loss must accept them (`LossSpec.soft_targets`).
     """
 
     name: str
@@ -147,6 +168,9 @@ class AugmentationSpec:
     placement: Literal["sample", "batch"] = "sample"
     params_model: type | None = None
     description: str = ""
+    batch_factory: Callable[..., Callable] | None = None
+    uses_context: bool = False
+    soft_targets: bool = False
 
 
 @dataclass(frozen=True)

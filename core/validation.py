@@ -87,11 +87,15 @@ def validate_config(config: PipelineConfig, host: PluginHost, stages: list[str] 
             if params is not None and (stages is None or "acquire" in stages):
                 check(check_source, source, params, field)
 
+    from core.stages.common import augment_policy  # torch-heavy; stages import this module
+
+    soft_targets = None
     for section in ("augment.train", "augment.eval"):
-        for i, ref in enumerate(getattr(config.augment, section.split(".")[1])):
-            aug = check(host.augmentations.get, ref.name, f"{section}[{i}].name")
-            if aug is not None:
-                check(plugin_params, aug, ref.params, f"{section}[{i}]")
+        policy = check(augment_policy, host, getattr(config.augment, section.split(".")[1]), section,
+                       "cpu", None, section == "augment.train")
+        if policy is not None and policy.soft_targets:
+            soft_targets = next(e["name"] for e in policy.entries
+                                if host.augmentations.get(e["name"], section).soft_targets)
 
     pretext = check(host.pretexts.get, config.pretrain.pretext.name, "pretrain.pretext")
     if pretext is not None:
@@ -112,6 +116,17 @@ def validate_config(config: PipelineConfig, host: PluginHost, stages: list[str] 
             check(check_loss, host, ref, "pretrain.loss", pretext.loss_kind,
                   f", or leave it unset for {pretext.name}'s default" if pretext.default_loss else "")
     check(check_loss, host, config.finetune.loss, "finetune.loss", "classification")
+    if soft_targets is not None:
+        refs = [("finetune.loss", config.finetune.loss)]
+        if pretext is not None and pretext.needs_labels and pretext.loss_kind == "classification":
+            refs.append(("pretrain.loss", config.pretrain.loss or PluginRef(name=pretext.default_loss or "")))
+        for field, ref in refs:
+            loss = check(host.losses.get, ref.name, f"{field}.name")
+            if loss is not None and not loss.soft_targets:
+                problems.append(f"{field}.name: '{loss.name}' takes class indices only, but augment.train has "
+                                f"'{soft_targets}', which makes soft targets; use a loss that accepts them "
+                                f"(" + (", ".join(n for n, e in host.losses.entries() if e.spec.soft_targets)
+                                        or "none registered") + ")")
 
     for i, fmt in enumerate(config.export.formats):
         check(host.exporters.get, fmt, f"export.formats[{i}]")

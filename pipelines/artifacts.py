@@ -5,10 +5,18 @@ from __future__ import annotations
 import base64
 import re
 
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+import logging
+
+from prefect.artifacts import (create_markdown_artifact, create_progress_artifact, create_table_artifact,
+                               update_progress_artifact)
 
 from core import storage
+from core.config import PipelineConfig
+from core.hookspecs import hookimpl
+from core.plugin_manager import PluginHost
 from core.stages.base import Artifact
+
+log = logging.getLogger("graft.artifacts")
 
 
 def _key(*parts: str) -> str:
@@ -30,3 +38,37 @@ def publish(pipeline: str, stage_url: str, artifacts: list[Artifact]) -> None:
                 key=key, description=art.description)
         elif art.kind == "markdown" and art.markdown:
             create_markdown_artifact(markdown=art.markdown, key=key, description=art.description)
+
+
+class TrainingProgress:
+    """An observer that keeps a Prefect progress artifact (0–100 %) current while a stage trains.
+
+    Registered on the stage's PluginHost like any observer plugin (core stays free of Prefect):
+    it is created at 0 % when the stage starts and updated at every `graft_on_epoch_end`.
+    """
+
+    def __init__(self, pipeline: str, stage: str, total_epochs: int):
+        self.stage, self.total = stage, max(total_epochs, 1)
+        self.description = f"{pipeline}: {stage} epochs done"
+        self.artifact_id = create_progress_artifact(
+            progress=0.0, key=_key(pipeline, stage, "progress"), description=f"{self.description}: 0/{self.total}")
+
+    @classmethod
+    def attach(cls, host: PluginHost, stage: str, config: PipelineConfig) -> "TrainingProgress | None":
+        epochs = {"pretrain": config.pretrain.epochs if config.pretrain.enabled else 0,
+                  "finetune": config.finetune.freeze_epochs + config.finetune.epochs}.get(stage, 0)
+        if not epochs:
+            return None
+        try:
+            observer = cls(config.name, stage, epochs)
+        except Exception as exc:  # progress is a nicety: never fail a stage for it
+            log.warning("progress artifact for %s not created: %s", stage, exc)
+            return None
+        host.pm.register(observer, name=f"graftflow-progress-{stage}")
+        return observer
+
+    @hookimpl
+    def graft_on_epoch_end(self, run, stage, epoch, metrics):
+        done = min(epoch, self.total)
+        update_progress_artifact(self.artifact_id, progress=round(100.0 * done / self.total, 1),
+                                 description=f"{self.description}: {done}/{self.total}")

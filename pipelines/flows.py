@@ -16,14 +16,14 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
 
-from core import secrets, storage
+from core import cache, secrets, storage
 from core.config import STAGES, PipelineConfig
 from core.errors import DataError, GraftError, TransientDataError
 from core.plugin_manager import PluginHost
 from core.runs import Run
 from core.stages.base import device_policy, execute_stage
 from core.validation import validate_config
-from pipelines.artifacts import publish
+from pipelines.artifacts import TrainingProgress, publish
 
 
 class _UserErrorsWithoutTraceback(logging.Filter):
@@ -95,6 +95,7 @@ def _gpu_slot(stage: str, config: PipelineConfig, host: PluginHost):
 def run_stage(stage: str, config: PipelineConfig, run_id: str) -> dict[str, Any]:
     host = PluginHost(config.plugins)
     run = Run.open(config, run_id)
+    TrainingProgress.attach(host, stage, config)  # a progress artifact, updated at every epoch end
     with _source_secrets(stage, config), _gpu_slot(stage, config, host):
         result = execute_stage(stage, config, run, host)
     publish(config.name, result["url"], result.pop("artifacts"))
@@ -165,12 +166,28 @@ STAGE_FLOWS = {"acquire": acquire, "augment": augment, "pretrain": pretrain, "fi
 
 
 def _transfer_name() -> str:
+    """Says what ran: pipeline, stages, model and the fine-tuning budget, e.g.
+    `digits-transfer · all stages · resnet-tiny · ft 1+5 ep · lr 0.0003–0.003`."""
     from prefect.runtime import flow_run
 
-    config = flow_run.parameters.get("config")
-    name = getattr(config, "name", None) or (config or {}).get("name", "transfer")
-    stages = flow_run.parameters.get("stages")
-    return f"{name}/{'+'.join(stages) if stages else 'all-stages'}"
+    params = flow_run.parameters
+    config = params.get("config")
+    if isinstance(config, dict):
+        try:
+            config = PipelineConfig.model_validate(config)
+        except Exception:  # the run fails on validation anyway; still give it a name
+            return f"{config.get('name', 'transfer')} · invalid parameters"
+    config = config or PipelineConfig()
+    stages = params.get("stages")
+    ft = config.finetune
+    lr = "–".join(f"{v:g}" for v in ft.lr) if isinstance(ft.lr, list) else f"{ft.lr:g}"
+    parts = [config.name, "+".join(stages) if stages else "all stages", f"{config.model.family}-{config.model.variant}",
+             f"ft {ft.freeze_epochs}+{ft.epochs} ep", f"lr {lr}"]
+    if params.get("run_id"):
+        parts.append(f"run {params['run_id']}")
+    if params.get("force"):
+        parts.append("force")
+    return " · ".join(parts)
 
 
 @flow(name="transfer", flow_run_name=_transfer_name)
@@ -179,19 +196,34 @@ def transfer(config: PipelineConfig = PipelineConfig(), stages: list[str] | None
     """The whole transfer pipeline: acquire → augment → pretrain → finetune → evaluate → export.
 
     Continuing a run (`run_id`) skips the stages it already completed, unless `force`;
-    an interrupted stage resumes from its last checkpoint.
+    an interrupted stage resumes from its last checkpoint. Without `run_id`, a run
+    that already completed the selected stages with the same inputs and code
+    is reused (see core/cache.py), unless `force`.
     """
     selected = [s for s in STAGES if stages is None or s in stages]
     validate_config(config, PluginHost(config.plugins), selected)
-    run = Run.open(config, run_id)
     logger = get_run_logger()
+    reused = None
+    if run_id is None and not force:
+        reused = run_id = cache.cached_run(config, selected)
+        if reused:
+            logger.info("cache hit: run %s completed %s with the same inputs and code; reusing it "
+                        "(force: true computes again)", reused, ", ".join(selected))
+    run = Run.open(config, run_id)
     logger.info("run %s → %s", run.run_id, run.url)
+    # Pointers are recorded only when every stage of this run ran with this very config.
+    same_config = run.summary().get("config") == config.model_dump(mode="json")
+    skipped = []
     for stage in selected:
         if not force and run.completed(stage):
             logger.info("%s: already completed in run %s, skipped (force: true runs it again)", stage, run.run_id)
+            skipped.append(stage)
             continue
         STAGE_FLOWS[stage](config=config, run_id=run.run_id)
-    return {"run_id": run.run_id, "url": run.url, "summary": storage.join(run.url, "summary.json")}
+        if same_config:
+            cache.record(config, stage, run.run_id)
+    return {"run_id": run.run_id, "url": run.url, "summary": storage.join(run.url, "summary.json"),
+            "skipped": skipped, "reused_run": reused}
 
 
 @flow(name="lr-find", flow_run_name=_name("lr-find"))

@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms import v2
 
@@ -79,22 +79,62 @@ def normalizer(mean: Sequence[float], std: Sequence[float], channels: int) -> v2
     return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(per_channel(mean), per_channel(std))])
 
 
+CACHE_BUDGET = 1 << 30  # bytes of decoded uint8 pixels `cache_decoded: auto` allows per split
+
+
+def cache_fits(n: int, channels: int, image_size: int, setting: bool | str = "auto",
+               budget: int = CACHE_BUDGET) -> bool:
+    """Whether to decode a split once into memory: `data.cache_decoded` true/false, or auto within `budget`."""
+    if setting == "auto":
+        return n * channels * image_size * image_size <= budget
+    return bool(setting)
+
+
+def auto_workers(setting: int | str, n: int, cpus: int | None = None, minimum: int = 1000) -> int:
+    """`data.num_workers`: a number, or auto = min(4, CPUs − 1) when the split has `minimum` images, else 0."""
+    if setting != "auto":
+        return int(setting)
+    import os
+
+    if cpus is None:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(4, cpus - 1)) if n >= minimum else 0
+
+
 class ArrowImageDataset(Dataset):
-    """Decodes encoded images from an Arrow column; returns (float tensor, label)."""
+    """Decodes encoded images from an Arrow column; returns (image tensor, label).
+
+    `cache=True` decodes and resizes every image once, at construction, into one
+    uint8 tensor (N,C,H,W) that DataLoader workers share (fork: copy-on-write),
+    so an epoch costs indexing and augmentation only. Without `normalize` the
+    images stay uint8 (batch ops on the device convert and normalise them).
+    """
 
     def __init__(self, sel: Selection, channels: int, image_size: int,
-                 sample_transforms: Sequence[Callable] = (), normalize: Callable | None = None):
+                 sample_transforms: Sequence[Callable] = (), normalize: Callable | None = None,
+                 cache: bool = False):
         self.images = sel.images
         self.labels = torch.as_tensor(sel.labels, dtype=torch.long)
         self.mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
         self.resize = base_transform(image_size)
         self.augment = v2.Compose(list(sample_transforms)) if sample_transforms else None
         self.normalize = normalize
+        self.cached: torch.Tensor | None = None
+        if cache:
+            self.cached = torch.empty((len(self.labels), channels, image_size, image_size), dtype=torch.uint8)
+            for i in range(len(self.labels)):
+                self.cached[i] = self.decode_encoded(i)
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def decode(self, i: int) -> torch.Tensor:
+        """Image `i` as uint8 (C, image_size, image_size), from the cache when there is one."""
+        if self.cached is not None:
+            return self.cached[i]
+        return self.decode_encoded(i)
+
+    def decode_encoded(self, i: int) -> torch.Tensor:
         raw = self.images[i].as_buffer()
         data = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
         try:
@@ -111,16 +151,49 @@ class ArrowImageDataset(Dataset):
             image = self.normalize(image)
         return image, self.labels[i]
 
+    def __getitems__(self, indices: Sequence[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """A batch at once (DataLoader calls this): from the cache, one gather instead of N decodes."""
+        if self.cached is None or self.augment is not None:
+            return [self[i] for i in indices]
+        index = torch.as_tensor(indices, dtype=torch.long)
+        images = self.cached[index]
+        if self.normalize is not None:
+            images = self.normalize(images)
+        return list(zip(images.unbind(0), self.labels[index].unbind(0)))
+
+
+class BatchCollate:
+    """A collate_fn that runs batch ops in the DataLoader worker, right after collation.
+
+    For CPU training: the "device" is the CPU, so batch ops run in the workers,
+    in parallel with the training step, instead of in the training process.
+    """
+
+    def __init__(self, transform: Callable):
+        self.transform = transform
+
+    def __call__(self, samples):
+        images, labels = default_collate(samples)
+        return self.transform(images, labels)
+
 
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: int, seed: int,
-                pin_memory: bool = False, drop_last: bool = False, shard: tuple[int, int] | None = None) -> DataLoader:
-    """`shard=(rank, world_size)` gives each process of a distributed stage its own part of every epoch."""
+                pin_memory: bool = False, drop_last: bool = False, shard: tuple[int, int] | None = None,
+                prefetch_factor: int | None = None, persistent_workers: bool = True,
+                collate_fn: Callable | None = None) -> DataLoader:
+    """`shard=(rank, world_size)` gives each process of a distributed stage its own part of every epoch.
+
+    Workers are seeded from the loader's seeded generator, so the same `seed` gives the
+    same batches and the same per-sample augmentations, with or without workers.
+    """
     generator = torch.Generator().manual_seed(seed)
     sampler = None
     if shard is not None:
         sampler = DistributedSampler(dataset, num_replicas=shard[1], rank=shard[0], shuffle=shuffle, seed=seed,
                                      drop_last=drop_last)
+    extra = {"prefetch_factor": prefetch_factor} if num_workers > 0 and prefetch_factor else {}
     return DataLoader(
         dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler, num_workers=num_workers,
-        generator=generator, pin_memory=pin_memory, drop_last=drop_last, persistent_workers=num_workers > 0,
+        generator=generator, pin_memory=pin_memory, drop_last=drop_last,
+        persistent_workers=num_workers > 0 and persistent_workers, collate_fn=collate_fn, **extra,
     )

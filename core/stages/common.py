@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -14,17 +15,36 @@ from torch.utils.data import DataLoader
 from core import storage
 from core.checkpoint import META, WEIGHTS, load_into, read_weights
 from core.config import PluginRef
-from core.data.dataset import ArrowImageDataset, Selection, make_loader, normalizer, require_classes, select
+from core.data.dataset import (ArrowImageDataset, BatchCollate, Selection, auto_workers, cache_fits, make_loader, normalizer,
+                               require_classes, select)
 from core.errors import ConfigError
 from core.plugin_manager import PluginHost
-from core.specs import LayerGroup, LossContext, LossSpec
+from core.specs import AugmentContext, LayerGroup, LossContext, LossSpec
 from core.stages.base import StageContext
 from core.validation import plugin_params
 
 
-def dataset_url(ctx: StageContext, name: str = "dataset") -> str:
-    """The store this run acquired (read from the acquire stage's output `name`)."""
+def dataset_url(ctx: StageContext, name: str = "dataset", materialized: bool = True) -> str:
+    """The store this run acquired (read from the acquire stage's output `name`).
+
+    With `augment.materialize` on and the augment stage completed, the main dataset is
+    the store of augmented copies that stage wrote (its output "dataset") instead.
+    """
+    if name == "dataset" and materialized:
+        url = materialized_url(ctx)
+        if url is not None:
+            return url
     return storage.read_json(str(ctx.input("acquire", name)))["path"]
+
+
+def materialized_url(ctx: StageContext) -> str | None:
+    """The augment stage's store of augmented copies, when `augment.materialize` is on and it was written."""
+    if not ctx.config.augment.materialize:
+        return None
+    entry = ctx.run.summary().get("stages", {}).get("augment", {})
+    if entry.get("status") != "completed" or "dataset" not in entry.get("outputs", {}):
+        return None
+    return storage.read_json(str(ctx.input("augment", "dataset")))["path"]
 
 
 def build_model(host: PluginHost, meta: dict[str, Any]) -> nn.Module:
@@ -79,25 +99,123 @@ def load_trained(ctx: StageContext, stage: str = "finetune", name: str = "model"
     return model, meta
 
 
+@dataclass
+class AugmentPolicy:
+    """A section of `augment` resolved: per-sample ops (workers) and batch ops (device), in order."""
+
+    sample: list[Callable]
+    batch: list[Callable]
+    entries: list[dict[str, Any]]  # name, placement (resolved), params: for policy.json
+    soft_targets: bool = False
+
+
+def augment_policy(host: PluginHost, refs: Sequence[PluginRef], section: str, device_type: str = "cpu",
+                   context: AugmentContext | None = None, training: bool = True,
+                   baked: bool = False) -> AugmentPolicy:
+    """Resolve each entry's placement and build its op.
+
+    An entry may say `placement: sample|batch|auto` (default auto). auto runs an op on the
+    device when the spec is batch-only, or when it has a batch form, the device is CUDA
+    and every later entry runs batched too (batch ops run after all per-sample ops, so
+    the order of the list is kept). Eval sections (`training=False`) run per sample only.
+    `baked=True` (training on `augment.materialize`d copies): ops with a per-sample form
+    are already in the images and are left out; batch-only ops (MixUp, CutMix) remain.
+    """
+    context = context or AugmentContext(num_classes=0, image_size=0, channels=0)
+    resolved = []
+    for i, ref in enumerate(refs):
+        field = f"{section}[{i}]"
+        spec = host.augmentations.get(ref.name, f"{field}.name")
+        params = dict(ref.params)
+        want = params.pop("placement", "auto")
+        can_sample, can_batch = spec.placement == "sample", spec.placement == "batch" or spec.batch_factory is not None
+        if want not in ("auto", "sample", "batch"):
+            raise ConfigError(f"{field}.placement: expected auto, sample or batch, got {want!r}")
+        if want == "sample" and not can_sample:
+            raise ConfigError(f"{field}.placement: '{spec.name}' runs on whole batches only (placement batch)")
+        if want == "batch" and not can_batch:
+            raise ConfigError(f"{field}.placement: '{spec.name}' has no batch form; use placement sample")
+        if not training and (want == "batch" or not can_sample):
+            raise ConfigError(f"{field}: '{spec.name}' runs on training batches only; {section} runs per sample")
+        resolved.append((field, spec, want, can_sample, can_batch, plugin_params(spec, params, field)))
+    batch_tail = True  # every later entry runs batched
+    places = [""] * len(resolved)
+    for j in range(len(resolved) - 1, -1, -1):
+        _, _, want, can_sample, can_batch, _ = resolved[j]
+        if want == "auto":
+            want = "batch" if not can_sample or (can_batch and device_type == "cuda" and batch_tail and training) \
+                else "sample"
+        places[j] = want
+        batch_tail = batch_tail and want == "batch"
+    first_batch = next((j for j, place in enumerate(places) if place == "batch"), len(places))
+    for j in range(first_batch + 1, len(places)):
+        if places[j] == "sample":
+            field, spec = resolved[j][:2]
+            raise ConfigError(f"{field}: '{spec.name}' runs per sample after batch op '{resolved[first_batch][1].name}'; "
+                              f"batch ops run after every per-sample op: move it before them, or run it batched")
+    policy = AugmentPolicy([], [], [])
+    for (field, spec, _, can_sample, _, params), place in zip(resolved, places):
+        if baked and can_sample:
+            continue
+        kwargs = dict(params, context=context) if spec.uses_context else params
+        if place == "batch":
+            op = (spec.factory if spec.placement == "batch" else spec.batch_factory)(**kwargs)
+            policy.batch.append(op)
+        else:
+            policy.sample.append(spec.factory(**kwargs))
+        policy.entries.append({"name": spec.name, "placement": place, **params})
+        policy.soft_targets = policy.soft_targets or spec.soft_targets
+    return policy
+
+
 def sample_transforms(host: PluginHost, refs: Sequence[PluginRef], section: str) -> tuple[list, list]:
     """Split a policy into per-sample transforms (DataLoader workers) and batch ops (on the device)."""
-    per_sample, per_batch = [], []
-    for i, ref in enumerate(refs):
-        spec = host.augmentations.get(ref.name, f"{section}[{i}].name")
-        op = spec.factory(**plugin_params(spec, ref.params, f"{section}[{i}]"))
-        (per_batch if spec.placement == "batch" else per_sample).append(op)
-    return per_sample, per_batch
+    policy = augment_policy(host, refs, section, training=section.endswith("train"))
+    return policy.sample, policy.batch
 
 
-def compose_batch(ops: Sequence[Callable]) -> Callable | None:
-    if not ops:
-        return None
+class BatchTransform:
+    """The loop's `batch_transform`: uint8 batches → float [0, 1] → each op → `normalize` (picklable)."""
 
-    def apply(images: torch.Tensor, labels: torch.Tensor):
-        for op in ops:
+    def __init__(self, ops: Sequence[Callable], normalize: Callable | None = None):
+        self.ops, self.normalize = list(ops), normalize
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor):
+        if not images.is_floating_point():
+            images = images.float().div_(255)
+        for op in self.ops:
             images, labels = op(images, labels)
+        if self.normalize is not None:
+            images = self.normalize(images)
         return images, labels
-    return apply
+
+
+def compose_batch(ops: Sequence[Callable], normalize: Callable | None = None) -> Callable | None:
+    return BatchTransform(ops, normalize) if ops else None
+
+
+class BatchNormalize:
+    """Normalise a float [0, 1] batch on whatever device it is on."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], channels: int):
+        def per_channel(values: Sequence[float]) -> list[float]:
+            return list(values) * channels if len(values) == 1 else list(values)
+        self.mean = torch.tensor(per_channel(mean)).view(1, -1, 1, 1)
+        self.std = torch.tensor(per_channel(std)).view(1, -1, 1, 1)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return (images - self.mean.to(images.device)) / self.std.to(images.device)
+
+
+batch_normalizer = BatchNormalize
+
+
+def loader_settings(ctx: StageContext, n: int) -> dict[str, Any]:
+    """Workers, prefetch, persistence and decoded caching for a split of `n` images."""
+    data = ctx.config.data
+    return {"num_workers": auto_workers(data.num_workers, n), "prefetch_factor": data.prefetch_factor,
+            "persistent_workers": data.persistent_workers,
+            "cache": cache_fits(n, data.channels, data.image_size, data.cache_decoded)}
 
 
 def per_class_subsample(sel: Selection, per_class: int, seed: int) -> Selection:
@@ -135,19 +253,33 @@ def task_loaders(ctx: StageContext, section: str, classes: Sequence[str] | None,
     if per_class:
         train = per_class_subsample(train, per_class, cfg.seed)
     norm = normalizer(cfg.data.mean, cfg.data.std, cfg.data.channels)
-    train_ops, batch_ops = sample_transforms(ctx.host, cfg.augment.train, "augment.train")
-    eval_ops, _ = sample_transforms(ctx.host, cfg.augment.eval, "augment.eval")
+    context = AugmentContext(num_classes=len(train.class_names), image_size=cfg.data.image_size,
+                             channels=cfg.data.channels)
+    baked = store == "dataset" and materialized_url(ctx) is not None
+    train_policy = augment_policy(ctx.host, cfg.augment.train, "augment.train", ctx.policy.device_type, context,
+                                  baked=baked)
+    eval_ops = augment_policy(ctx.host, cfg.augment.eval, "augment.eval", context=context, training=False).sample
     bs = batch_size or cfg.data.batch_size
-    workers = cfg.data.num_workers
-    train_ds = ArrowImageDataset(train, cfg.data.channels, cfg.data.image_size, train_ops, norm)
+    # With batch ops, batches travel as uint8 (4× less to copy) and are normalised on the device after them.
+    batch_norm = batch_normalizer(cfg.data.mean, cfg.data.std, cfg.data.channels) if train_policy.batch else None
+    settings = loader_settings(ctx, len(train))
+    train_ds = ArrowImageDataset(train, cfg.data.channels, cfg.data.image_size, train_policy.sample,
+                                 None if batch_norm else norm, cache=settings.pop("cache"))
     shard = (ctx.dist.rank, ctx.dist.world_size) if ctx.dist is not None else None
-    train_loader = make_loader(train_ds, bs, True, workers, cfg.seed, ctx.policy.pin_memory,
-                               drop_last=len(train_ds) > bs * (shard[1] if shard else 1), shard=shard)
+    batch_op = compose_batch(train_policy.batch, batch_norm)
+    collate = None
+    if batch_op is not None and ctx.policy.device_type == "cpu" and settings["num_workers"] > 0:
+        collate, batch_op = BatchCollate(batch_op), None  # the device is the CPU: run them in the workers
+    train_loader = make_loader(train_ds, bs, True, seed=cfg.seed, pin_memory=ctx.policy.pin_memory,
+                               drop_last=len(train_ds) > bs * (shard[1] if shard else 1), shard=shard,
+                               collate_fn=collate, **settings)
     val_loader = None
     if len(val):
-        val_ds = ArrowImageDataset(val, cfg.data.channels, cfg.data.image_size, eval_ops, norm)
-        val_loader = make_loader(val_ds, bs * 2, False, workers, cfg.seed, ctx.policy.pin_memory)
-    return train_loader, val_loader, train, compose_batch(batch_ops)
+        settings = loader_settings(ctx, len(val))
+        val_ds = ArrowImageDataset(val, cfg.data.channels, cfg.data.image_size, eval_ops, norm,
+                                   cache=settings.pop("cache"))
+        val_loader = make_loader(val_ds, bs * 2, False, seed=cfg.seed, pin_memory=ctx.policy.pin_memory, **settings)
+    return train_loader, val_loader, train, batch_op
 
 
 def eval_loader(ctx: StageContext, split: str, class_names: Sequence[str], batch_size: int,
@@ -158,9 +290,10 @@ def eval_loader(ctx: StageContext, split: str, class_names: Sequence[str], batch
     if per_class:
         sel = per_class_subsample(sel, per_class, cfg.seed)
     eval_ops, _ = sample_transforms(ctx.host, cfg.augment.eval, "augment.eval")
+    settings = loader_settings(ctx, len(sel))
     ds = ArrowImageDataset(sel, cfg.data.channels, cfg.data.image_size, eval_ops,
-                           normalizer(cfg.data.mean, cfg.data.std, cfg.data.channels))
-    return make_loader(ds, batch_size, False, cfg.data.num_workers, cfg.seed, ctx.policy.pin_memory), sel
+                           normalizer(cfg.data.mean, cfg.data.std, cfg.data.channels), cache=settings.pop("cache"))
+    return make_loader(ds, batch_size, False, seed=cfg.seed, pin_memory=ctx.policy.pin_memory, **settings), sel
 
 
 def initial_weights(ctx: StageContext, model: nn.Module, groups: Sequence[LayerGroup]) -> dict | None:

@@ -7,6 +7,8 @@ compared with the eager model; a format that disagrees beyond
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from core import storage
@@ -43,7 +45,8 @@ def run(ctx: StageContext) -> StageResult:
         outputs={"exports": "exports.json", "model_meta": "model.json"},
         summary={"exports": exports},
         artifacts=[Artifact("table", "exports", f"exports verified on {len(example)} held-out images "
-                            f"(tolerance {cfg.tolerance:g})", rows=rows)],
+                            f"(tolerance {cfg.tolerance:g})", rows=rows),
+                   Artifact("markdown", "export-files", "links to the exported files", markdown=_links(ctx, exports))],
     )
 
 
@@ -53,3 +56,17 @@ def _example_batch(ctx: StageContext, meta: dict, size: int) -> torch.Tensor:
         if len(sel):
             return next(iter(loader))[0]
     raise StageError("export: no image of the task's classes to verify the exports on")
+
+
+def _links(ctx: StageContext, exports: list[dict]) -> str:
+    """A markdown list linking every exported file where it will live once the stage is published."""
+    stage_url = ctx.run.stage_url("export")
+    lines = [f"### Exported model — run `{ctx.run.run_id}`", "", "| format | file | max abs diff vs eager |",
+             "|---|---|---|"]
+    for exp in exports:
+        for rel in exp["files"]:
+            url = storage.join(stage_url, rel)
+            href = Path(url).resolve().as_uri() if storage.is_local(url) and "://" not in url else url
+            lines.append(f"| {exp['format']} | [{rel}]({href}) | {exp['max_abs_diff']:.2e} |")
+    lines += ["", f"Metadata: `{storage.join(stage_url, 'model.json')}`"]
+    return "\n".join(lines)

@@ -12,6 +12,7 @@ import logging
 
 from core import storage
 from core.checkpoint import META, WEIGHTS, load_into, read_weights, save_model
+from core.images import save_training_curves
 from core.stages.base import Artifact, StageContext, StageResult
 from core.stages.common import (build_model, checkpoint_url, epoch_reseeder, head_keys, initial_weights, layer_groups, model_meta, stage_loss,
                                 task_loaders)
@@ -106,6 +107,7 @@ def run(ctx: StageContext) -> StageResult:
 
     save_model(evaluated.cpu(), ctx.out / "model", meta)
     storage.write_json(str(ctx.out / "history.json"), history.epochs)
+    curves = [save_training_curves(history.epochs, ctx.out / "curves.png", "fine-tuning")] if history.epochs else []
     state.ckpt.clear()
     param_groups = [{"name": r.name, "lr": r.lr, "n_params": r.n_params} for r in records]
     last = history.epochs[-1] if history.epochs else {}
@@ -128,6 +130,8 @@ def run(ctx: StageContext) -> StageResult:
             Artifact("table", "param-groups", "learning rate per layer group (input → head), last phase",
                      rows=param_groups),
             Artifact("table", "finetune-history", "fine-tuning per epoch", rows=history.epochs),
+            *[Artifact("image", "finetune-curves", "fine-tuning curves: loss and accuracy per epoch",
+                       path=c.name) for c in curves],
         ],
     )
 

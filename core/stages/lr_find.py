@@ -19,7 +19,7 @@ from core.validation import plugin_params
 def run(ctx: StageContext) -> StageResult:
     cfg, host = ctx.config, ctx.host
     ft, rt = cfg.finetune, cfg.finetune.lr_find
-    train_loader, _, train_sel, _ = task_loaders(ctx, "finetune", ft.classes, ft.batch_size)
+    train_loader, _, train_sel, batch_op = task_loaders(ctx, "finetune", ft.classes, ft.batch_size)
     model = build_model(host, model_meta(ctx, train_sel.class_names))
     groups = layer_groups(host, cfg.model.family, model)
     load_report = starting_weights(ctx, model, groups)
@@ -31,7 +31,12 @@ def run(ctx: StageContext) -> StageResult:
     optimizer = make_optimizer(ft.optimizer, opt_groups, ft.momentum)
     set_trainable(model, groups, {g.name for g in groups}, ft.bn)
     train_mode(model, ft.bn)
-    result = lr_range_test(model, lambda x, y: criterion(model(x), y), train_loader, optimizer, ctx.policy,
+    def step(x, y):
+        if batch_op is not None:  # batch augmentations (and normalisation) run on the device, as in training
+            x, y = batch_op(x, y)
+        return criterion(model(x), y)
+
+    result = lr_range_test(model, step, train_loader, optimizer, ctx.policy,
                            start=rt.start, end=rt.end, steps=rt.steps)
     hints = result.suggestions()
     suggested = hints.get("steepest", rt.start)

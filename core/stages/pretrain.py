@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from core import storage
 from core.checkpoint import save_model
+from core.images import save_training_curves
 from core.config import PluginRef
 from core.specs import PretextContext
 from core.stages.base import Artifact, StageContext, StageResult
@@ -67,6 +68,7 @@ def run(ctx: StageContext) -> StageResult:
     meta["head_keys"] = sorted(head_keys(backbone, groups))
     save_model(backbone.cpu(), ctx.out / "backbone", meta)
     storage.write_json(str(ctx.out / "history.json"), history.epochs)
+    save_training_curves(history.epochs, ctx.out / "curves.png", f"pretraining ({pretext.name})")
     last = history.epochs[-1]
     return StageResult(
         outputs={"backbone": "backbone", "history": "history.json"},
@@ -75,6 +77,8 @@ def run(ctx: StageContext) -> StageResult:
                               "labels_used": pretext.needs_labels, "data": store,
                               "loss": loss_ref.name if make_loss is not None else None,
                               "epochs": pre.epochs, "load": load_report}},
-        artifacts=[Artifact("table", "pretrain-history", f"{pretext.name} pretraining per epoch", rows=history.epochs)],
+        artifacts=[Artifact("table", "pretrain-history", f"{pretext.name} pretraining per epoch", rows=history.epochs),
+                   Artifact("image", "pretrain-curves", "pretraining curves: loss and accuracy per epoch",
+                            path="curves.png")],
     )
 

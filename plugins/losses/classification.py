@@ -121,8 +121,9 @@ def graft_losses():
         LossSpec(
             name="cross-entropy", kind="classification",
             factory=lambda label_smoothing=0.0: nn.CrossEntropyLoss(label_smoothing=label_smoothing),
-            params_model=CrossEntropyParams,
-            description="Softmax cross-entropy with optional label smoothing (torch.nn.CrossEntropyLoss).",
+            params_model=CrossEntropyParams, soft_targets=True,
+            description="Softmax cross-entropy with optional label smoothing (torch.nn.CrossEntropyLoss); "
+                        "takes class indices or class probabilities (MixUp / CutMix).",
         ),
         LossSpec(name="focal", kind="classification", factory=_focal, params_model=FocalParams, uses_context=True,
                  description="Focal loss −α(1−p)^γ log p: focuses training on hard examples."),

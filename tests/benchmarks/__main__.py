@@ -38,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
                           "-" if r.target_ratio is None else f"≥ {r.target_ratio:g}×",
                           "-" if r.target_ratio is None or ratio is None else ("yes" if ratio >= r.target_ratio else "NO"))
     Console(soft_wrap=True).print(table)
+    for r in all_results:
+        if r.baseline is None and r.notes:  # absolute targets (e.g. seconds of overhead) are stated in the notes
+            print(f"{r.name}: {r.value:.4g} {r.unit} — {r.notes}")
     print(f"results: .graft/bench/ ({len(all_results)} files)")
     return 0
 

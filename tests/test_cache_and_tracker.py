@@ -1,0 +1,65 @@
+"""Cross-run cache keys, the training-curves image, and the TensorBoard tracker (no Prefect)."""
+
+import json
+
+import pytest
+
+from core import cache
+from core.config import load_config
+from core.images import save_training_curves
+from core.plugin_manager import PluginHost
+from core.specs import RunInfo
+from tests.support import DIGITS
+
+
+def test_a_change_invalidates_its_stage_and_everything_after_it_only():
+    base = cache.stage_keys(load_config(DIGITS))
+    assert base == cache.stage_keys(load_config(DIGITS))  # stable
+    ft = cache.stage_keys(load_config(DIGITS, ["finetune.epochs=2"]))
+    assert [s for s in base if base[s] != ft[s]] == ["finetune", "evaluate", "export"]
+    data = cache.stage_keys(load_config(DIGITS, ["data.image_size=8"]))
+    assert all(base[s] != data[s] for s in base)
+    exp = cache.stage_keys(load_config(DIGITS, ["export.formats=[onnx]"]))
+    assert [s for s in base if base[s] != exp[s]] == ["export"]
+
+
+def test_pointer_names_a_run_only_while_it_has_the_stages(tmp_path):
+    from core.runs import Run
+
+    config = load_config(DIGITS, [f"artifact_root={tmp_path}"])
+    run = Run.open(config)
+    assert cache.cached_run(config, ["acquire"]) is None
+    run.update(lambda s: s["stages"].__setitem__("acquire", {"status": "completed", "outputs": {}}))
+    cache.record(config, "acquire", run.run_id)
+    assert cache.cached_run(config, ["acquire"]) == run.run_id
+    assert cache.cached_run(config, ["acquire", "augment"]) is None  # augment never completed
+    assert cache.cached_run(load_config(DIGITS, [f"artifact_root={tmp_path}", "data.image_size=8"]), ["acquire"]) is None
+    (tmp_path / config.name / run.run_id / "summary.json").unlink()
+    assert cache.cached_run(config, ["acquire"]) is None  # the run is gone: a miss
+
+
+def test_training_curves_png(tmp_path):
+    rows = [{"epoch": 1, "phase": "finetune-head", "train_loss": 1.2, "val_loss": 1.0, "val_accuracy": 0.5},
+            {"epoch": 2, "phase": "finetune-all", "train_loss": 0.7, "val_loss": 0.6, "val_accuracy": 0.8}]
+    path = save_training_curves(rows, tmp_path / "curves.png", "fine-tuning")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+
+
+def test_tensorboard_tracker_is_off_by_default_and_writes_scalars_when_named(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    default = PluginHost(env={})
+    assert "plugins.trackers.tensorboard" not in {r["plugin"] for r in default.listing()}
+    host = PluginHost(["plugins.trackers.tensorboard"], env={})
+    assert {"kind": "observer", "name": "plugins.trackers.tensorboard"}.items() <= next(
+        r for r in host.listing() if r["plugin"] == "plugins.trackers.tensorboard").items()
+    run = RunInfo("demo", "r1", str(tmp_path / "demo" / "r1"), {})
+    for epoch, acc in ((1, 0.5), (2, 0.75)):
+        host.notify("graft_on_epoch_end", run=run, stage="finetune", epoch=epoch,
+                    metrics={"val_accuracy": acc, "train_loss": 1.0 / epoch})
+    host.notify("graft_on_stage_end", run=run, stage="finetune", status="completed", seconds=3.5, outputs={})
+    events = EventAccumulator(str(tmp_path / "demo" / "r1" / "tensorboard"))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("finetune/val_accuracy")] == [(1, 0.5), (2, 0.75)]
+    assert "stages/finetune_seconds" in events.Tags()["scalars"]
