@@ -82,3 +82,27 @@ def test_compile_really_compiles_on_cpu():
     assert status == {"requested": True, "compiled": True, "error": None}
     off, status_off = compiled_forward(model, False)
     assert off is model and status_off["compiled"] is False
+
+
+def test_non_finite_loss_names_the_step_and_lrs_and_keeps_the_last_checkpoint(tmp_path):
+    from core.training.checkpointing import Checkpointer
+    from core.training.loop import History
+    from core.training.resume import TrainingState
+
+    model = nn.Linear(5, 3)
+    opt = torch.optim.SGD([{"params": model.parameters(), "lr": 0.1, "base_lr": 0.1, "layer_group": "head"}])
+    history = History()
+    state = TrainingState(Checkpointer(str(tmp_path / "ck"), every_steps=2), model, opt, history)
+    sched = GroupScheduler(opt, "constant", 10, 0.0)
+    calls = {"n": 0}
+
+    def step(x, y):
+        calls["n"] += 1
+        loss = nn.functional.cross_entropy(model(x), y)
+        return loss * float("nan") if calls["n"] >= 3 else loss
+
+    with pytest.raises(StageError, match=r"non-finite loss by step \d+.*head=0\.1"):
+        train_epochs(model, step, batches(4), opt, sched, CPU, 1, history=history, phase="test",
+                     on_position=state.on_position(0, sched))
+    step_no, _, saved = state.ckpt.latest()
+    assert step_no == 2 and saved["step"] == 2  # the good checkpoint before the NaN is kept

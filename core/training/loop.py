@@ -187,7 +187,8 @@ def _forward_backward(step_fn, images, labels, optimizer, policy: DevicePolicy, 
 def check_finite(loss_sum: torch.Tensor, step: int, optimizer: torch.optim.Optimizer) -> None:
     value = float(loss_sum)
     if not math.isfinite(value):
-        raise StageError(f"non-finite loss by step {step} (learning rates: {_lrs(optimizer)}); lower the LR")
+        raise StageError(f"non-finite loss by step {step} (learning rates: {_lrs(optimizer)}); lower the LR "
+                         "(the last complete checkpoint is kept)")
 
 
 @torch.no_grad()

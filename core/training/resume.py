@@ -9,15 +9,13 @@ never stopped.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from core.errors import StageError
 from core.training.checkpointing import Checkpointer, flatten_optimizer, restore_rng, rng_state, unflatten_optimizer
-from core.training.loop import History, LoopPosition
+from core.training.loop import History, LoopPosition, check_finite
 from core.training.selection import BestTracker
 
 
@@ -48,8 +46,7 @@ class TrainingState:
 
     def save(self, phase: int, pos: LoopPosition, scheduler) -> None:
         loss_sum = float(pos.loss_sum)
-        if not math.isfinite(loss_sum):
-            raise StageError(f"non-finite loss by step {self.history.steps}; the last good checkpoint is kept")
+        check_finite(torch.tensor(loss_sum), self.history.steps, self.optimizer)  # never checkpoint a NaN
         tensors = _prefixed("model", self.model.state_dict())
         opt_tensors, opt_meta = flatten_optimizer(self.optimizer.state_dict())
         tensors.update(opt_tensors)
