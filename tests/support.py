@@ -15,3 +15,8 @@ def graft(*args: str, env: dict | None = None, cwd: Path | None = None, timeout:
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([str(exe), *args], capture_output=True, text=True, env=full_env, cwd=cwd or ROOT,
                           timeout=timeout)
+
+
+def run_dirs(pipeline_dir: Path) -> list[Path]:
+    """The run folders of a pipeline (`_cache/` and other `_` entries are not runs)."""
+    return sorted(p for p in pipeline_dir.iterdir() if p.is_dir() and not p.name.startswith("_"))

@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.support import DIGITS, graft
+from tests.support import DIGITS, graft, run_dirs
 from pipelines.cli import main
 
 
@@ -72,5 +72,5 @@ def test_single_class_data_fails_the_run_in_one_line(tmp_path):
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert errors == ["error: finetune.classes: the train split has 1 class(es); training a classifier needs at least 2"]
     assert "Traceback" not in proc.stderr
-    run_dir = next((tmp_path / "runs" / "digits-transfer").iterdir())
+    run_dir = run_dirs(tmp_path / "runs" / "digits-transfer")[0]
     assert not (run_dir / "finetune").exists() and not list(run_dir.glob(".finetune*"))

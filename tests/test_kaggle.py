@@ -389,7 +389,8 @@ def steel_config(tmp_path: Path, **layout) -> Path:
 
 
 def newest_summary(tmp_path: Path) -> dict:
-    run = max((tmp_path / "runs" / "steel").iterdir(), key=lambda p: p.stat().st_mtime)
+    runs = [p for p in (tmp_path / "runs" / "steel").iterdir() if not p.name.startswith("_")]  # not _cache/
+    run = max(runs, key=lambda p: p.stat().st_mtime)
     return json.loads((run / "summary.json").read_text())
 
 
@@ -418,7 +419,7 @@ def test_severstal_through_graft_run(standin, tmp_path):
     from core.data.store import read_info
     assert labels_by_image(read_info(data["path"])) == expected
     run_dir = Path(data["path"])
-    card = next((tmp_path / "runs" / "steel").iterdir()) / "acquire" / "dataset_card.md"
+    card = next(p for p in (tmp_path / "runs" / "steel").iterdir() if not p.name.startswith("_")) / "acquire" / "dataset_card.md"
     text = card.read_text()
     assert all(f"| {name} | {n} |" in text for name, n in data["class_counts"].items()) and "16×8" in text
     assert "1 unreadable; first: 0bad.jpg" in text and "![samples](samples.png)" in text

@@ -7,7 +7,7 @@ import pytest
 
 from core.config import load_config
 from core.runs import Run
-from tests.support import DIGITS, graft
+from tests.support import DIGITS, graft, run_dirs
 from tests.test_plugin_manager import EXTERNAL_LOSS
 
 pytestmark = pytest.mark.slow
@@ -81,19 +81,19 @@ def test_cli_stages_then_resume_same_run(tmp_path, tiny_overrides):
     sets = [a for o in tiny_overrides for a in ("--set", o)]
     first = graft("run", str(DIGITS), *sets, "--stages", "acquire,augment")
     assert first.returncode == 0, first.stderr[-3000:]
-    run_dirs = list((tmp_path / "runs" / "digits-transfer").iterdir())
-    assert len(run_dirs) == 1
-    run_id = run_dirs[0].name
+    runs = run_dirs(tmp_path / "runs" / "digits-transfer")
+    assert len(runs) == 1
+    run_id = runs[0].name
     second = graft("run", str(DIGITS), *sets, "--stages", "pretrain,finetune,evaluate", "--run-id", run_id)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert "test accuracy:" in second.stdout and f"summary: {run_dirs[0]}/summary.json" in second.stdout
-    summary = summary_of(run_dirs[0])
+    assert "test accuracy:" in second.stdout and f"summary: {runs[0]}/summary.json" in second.stdout
+    summary = summary_of(runs[0])
     assert {s for s, e in summary["stages"].items() if e["status"] == "completed"} == \
         {"acquire", "augment", "pretrain", "finetune", "evaluate"}
     assert summary["data"]["cache_hit"] is False
     third = graft("run", str(DIGITS), *sets, "--stages", "acquire")  # unchanged inputs: the store is reused
     assert third.returncode == 0
-    newest = max((tmp_path / "runs" / "digits-transfer").iterdir(), key=lambda p: p.stat().st_mtime)
+    newest = max(run_dirs(tmp_path / "runs" / "digits-transfer"), key=lambda p: p.stat().st_mtime)
     assert summary_of(newest)["data"]["cache_hit"] is True
 
 
@@ -108,7 +108,7 @@ def test_external_loss_plugin_is_used_by_graft_run(tmp_path, tiny_overrides):
                  env={"GRAFT_PLUGINS": str(plugin), "SQUARED_LOSS_MARKER": str(marker)})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert marker.read_text() == "built\n"
-    run_dir = next((tmp_path / "runs" / "digits-transfer").iterdir())
+    run_dir = run_dirs(tmp_path / "runs" / "digits-transfer")[0]
     summary = summary_of(run_dir)
     assert summary["config"]["finetune"]["loss"] == {"name": "squared-error"}
     assert summary["stages"]["evaluate"]["status"] == "completed"
