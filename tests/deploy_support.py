@@ -43,6 +43,19 @@ class Server:
         response.raise_for_status()
         return response.json()
 
+    def patch(self, path: str, body: dict) -> None:
+        httpx.patch(f"{self.api}{path}", json=body, timeout=30).raise_for_status()
+
+    def scheduled_runs(self, deployment_id: str, timeout: float = 120) -> list[dict]:
+        """The runs Prefect's scheduler service creates from the deployment's schedules (it polls every 5 s)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            runs = self.post("/flow_runs/filter", {"flow_runs": {"deployment_id": {"any_": [deployment_id]},
+                                                                 "state": {"type": {"any_": ["SCHEDULED"]}}}})
+            if runs or time.monotonic() > deadline:
+                return runs
+            time.sleep(2)
+
     def deployment(self, flow: str, name: str = "digits") -> dict:
         return self.get(f"/deployments/name/{flow}/{name}")
 

@@ -26,6 +26,16 @@ def test_deploy_worker_runs_artifacts_and_cache(tmp_path):
                        ("transfer", "acquire", "augment", "pretrain", "finetune", "evaluate", "export", "lr-find")}
         assert all(d["work_pool_name"] == "local" for d in deployments.values())
         assert [s["schedule"]["cron"] for s in deployments["transfer"]["schedules"]] == ["0 3 * * *"]
+        # the nightly cron makes scheduled runs at 03:00 UTC (Prefect's scheduler service); then it is paused,
+        # which deletes them, so the worker below only ever sees the runs this test triggers
+        transfer = deployments["transfer"]
+        scheduled = server.scheduled_runs(transfer["id"])
+        assert scheduled, "the scheduler created no runs for the nightly schedule (see prefect-server.log)"
+        assert {r["expected_start_time"][11:16] for r in scheduled} == {"03:00"}
+        assert all(r["auto_scheduled"] and r["parameters"]["config"]["name"] == "digits-transfer" for r in scheduled)
+        for d in deployments.values():
+            for schedule in d["schedules"]:
+                server.patch(f"/deployments/{d['id']}/schedules/{schedule['id']}", {"active": False})
         schema = deployments["transfer"]["parameter_openapi_schema"]
         assert "finetune" in schema["definitions"]["PipelineConfig"]["properties"]
 
