@@ -20,6 +20,7 @@ class Result:
     unit: str
     higher_is_better: bool = True
     target_ratio: float | None = None  # e.g. 3.0 for "≥ 3× the baseline"
+    target_max: float | None = None  # an absolute ceiling in `unit`, e.g. 10.0 for "≤ 10 s of overhead"
     notes: str = ""
     extra: dict = field(default_factory=dict)
 
@@ -29,10 +30,21 @@ class Result:
             return None
         return self.value / self.baseline if self.higher_is_better else self.baseline / self.value
 
-    def as_json(self) -> dict:
+    @property
+    def target(self) -> str:
+        if self.target_max is not None:
+            return f"≤ {self.target_max:g} {self.unit}"
+        return "-" if self.target_ratio is None else f"≥ {self.target_ratio:g}×"
+
+    @property
+    def met(self) -> bool | None:
+        if self.target_max is not None:
+            return self.value <= self.target_max
         ratio = self.ratio
-        met = None if self.target_ratio is None or ratio is None else ratio >= self.target_ratio
-        return {**asdict(self), "ratio": ratio, "met": met, "machine": machine()}
+        return None if self.target_ratio is None or ratio is None else ratio >= self.target_ratio
+
+    def as_json(self) -> dict:
+        return {**asdict(self), "ratio": self.ratio, "met": self.met, "machine": machine()}
 
 
 def machine() -> dict:
