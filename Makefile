@@ -6,6 +6,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.graftflow-installed
 CONFIG ?= pipelines/configs/digits.yaml
 PYTEST_ARGS ?=
+# Two pytest-xdist workers, a test file each at a time (module fixtures are built once): most slow tests
+# wait on subprocesses and servers, so two workers fit two cores. TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= 2
+XDIST = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 # Prefect server operations (docs/server.md): `make server` in one terminal, then pool, deploy, worker.
 PREFECT := $(VENV)/bin/prefect
 SERVER_HOST ?= 127.0.0.1
@@ -28,10 +32,10 @@ run: $(STAMP)
 	$(VENV)/bin/graft run $(CONFIG)
 
 test: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow" $(XDIST) $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) -m tests.benchmarks $(BENCH_ARGS)

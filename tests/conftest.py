@@ -20,6 +20,31 @@ def prefect_harness():
         yield
 
 
+@pytest.fixture(scope="session")
+def prefect_api(tmp_path_factory):
+    """One real `prefect server start` for the session's `graft` subprocesses.
+
+    Without it every `graft run` subprocess starts its own ephemeral server (and, in a fresh
+    PREFECT_HOME, migrates its database): 10–25 s of CPU apiece, most of the suite's time on two
+    cores. Subprocesses started after this fixture inherit PREFECT_API_URL and run as clients of it;
+    `test_external_loss_plugin_is_used_by_graft_run` keeps covering ephemeral mode (`make run`).
+    Yields the server's PREFECT_HOME (where its SQLite database lives).
+    """
+    from tests.prefect_server import prefect_server
+
+    workdir = tmp_path_factory.mktemp("prefect-api")
+    with prefect_server(workdir, ui=False) as env:
+        before = os.environ.get("PREFECT_API_URL")
+        os.environ["PREFECT_API_URL"] = env["PREFECT_API_URL"]
+        try:
+            yield Path(env["PREFECT_HOME"])
+        finally:
+            if before is None:
+                os.environ.pop("PREFECT_API_URL", None)
+            else:
+                os.environ["PREFECT_API_URL"] = before
+
+
 @pytest.fixture
 def tiny_overrides(tmp_path):
     """--set values that make the digits demo take seconds (8 px, few epochs) and still transfer (~0.95)."""

@@ -23,7 +23,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def server_env(home: Path, port: int) -> dict[str, str]:
+def server_env(home: Path, port: int, ui: bool = True) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update({
         "PREFECT_HOME": str(home),
@@ -33,15 +33,16 @@ def server_env(home: Path, port: int) -> dict[str, str]:
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_LOGGING_EXTRA_LOGGERS": "graft",
         "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
+        "PREFECT_UI_ENABLED": "true" if ui else "false",
     })
     return env
 
 
 @contextmanager
-def prefect_server(workdir: Path, timeout: float = 180) -> Iterator[dict[str, str]]:
+def prefect_server(workdir: Path, timeout: float = 180, ui: bool = True) -> Iterator[dict[str, str]]:
     """Yields the environment that points clients (CLI, workers, flows) at the server."""
     port = free_port()
-    env = server_env(workdir / "prefect-home", port)
+    env = server_env(workdir / "prefect-home", port, ui)
     log = open(workdir / "prefect-server.log", "w")
     proc = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
                             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

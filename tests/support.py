@@ -9,10 +9,17 @@ ROOT = Path(__file__).resolve().parents[1]
 DIGITS = ROOT / "pipelines" / "configs" / "digits.yaml"
 
 
-def graft(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run the real `graft` console script in a subprocess."""
+def graft(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: int = 600,
+          ephemeral: bool = False) -> subprocess.CompletedProcess:
+    """Run the real `graft` console script in a subprocess.
+
+    It talks to the server in PREFECT_API_URL when the test uses the `prefect_api` fixture;
+    `ephemeral=True` makes it start its own temporary server, as `make run` does.
+    """
     exe = Path(sys.executable).parent / "graft"
     full_env = {**os.environ, **(env or {})}
+    if ephemeral:
+        full_env.pop("PREFECT_API_URL", None)
     return subprocess.run([str(exe), *args], capture_output=True, text=True, env=full_env, cwd=cwd or ROOT,
                           timeout=timeout)
 

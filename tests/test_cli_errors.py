@@ -52,7 +52,7 @@ def test_unwritable_artifact_root(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_single_class_data_fails_the_run_in_one_line(tmp_path):
+def test_single_class_data_fails_the_run_in_one_line(prefect_api, tmp_path):
     """Found inside the flow (the data must be read first), still one line and exit 2."""
     import io
 

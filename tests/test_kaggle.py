@@ -344,9 +344,9 @@ def prefect_records() -> list[str]:
     return texts
 
 
-def prefect_db_files() -> list[Path]:
-    home = Path(os.environ["PREFECT_HOME"])
-    return [p for p in home.glob("*.db*")]
+def prefect_db_files(*homes: Path) -> list[Path]:
+    """The SQLite files of this process's Prefect home and of the servers given."""
+    return [p for home in (Path(os.environ["PREFECT_HOME"]), *homes) for p in home.glob("*.db*")]
 
 
 @pytest.mark.slow
@@ -395,7 +395,7 @@ def newest_summary(tmp_path: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_severstal_through_graft_run(standin, tmp_path):
+def test_severstal_through_graft_run(prefect_api, standin, tmp_path):
     """`graft run --stages acquire`: a 503 retried by Prefect, labels per image, skip-unchanged, cache hit, no leak."""
     files, expected = severstal()
     files["train_images/0bad.jpg"] = b"\xff\xd8 not really a jpeg"
@@ -440,7 +440,7 @@ def test_severstal_through_graft_run(standin, tmp_path):
     assert newest_summary(tmp_path)["data"]["cache_hit"] is True and ", cache hit → " in third.stdout
     assert [c["method"] for c in standin.calls()[calls:]] == ["ListDataFiles"]  # the fingerprint, nothing more
     assert run_dir.is_dir()
-    assert_no_leak(standin.key, written_files(tmp_path) + prefect_db_files(), *outputs)
+    assert_no_leak(standin.key, written_files(tmp_path) + prefect_db_files(prefect_api), *outputs)
 
 
 USER_ERRORS = [
@@ -502,7 +502,7 @@ def test_user_errors_exit_2_without_traceback(prefect_harness, standin, tmp_path
 
 
 @pytest.mark.slow
-def test_the_console_script_reports_a_user_error_in_one_line(standin, tmp_path):
+def test_the_console_script_reports_a_user_error_in_one_line(prefect_api, standin, tmp_path):
     scenario, message = USER_ERRORS[1]
     proc = graft("run", str(steel_config(tmp_path)), "--stages", "acquire",
                  env=user_error_setup(standin, tmp_path, scenario))

@@ -1,4 +1,4 @@
-"""The transfer pipeline through real Prefect flows (ephemeral test server)."""
+"""The transfer pipeline through real Prefect flows (the test harness's server, a shared real one, or ephemeral)."""
 
 import json
 from pathlib import Path
@@ -77,7 +77,7 @@ def test_artifact_root_can_be_any_fsspec_url(prefect_harness, tiny_overrides):
     assert fs.exists(result["url"].removeprefix("memory://") + "/export/safetensors/model.safetensors")
 
 
-def test_cli_stages_then_resume_same_run(tmp_path, tiny_overrides):
+def test_cli_stages_then_resume_same_run(prefect_api, tmp_path, tiny_overrides):
     sets = [a for o in tiny_overrides for a in ("--set", o)]
     first = graft("run", str(DIGITS), *sets, "--stages", "acquire,augment")
     assert first.returncode == 0, first.stderr[-3000:]
@@ -104,7 +104,7 @@ def test_external_loss_plugin_is_used_by_graft_run(tmp_path, tiny_overrides):
     marker = tmp_path / "marker.txt"
     sets = [a for o in tiny_overrides for a in ("--set", o)]
     proc = graft("run", str(DIGITS), *sets, "--set", "finetune.loss.name=squared-error",
-                 "--stages", "acquire,finetune,evaluate",
+                 "--stages", "acquire,finetune,evaluate", ephemeral=True,  # `make run`'s mode: its own temporary server
                  env={"GRAFT_PLUGINS": str(plugin), "SQUARED_LOSS_MARKER": str(marker)})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert marker.read_text() == "built\n"

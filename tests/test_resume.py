@@ -88,7 +88,7 @@ def test_incomplete_checkpoints_are_never_loaded(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigkill_at_random_points_then_resume(tmp_path, reference):
+def test_sigkill_at_random_points_then_resume(prefect_api, tmp_path, reference):
     """The real CLI, killed with SIGKILL while it trains, resumed with --run-id, three times."""
     rng = random.Random(int(os.environ.get("GRAFT_KILL_SEED", "0")))
     sets = [a for o in [f"artifact_root={tmp_path / 'runs'}", f"data.cache_dir={tmp_path / 'ds'}", *BASE]
