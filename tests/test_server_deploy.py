@@ -1,84 +1,177 @@
-"""Against a real Prefect server: deploy/ deployed, a worker, runs triggered with `prefect deployment run -p`.
+"""Against a real Prefect server: deploy/ deployed, a worker, runs triggered from the CLI and from the UI.
 
 One server for the whole story (starting one is the slow part): the pool and GPU limit are created,
 `prefect deploy --all` reads deploy/prefect.yaml, a worker started in another directory picks the
-runs up, a bad parameter fails with a readable message, a tiny transfer completes with its
-artifacts, a same-parameters re-run reuses it, and `force: true` computes again.
+runs up. Then, from `prefect deployment run -p`: a bad parameter fails with a readable message, a
+tiny transfer completes with its artifacts, a same-parameters re-run reuses it, and `force: true`
+computes again. From the UI in Debian's Chromium: Run → Custom run with the fine-tuning epochs
+changed; the deployment's defaults are first set to the tiny demo (as an operator editing the
+deployment would), so the run takes seconds, and it must complete having trained with the new value.
 """
 
 import json
+import re
+import shutil
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.deploy_support import deployed_server, tiny_config
 
 pytestmark = pytest.mark.slow
 
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--no-first-run", "--disable-sync", "--disable-quic"]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with deployed_server(tmp_path_factory.mktemp("deployed")) as server:
+        yield server
+
 
 def run_dirs(root: Path) -> list[Path]:
     return sorted(p.parent for p in root.glob("digits-transfer/*/summary.json"))
 
 
-def test_deploy_worker_runs_artifacts_and_cache(tmp_path):
-    with deployed_server(tmp_path) as server:
-        deployments = {f: server.deployment(f) for f in
-                       ("transfer", "acquire", "augment", "pretrain", "finetune", "evaluate", "export", "lr-find")}
-        assert all(d["work_pool_name"] == "local" for d in deployments.values())
-        assert [s["schedule"]["cron"] for s in deployments["transfer"]["schedules"]] == ["0 3 * * *"]
-        # the nightly cron makes scheduled runs at 03:00 UTC (Prefect's scheduler service); then it is paused,
-        # which deletes them, so the worker below only ever sees the runs this test triggers
-        transfer = deployments["transfer"]
-        scheduled = server.scheduled_runs(transfer["id"])
-        assert scheduled, "the scheduler created no runs for the nightly schedule (see prefect-server.log)"
-        assert {r["expected_start_time"][11:16] for r in scheduled} == {"03:00"}
-        assert all(r["auto_scheduled"] and r["parameters"]["config"]["name"] == "digits-transfer" for r in scheduled)
-        for d in deployments.values():
-            for schedule in d["schedules"]:
-                server.patch(f"/deployments/{d['id']}/schedules/{schedule['id']}", {"active": False})
-        schema = deployments["transfer"]["parameter_openapi_schema"]
-        assert "finetune" in schema["definitions"]["PipelineConfig"]["properties"]
+def test_deploy_worker_runs_artifacts_and_cache(server, tmp_path):
+    deployments = {f: server.deployment(f) for f in
+                   ("transfer", "acquire", "augment", "pretrain", "finetune", "evaluate", "export", "lr-find")}
+    assert all(d["work_pool_name"] == "local" for d in deployments.values())
+    assert [s["schedule"]["cron"] for s in deployments["transfer"]["schedules"]] == ["0 3 * * *"]
+    # the nightly cron makes scheduled runs at 03:00 UTC (Prefect's scheduler service); then it is paused,
+    # which deletes them, so the worker below only ever sees the runs this test triggers
+    transfer = deployments["transfer"]
+    scheduled = server.scheduled_runs(transfer["id"])
+    assert scheduled, "the scheduler created no runs for the nightly schedule (see prefect-server.log)"
+    assert {r["expected_start_time"][11:16] for r in scheduled} == {"03:00"}
+    assert all(r["auto_scheduled"] and r["parameters"]["config"]["name"] == "digits-transfer" for r in scheduled)
+    for d in deployments.values():
+        for schedule in d["schedules"]:
+            server.patch(f"/deployments/{d['id']}/schedules/{schedule['id']}", {"active": False})
+    schema = deployments["transfer"]["parameter_openapi_schema"]
+    assert "finetune" in schema["definitions"]["PipelineConfig"]["properties"]
 
-        bad = server.run_deployment("transfer", {"config": {"finetune": {"lr": -1}}}, timeout=180)
-        assert bad["state_type"] == "FAILED"
-        message = bad["state"]["message"]
-        assert "config.finetune.lr" in message and "learning rate must be > 0" in message, message
-        assert len(message) < 400, message
+    bad = server.run_deployment("transfer", {"config": {"finetune": {"lr": -1}}}, timeout=180)
+    assert bad["state_type"] == "FAILED"
+    message = bad["state"]["message"]
+    assert "config.finetune.lr" in message and "learning rate must be > 0" in message, message
+    assert len(message) < 400, message
 
-        config = tiny_config(tmp_path)
-        first = server.run_deployment("transfer", {"config": config})
-        assert first["state_type"] == "COMPLETED", first["state"]["message"]
-        assert first["name"].startswith("digits-transfer · all stages · resnet-tiny · ft 1+1 ep")
-        [run] = run_dirs(tmp_path / "runs")
-        summary = json.loads((run / "summary.json").read_text())
-        assert all(summary["stages"][s]["status"] == "completed" for s in
-                   ("acquire", "augment", "pretrain", "finetune", "evaluate", "export"))
-        assert summary["metrics"]["test"]["accuracy"] > 0.5
+    config = tiny_config(tmp_path)
+    first = server.run_deployment("transfer", {"config": config})
+    assert first["state_type"] == "COMPLETED", first["state"]["message"]
+    assert first["name"].startswith("digits-transfer · all stages · resnet-tiny · ft 1+1 ep")
+    [run] = run_dirs(tmp_path / "runs")
+    summary = json.loads((run / "summary.json").read_text())
+    assert all(summary["stages"][s]["status"] == "completed" for s in
+               ("acquire", "augment", "pretrain", "finetune", "evaluate", "export"))
+    assert summary["metrics"]["test"]["accuracy"] > 0.5
 
-        children = server.subflow_runs(first["id"])
-        assert sorted(c["name"].split("/")[1] for c in children) == sorted(
-            ["acquire", "augment", "pretrain", "finetune", "evaluate", "export"])
-        artifacts = server.artifacts([c["id"] for c in children])
-        by_key = {a["key"]: a for a in artifacts if a["key"]}
-        for key in ("digits-transfer-evaluation", "digits-transfer-param-groups", "digits-transfer-exports",
-                    "digits-transfer-confusion-matrix", "digits-transfer-finetune-curves",
-                    "digits-transfer-augmentation-preview", "digits-transfer-export-files"):
-            assert key in by_key, sorted(by_key)
-        assert by_key["digits-transfer-confusion-matrix"]["data"].count("data:image/png;base64,") == 1
-        assert "data:image/png;base64," in by_key["digits-transfer-finetune-curves"]["data"]
-        assert "file://" in by_key["digits-transfer-export-files"]["data"]
-        assert "model.safetensors" in by_key["digits-transfer-export-files"]["data"]
-        progress = by_key["digits-transfer-finetune-progress"]
-        assert progress["type"] == "progress" and float(progress["data"]) == 100.0
+    children = server.subflow_runs(first["id"])
+    assert sorted(c["name"].split("/")[1] for c in children) == sorted(
+        ["acquire", "augment", "pretrain", "finetune", "evaluate", "export"])
+    artifacts = server.artifacts([c["id"] for c in children])
+    by_key = {a["key"]: a for a in artifacts if a["key"]}
+    for key in ("digits-transfer-evaluation", "digits-transfer-param-groups", "digits-transfer-exports",
+                "digits-transfer-confusion-matrix", "digits-transfer-finetune-curves",
+                "digits-transfer-augmentation-preview", "digits-transfer-export-files"):
+        assert key in by_key, sorted(by_key)
+    assert by_key["digits-transfer-confusion-matrix"]["data"].count("data:image/png;base64,") == 1
+    assert "data:image/png;base64," in by_key["digits-transfer-finetune-curves"]["data"]
+    assert "file://" in by_key["digits-transfer-export-files"]["data"]
+    assert "model.safetensors" in by_key["digits-transfer-export-files"]["data"]
+    progress = by_key["digits-transfer-finetune-progress"]
+    assert progress["type"] == "progress" and float(progress["data"]) == 100.0
 
-        again = server.run_deployment("transfer", {"config": config})
-        assert again["state_type"] == "COMPLETED", again["state"]["message"]
-        assert server.subflow_runs(again["id"]) == []  # every stage reused, none ran
-        assert run_dirs(tmp_path / "runs") == [run]
+    again = server.run_deployment("transfer", {"config": config})
+    assert again["state_type"] == "COMPLETED", again["state"]["message"]
+    assert server.subflow_runs(again["id"]) == []  # every stage reused, none ran
+    assert run_dirs(tmp_path / "runs") == [run]
 
-        # force: computed again in a new run (two stages keep it short), not taken from the cache
-        forced = server.run_deployment("transfer", {"config": config, "force": True, "stages": ["acquire", "augment"]})
-        assert forced["state_type"] == "COMPLETED", forced["state"]["message"]
-        assert forced["name"].startswith("digits-transfer · acquire+augment") and forced["name"].endswith("· force")
-        assert len(server.subflow_runs(forced["id"])) == 2
-        assert len(run_dirs(tmp_path / "runs")) == 2
+    # force: computed again in a new run (two stages keep it short), not taken from the cache
+    forced = server.run_deployment("transfer", {"config": config, "force": True, "stages": ["acquire", "augment"]})
+    assert forced["state_type"] == "COMPLETED", forced["state"]["message"]
+    assert forced["name"].startswith("digits-transfer · acquire+augment") and forced["name"].endswith("· force")
+    assert len(server.subflow_runs(forced["id"])) == 2
+    assert len(run_dirs(tmp_path / "runs")) == 2
+
+
+@pytest.mark.skipif(not shutil.which(CHROMIUM), reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_custom_run_from_the_ui_changes_epochs(server, tmp_path):
+    custom_run_in_ui(server, tmp_path)
+    # one summary, or two if a second Submit press also went through: both trained with the new value
+    summaries = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("digits-transfer/*/summary.json")]
+    assert summaries
+    summary = summaries[0]
+    assert all(s["config"]["finetune"]["epochs"] == 2 for s in summaries)
+    assert summary["config"]["finetune"]["epochs"] == 2
+    assert summary["finetune"]["epochs_run"] == 3  # 1 head-only + 2
+    assert summary["stages"]["export"]["status"] == "completed"
+
+
+def custom_run_in_ui(server, tmp_path: Path) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    deployment = server.deployment("transfer")
+    patched = httpx.patch(f"{server.api}/deployments/{deployment['id']}",
+                          json={"parameters": {"config": tiny_config(tmp_path)}}, timeout=30)
+    assert patched.status_code == 204, patched.text
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(f"{server.ui}/v2/deployments/deployment/{deployment['id']}")
+            page.get_by_role("button", name="Run", exact=True).click()
+            page.get_by_role("menuitem", name="Custom run").click()
+            # Every section of the pydantic config is in the form, with its description.
+            expect(page.get_by_text("FinetuneConfig (Optional)", exact=True)).to_be_visible(timeout=30_000)
+            expect(page.get_by_text("Head-only epochs with the body frozen, before the rest.")).to_be_visible()
+            label = page.locator("xpath=//label[normalize-space()='FinetuneConfig (Optional)']"
+                                 "/ancestor::div[.//label[normalize-space()='Epochs (Optional)']][1]"
+                                 "//label[normalize-space()='Epochs (Optional)']").first
+            epochs = page.locator(f"[id=\"{label.get_attribute('for')}\"]")
+            expect(epochs).to_have_value("1")
+            epochs.fill("2")
+            epochs.press("Tab")  # leave the field, so the form has committed the value before Submit
+            expect(epochs).to_have_value("2")
+            # The "Flow run created" toast lasts seconds and is easy to miss on a loaded machine: the run
+            # the form created is looked up through the API instead, then its page is opened once it ends.
+            # On a loaded machine a first Submit can go unanswered (the form validates against the server
+            # first); as a user would, it is pressed again while the form is still there.
+            submit = page.get_by_role("button", name="Submit")
+            created = None
+            for attempt in range(3):
+                if attempt == 0 or submit.is_visible():
+                    submit.click()
+                created = created_run(server, deployment["id"], epochs=2, timeout=40 + 40 * attempt,
+                                      pause=lambda: page.wait_for_timeout(1000))  # keeps playwright's loop turning
+                if created:
+                    break
+            if created is None:
+                page.screenshot(path=str(tmp_path / "after-submit.png"), full_page=True)
+                errors = page.get_by_text(re.compile("must|invalid|required|error", re.I)).all_inner_texts()
+                pytest.fail(f"the Custom run form created no run with 2 epochs; form messages: {errors[:5]}")
+            run = server.wait(created["id"])
+            assert run["state_type"] == "COMPLETED", run["state"]["message"]
+            assert "ft 1+2 ep" in run["name"]
+            page.goto(f"{server.ui}/v2/runs/flow-run/{run['id']}")
+            expect(page.get_by_text(run["name"]).first).to_be_visible(timeout=60_000)
+            expect(page.get_by_text("Completed", exact=True).first).to_be_visible(timeout=60_000)
+        finally:
+            browser.close()
+
+
+def created_run(server, deployment_id: str, epochs: int, timeout: float, pause) -> dict | None:
+    """The first run of the deployment with `epochs` fine-tuning epochs, once it exists (None after timeout)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        runs = server.post("/flow_runs/filter", {"flow_runs": {"deployment_id": {"any_": [deployment_id]}},
+                                                 "sort": "EXPECTED_START_TIME_ASC"})
+        mine = [r for r in runs if r["parameters"].get("config", {}).get("finetune", {}).get("epochs") == epochs]
+        if mine or time.monotonic() > deadline:
+            return mine[0] if mine else None
+        pause()
