@@ -2,8 +2,8 @@
 
 Same model (resnet `tiny`, 1×16×16 inputs, 10 classes), same in-memory batches,
 same AdamW; the bare loop is what a person writes by hand (with the same
-autocast/channels_last on CUDA). Repeats alternate between the two so drift
-in machine load hits both; the median of each is compared.
+autocast/channels_last on CUDA). Repeats alternate between the two, and which goes first, so
+drift in machine load hits both; the median of each is compared.
 """
 
 from __future__ import annotations
@@ -70,9 +70,13 @@ def run(quick: bool = False) -> list[Result]:
     _bare(bare_model, data[:3], policy)  # warm-up: allocator, cudnn autotune
     _ours(our_model, data[:3], policy)
     bare, ours = [], []
-    for _ in range(repeats):
-        bare.append(_bare(bare_model, data, policy))
-        ours.append(_ours(our_model, data, policy))
+    for repeat in range(repeats):  # ABBA: neither loop always runs first (caches, clocks, leftover workers)
+        if repeat % 2 == 0:
+            bare.append(_bare(bare_model, data, policy))
+            ours.append(_ours(our_model, data, policy))
+        else:
+            ours.append(_ours(our_model, data, policy))
+            bare.append(_bare(bare_model, data, policy))
     where = f"{policy.device} {policy.precision}{' channels_last' if policy.channels_last else ''}"
     return [Result(
         name=f"training_loop_steps_per_s_{policy.device_type}", value=statistics.median(ours),
