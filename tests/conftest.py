@@ -33,16 +33,9 @@ def prefect_api(tmp_path_factory):
     from tests.prefect_server import prefect_server
 
     workdir = tmp_path_factory.mktemp("prefect-api")
-    with prefect_server(workdir, ui=False) as env:
-        before = os.environ.get("PREFECT_API_URL")
-        os.environ["PREFECT_API_URL"] = env["PREFECT_API_URL"]
-        try:
-            yield Path(env["PREFECT_HOME"])
-        finally:
-            if before is None:
-                os.environ.pop("PREFECT_API_URL", None)
-            else:
-                os.environ["PREFECT_API_URL"] = before
+    with prefect_server(workdir, ui=False) as env, pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PREFECT_API_URL", env["PREFECT_API_URL"])
+        yield Path(env["PREFECT_HOME"])
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -43,18 +43,29 @@ class Server:
         response.raise_for_status()
         return response.json()
 
-    def patch(self, path: str, body: dict) -> None:
-        httpx.patch(f"{self.api}{path}", json=body, timeout=30).raise_for_status()
+    def patch(self, path: str, body: dict) -> httpx.Response:
+        response = httpx.patch(f"{self.api}{path}", json=body, timeout=30)
+        response.raise_for_status()
+        return response
 
-    def scheduled_runs(self, deployment_id: str, timeout: float = 120) -> list[dict]:
-        """The runs Prefect's scheduler service creates from the deployment's schedules (it polls every 5 s)."""
+    def deployment_runs(self, deployment_id: str, *, timeout: float, state: str | None = None,
+                        where: Callable[[dict], bool] | None = None,
+                        pause: Callable[[], None] = lambda: time.sleep(1)) -> list[dict]:
+        """The deployment's flow runs (in `state`, passing `where`), oldest first, polled until one exists.
+
+        An empty list once `timeout` has passed. `pause` waits between polls (a browser test passes one
+        that keeps its page's event loop turning).
+        """
+        flow_runs: dict = {"deployment_id": {"any_": [deployment_id]}}
+        if state is not None:
+            flow_runs["state"] = {"type": {"any_": [state]}}
         deadline = time.monotonic() + timeout
         while True:
-            runs = self.post("/flow_runs/filter", {"flow_runs": {"deployment_id": {"any_": [deployment_id]},
-                                                                 "state": {"type": {"any_": ["SCHEDULED"]}}}})
+            runs = self.post("/flow_runs/filter", {"flow_runs": flow_runs, "sort": "EXPECTED_START_TIME_ASC"})
+            runs = [r for r in runs if where is None or where(r)]
             if runs or time.monotonic() > deadline:
                 return runs
-            time.sleep(2)
+            pause()
 
     def deployment(self, flow: str, name: str = "digits") -> dict:
         return self.get(f"/deployments/name/{flow}/{name}")

@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
                           r.target, "-" if r.met is None else ("yes" if r.met else "NO"))
     Console(soft_wrap=True).print(table)
     for r in all_results:
-        if r.baseline is None and r.notes:  # absolute targets (e.g. seconds of overhead) are stated in the notes
+        if r.baseline is None and r.notes:  # no baseline: the notes say what the value was measured on
             print(f"{r.name}: {r.value:.4g} {r.unit} — {r.notes}")
     print(f"results: .graft/bench/ ({len(all_results)} files)")
     return 0
