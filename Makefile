@@ -41,10 +41,10 @@ bench: $(STAMP)
 	$(PY) -m tests.benchmarks $(BENCH_ARGS)
 
 experiment-finetune: $(STAMP)
-	$(PY) -m pipelines.experiments.finetune_strategies
+	$(PY) -m graftflow.pipelines.experiments.finetune_strategies
 
 experiment-ssl: $(STAMP)
-	$(PY) -m pipelines.experiments.ssl_vs_scratch
+	$(PY) -m graftflow.pipelines.experiments.ssl_vs_scratch
 
 server: $(STAMP)  ## a local Prefect server on loopback, SQLite under $$PREFECT_HOME (default ~/.prefect)
 	PREFECT_SERVER_API_HOST=$(SERVER_HOST) PREFECT_SERVER_API_PORT=$(SERVER_PORT) PREFECT_SERVER_ANALYTICS_ENABLED=false \

@@ -20,8 +20,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from core import storage
-from core.config import STAGES, PipelineConfig
+from graftflow.core import storage
+from graftflow.core.config import STAGES, PipelineConfig
 
 # The config a stage reads (dotted paths), besides what every stage reads (GLOBAL).
 GLOBAL = ("seed", "device", "precision", "compile", "plugins", "distributed", "model")
@@ -81,7 +81,7 @@ def record(config: PipelineConfig, stage: str, run_id: str) -> None:
 
 def cached_run(config: PipelineConfig, stages: list[str]) -> str | None:
     """The id of a run that completed every one of `stages` with these inputs and this code, if any."""
-    from core.runs import Run
+    from graftflow.core.runs import Run
 
     keys = stage_keys(config)
     run_ids = set()

@@ -15,8 +15,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from core import storage
-from core.errors import GraftError, StageError
+from graftflow.core import storage
+from graftflow.core.errors import GraftError, StageError
 
 WEIGHTS = "model.safetensors"
 META = "model.json"

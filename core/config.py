@@ -4,7 +4,7 @@ These models are the single source of truth: the YAML file, `--set`
 overrides, the Prefect flow parameters and the UI's parameter form are all
 this schema. Sections forbid unknown keys so typos fail fast; a plugin
 reference (`{name: ..., <params>}`) keeps its extra keys for the plugin's own
-params model, which `core.validation` checks against the registries.
+params model, which `graftflow.core.validation` checks against the registries.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import yaml
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, NonNegativeFloat, NonNegativeInt,
                       PositiveFloat, PositiveInt, ValidationError, field_validator, model_validator)
 
-from core.errors import ConfigError
+from graftflow.core.errors import ConfigError
 
 STAGES = ("acquire", "augment", "pretrain", "finetune", "evaluate", "export")
 

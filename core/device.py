@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from core.errors import ConfigError
+from graftflow.core.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from core.errors import StageError
+from graftflow.core.errors import StageError
 
 DISTRIBUTED_STAGES = frozenset({"pretrain", "finetune"})
 
@@ -77,7 +77,7 @@ def launch(stage: str, config, run_id: str, out: Path, nproc: int) -> dict[str, 
         tmp_path = Path(tmp)
         (tmp_path / "config.json").write_text(config.model_dump_json())
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", "core.distributed_worker", stage, str(tmp_path / "config.json"), run_id, str(out), str(tmp_path)]
+               "-m", "graftflow.core.distributed_worker", stage, str(tmp_path / "config.json"), run_id, str(out), str(tmp_path)]
         env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         error = tmp_path / "error.json"

@@ -1,4 +1,4 @@
-"""One rank of a distributed stage (started by `core.distributed.launch` through torch.distributed.run)."""
+"""One rank of a distributed stage (started by `graftflow.core.distributed.launch` through torch.distributed.run)."""
 
 from __future__ import annotations
 
@@ -11,18 +11,18 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from core.config import PipelineConfig
-from core.distributed import DistInfo, result_to_json
-from core.errors import GraftError
-from core.plugin_manager import PluginHost
-from core.runs import Run
-from core.stages.base import StageContext, device_policy, seed_everything
+from graftflow.core.config import PipelineConfig
+from graftflow.core.distributed import DistInfo, result_to_json
+from graftflow.core.errors import GraftError
+from graftflow.core.plugin_manager import PluginHost
+from graftflow.core.runs import Run
+from graftflow.core.stages.base import StageContext, device_policy, seed_everything
 
 
 def main(stage: str, config_path: str, run_id: str, out: str, exchange: str) -> int:
     import os
 
-    from core.stages import STAGE_FUNCTIONS
+    from graftflow.core.stages import STAGE_FUNCTIONS
 
     config = PipelineConfig.model_validate_json(Path(config_path).read_text())
     host = PluginHost(config.plugins)

@@ -25,10 +25,10 @@ from typing import Any
 
 import pluggy
 
-from core import hookspecs
-from core.errors import PluginError
-from core.registry import Registry
-from core.specs import AugmentationSpec, DataSource, Exporter, LossSpec, ModelFamily, PretextTask
+from graftflow.core import hookspecs
+from graftflow.core.errors import PluginError
+from graftflow.core.registry import Registry
+from graftflow.core.specs import AugmentationSpec, DataSource, Exporter, LossSpec, ModelFamily, PretextTask
 
 log = logging.getLogger("graft.plugins")
 

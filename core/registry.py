@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from core.errors import PluginError
+from graftflow.core.errors import PluginError
 
 T = TypeVar("T")
 

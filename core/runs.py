@@ -12,10 +12,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from core import storage
-from core.config import PipelineConfig
-from core.errors import GraftError, StageError
-from core.specs import RunInfo
+from graftflow.core import storage
+from graftflow.core.config import PipelineConfig
+from graftflow.core.errors import GraftError, StageError
+from graftflow.core.specs import RunInfo
 
 SUMMARY = "summary.json"
 

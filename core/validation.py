@@ -11,9 +11,9 @@ from typing import Any, get_args
 
 from pydantic import BaseModel, ValidationError
 
-from core.config import LossRef, PipelineConfig, PluginRef, format_validation_error
-from core.errors import ConfigError, GraftError
-from core.plugin_manager import PluginHost
+from graftflow.core.config import LossRef, PipelineConfig, PluginRef, format_validation_error
+from graftflow.core.errors import ConfigError, GraftError
+from graftflow.core.plugin_manager import PluginHost
 
 
 def plugin_params(spec: Any, params: dict[str, Any], field: str) -> dict[str, Any]:
@@ -87,7 +87,7 @@ def validate_config(config: PipelineConfig, host: PluginHost, stages: list[str] 
             if params is not None and (stages is None or "acquire" in stages):
                 check(check_source, source, params, field)
 
-    from core.stages.common import augment_policy  # torch-heavy; stages import this module
+    from graftflow.core.stages.common import augment_policy  # torch-heavy; stages import this module
 
     soft_targets = None
     for section in ("augment.train", "augment.eval"):

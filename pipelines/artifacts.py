@@ -10,11 +10,11 @@ import logging
 from prefect.artifacts import (create_markdown_artifact, create_progress_artifact, create_table_artifact,
                                update_progress_artifact)
 
-from core import storage
-from core.config import PipelineConfig
-from core.hookspecs import hookimpl
-from core.plugin_manager import PluginHost
-from core.stages.base import Artifact
+from graftflow.core import storage
+from graftflow.core.config import PipelineConfig
+from graftflow.core.hookspecs import hookimpl
+from graftflow.core.plugin_manager import PluginHost
+from graftflow.core.stages.base import Artifact
 
 log = logging.getLogger("graft.artifacts")
 

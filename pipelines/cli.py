@@ -12,7 +12,7 @@ import os
 import sys
 from typing import Any
 
-from core.errors import GraftError
+from graftflow.core.errors import GraftError
 
 
 def _error(exc: GraftError) -> int:
@@ -22,7 +22,7 @@ def _error(exc: GraftError) -> int:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    from core.plugin_manager import PluginHost
+    from graftflow.core.plugin_manager import PluginHost
 
     rows = PluginHost(args.plugin or ()).listing()
     if args.json:
@@ -41,10 +41,10 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from core.config import load_config, parse_stages
-    from core.plugin_manager import PluginHost
-    from core.runs import Run
-    from core.validation import validate_config
+    from graftflow.core.config import load_config, parse_stages
+    from graftflow.core.plugin_manager import PluginHost
+    from graftflow.core.runs import Run
+    from graftflow.core.validation import validate_config
 
     config = load_config(args.config, args.set or [])
     stages = parse_stages(args.stages)
@@ -52,7 +52,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     run = Run.open(config, args.run_id)  # an unwritable artifact_root fails here, before Prefect starts
 
     _prefect_defaults()
-    from pipelines.flows import transfer
+    from graftflow.pipelines.flows import transfer
 
     result = transfer(config=config, stages=stages, run_id=run.run_id, force=args.force)
     _print_summary(run.summary(), result["summary"])
@@ -60,16 +60,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_lr_find(args: argparse.Namespace) -> int:
-    from core.config import load_config
-    from core.plugin_manager import PluginHost
-    from core.runs import Run
-    from core.validation import validate_config
+    from graftflow.core.config import load_config
+    from graftflow.core.plugin_manager import PluginHost
+    from graftflow.core.runs import Run
+    from graftflow.core.validation import validate_config
 
     config = load_config(args.config, args.set or [])
     validate_config(config, PluginHost(config.plugins), ["acquire"])
     run = Run.open(config, args.run_id)
     _prefect_defaults()
-    from pipelines.flows import lr_find
+    from graftflow.pipelines.flows import lr_find
 
     result = lr_find(config=config, run_id=run.run_id)
     found = run.summary()["lr_find"]

@@ -1,7 +1,7 @@
 """Prefect flows: one per stage, and `transfer`, which chains them.
 
 Thin on purpose: each flow validates its parameters against the registered
-plugins and hands the work to `core.stages` in one coarse task. Stages pass
+plugins and hands the work to `graftflow.core.stages` in one coarse task. Stages pass
 paths (through the run's summary.json), never models or tensors.
 """
 
@@ -16,14 +16,14 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
 
-from core import cache, secrets, storage
-from core.config import STAGES, PipelineConfig
-from core.errors import DataError, GraftError, TransientDataError
-from core.plugin_manager import PluginHost
-from core.runs import Run
-from core.stages.base import device_policy, execute_stage
-from core.validation import validate_config
-from pipelines.artifacts import TrainingProgress, publish
+from graftflow.core import cache, secrets, storage
+from graftflow.core.config import STAGES, PipelineConfig
+from graftflow.core.errors import DataError, GraftError, TransientDataError
+from graftflow.core.plugin_manager import PluginHost
+from graftflow.core.runs import Run
+from graftflow.core.stages.base import device_policy, execute_stage
+from graftflow.core.validation import validate_config
+from graftflow.pipelines.artifacts import TrainingProgress, publish
 
 
 class _UserErrorsWithoutTraceback(logging.Filter):

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torchvision.transforms import v2
 from torchvision.transforms.v2.functional import _color
 
-from core import AugmentationSpec, AugmentContext, hookimpl
+from graftflow.core import AugmentationSpec, AugmentContext, hookimpl
 
 
 class _Params(BaseModel):

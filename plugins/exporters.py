@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from core import Exporter, hookimpl
+from graftflow.core import Exporter, hookimpl
 
 
 @contextmanager

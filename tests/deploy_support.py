@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from core.config import load_config
+from graftflow.core.config import load_config
 from tests.prefect_server import BIN, prefect, prefect_server, stop
 from tests.support import DIGITS, ROOT
 

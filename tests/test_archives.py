@@ -8,8 +8,8 @@ import zipfile
 
 import pytest
 
-from core.data.archives import safe_extract
-from core.errors import DataError
+from graftflow.core.data.archives import safe_extract
+from graftflow.core.errors import DataError
 
 
 def make_zip(path, members: dict[str, bytes], symlinks: dict[str, str] = ()):

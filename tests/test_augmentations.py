@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.config import PipelineConfig, PluginRef
-from core.errors import ConfigError
-from core.plugin_manager import PluginHost
-from core.specs import AugmentContext
-from core.stages.common import augment_policy, compose_batch
-from core.validation import validate_config
+from graftflow.core.config import PipelineConfig, PluginRef
+from graftflow.core.errors import ConfigError
+from graftflow.core.plugin_manager import PluginHost
+from graftflow.core.specs import AugmentContext
+from graftflow.core.stages.common import augment_policy, compose_batch
+from graftflow.core.validation import validate_config
 
 
 @pytest.fixture(scope="module")

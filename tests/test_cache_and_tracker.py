@@ -4,11 +4,11 @@ import json
 
 import pytest
 
-from core import cache
-from core.config import load_config
-from core.images import save_training_curves
-from core.plugin_manager import PluginHost
-from core.specs import RunInfo
+from graftflow.core import cache
+from graftflow.core.config import load_config
+from graftflow.core.images import save_training_curves
+from graftflow.core.plugin_manager import PluginHost
+from graftflow.core.specs import RunInfo
 from tests.support import DIGITS
 
 
@@ -24,7 +24,7 @@ def test_a_change_invalidates_its_stage_and_everything_after_it_only():
 
 
 def test_pointer_names_a_run_only_while_it_has_the_stages(tmp_path):
-    from core.runs import Run
+    from graftflow.core.runs import Run
 
     config = load_config(DIGITS, [f"artifact_root={tmp_path}"])
     run = Run.open(config)
@@ -50,10 +50,10 @@ def test_tensorboard_tracker_is_off_by_default_and_writes_scalars_when_named(tmp
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     default = PluginHost(env={})
-    assert "plugins.trackers.tensorboard" not in {r["plugin"] for r in default.listing()}
-    host = PluginHost(["plugins.trackers.tensorboard"], env={})
-    assert {"kind": "observer", "name": "plugins.trackers.tensorboard"}.items() <= next(
-        r for r in host.listing() if r["plugin"] == "plugins.trackers.tensorboard").items()
+    assert "graftflow.plugins.trackers.tensorboard" not in {r["plugin"] for r in default.listing()}
+    host = PluginHost(["graftflow.plugins.trackers.tensorboard"], env={})
+    assert {"kind": "observer", "name": "graftflow.plugins.trackers.tensorboard"}.items() <= next(
+        r for r in host.listing() if r["plugin"] == "graftflow.plugins.trackers.tensorboard").items()
     run = RunInfo("demo", "r1", str(tmp_path / "demo" / "r1"), {})
     for epoch, acc in ((1, 0.5), (2, 0.75)):
         host.notify("graft_on_epoch_end", run=run, stage="finetune", epoch=epoch,

@@ -3,7 +3,7 @@
 import pytest
 
 from tests.support import DIGITS, graft, run_dirs
-from pipelines.cli import main
+from graftflow.pipelines.cli import main
 
 
 @pytest.mark.parametrize("args, message", [

@@ -1,7 +1,7 @@
 import pytest
 
-from core.config import STAGES, apply_override, load_config, parse_config, parse_stages
-from core.errors import ConfigError
+from graftflow.core.config import STAGES, apply_override, load_config, parse_config, parse_stages
+from graftflow.core.errors import ConfigError
 from tests.support import DIGITS
 
 

@@ -8,12 +8,12 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from core.data.dataset import ArrowImageDataset, select
-from core.data.splits import stratified_split
-from core.data.store import SUCCESS, build_store, is_complete, read_info, store_key
-from core.errors import DataError
-from core.plugin_manager import PluginHost
-from core.specs import ImageRecord
+from graftflow.core.data.dataset import ArrowImageDataset, select
+from graftflow.core.data.splits import stratified_split
+from graftflow.core.data.store import SUCCESS, build_store, is_complete, read_info, store_key
+from graftflow.core.errors import DataError
+from graftflow.core.plugin_manager import PluginHost
+from graftflow.core.specs import ImageRecord
 
 
 def png(value: int, size=(6, 5)) -> bytes:

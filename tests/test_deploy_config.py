@@ -2,7 +2,7 @@
 
 import yaml
 
-from core.config import load_config
+from graftflow.core.config import load_config
 from tests.support import DIGITS, ROOT
 
 PREFECT_YAML = ROOT / "deploy" / "prefect.yaml"
@@ -24,7 +24,7 @@ def test_default_parameters_are_the_demo_config_and_match_the_schema():
     from prefect.utilities.callables import parameter_schema
     from prefect.utilities.schema_tools import validate
 
-    import pipelines.flows as flows
+    import graftflow.pipelines.flows as flows
 
     demo = load_config(DIGITS).model_dump(mode="json")
     for d in deployments():
@@ -35,6 +35,6 @@ def test_default_parameters_are_the_demo_config_and_match_the_schema():
 
 
 def load_config_dict(data: dict) -> dict:
-    from core.config import parse_config
+    from graftflow.core.config import parse_config
 
     return parse_config(data).model_dump(mode="json")

@@ -3,10 +3,10 @@
 import pytest
 from safetensors.torch import load_file
 
-from core.config import load_config
-from core.plugin_manager import PluginHost
-from core.runs import Run
-from core.stages.base import execute_stage
+from graftflow.core.config import load_config
+from graftflow.core.plugin_manager import PluginHost
+from graftflow.core.runs import Run
+from graftflow.core.stages.base import execute_stage
 from tests.support import DIGITS
 
 pytestmark = pytest.mark.slow

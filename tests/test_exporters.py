@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from core import Exporter
-from plugins.exporters import graft_exporters
-from plugins.models import resnet, vit
+from graftflow.core import Exporter
+from graftflow.plugins.exporters import graft_exporters
+from graftflow.plugins.models import resnet, vit
 
 EXPORTERS = {e.name: e for e in graft_exporters()}
 TOL = 1e-4  # what the core allows between verify() and eager

@@ -6,16 +6,16 @@ from safetensors.torch import load_file
 from timm.optim import param_groups_layer_decay
 from torch import nn
 
-from core.config import load_config
-from core.errors import ConfigError
-from core.plugin_manager import PluginHost
-from core.runs import Run
-from core.specs import LayerGroup
-from core.stages.base import execute_stage
-from core.training.freezing import batchnorm_layers, set_trainable, train_mode, unfrozen_groups
-from core.training.param_groups import build_param_groups, group_lrs
-from core.training.schedule import GroupScheduler
-from core.training.selection import BestTracker, make_ema
+from graftflow.core.config import load_config
+from graftflow.core.errors import ConfigError
+from graftflow.core.plugin_manager import PluginHost
+from graftflow.core.runs import Run
+from graftflow.core.specs import LayerGroup
+from graftflow.core.stages.base import execute_stage
+from graftflow.core.training.freezing import batchnorm_layers, set_trainable, train_mode, unfrozen_groups
+from graftflow.core.training.param_groups import build_param_groups, group_lrs
+from graftflow.core.training.schedule import GroupScheduler
+from graftflow.core.training.selection import BestTracker, make_ema
 from tests.support import DIGITS
 
 
@@ -194,7 +194,7 @@ def test_ema_model_is_what_gets_saved(pretrained_run, host):
 
 
 def test_lr_range_test_restores_weights_and_finds_a_sane_lr(pretrained_run, host):
-    from core.stages.lr_find import run as _  # noqa: F401  (the stage imports cleanly)
+    from graftflow.core.stages.lr_find import run as _  # noqa: F401  (the stage imports cleanly)
 
     base, run_id, _ = pretrained_run
     config = load_config(DIGITS, base + ["finetune.lr_find.steps=60", "finetune.lr=0.003"])
@@ -213,8 +213,8 @@ def test_lr_range_test_restores_weights_and_finds_a_sane_lr(pretrained_run, host
 
 
 def test_range_test_leaves_model_and_optimizer_as_they_were():
-    from core.device import Hardware, resolve_policy
-    from core.training.lr_finder import lr_range_test
+    from graftflow.core.device import Hardware, resolve_policy
+    from graftflow.core.training.lr_finder import lr_range_test
     from torch.utils.data import DataLoader, TensorDataset
 
     torch.manual_seed(0)

@@ -11,11 +11,11 @@ import pytest
 import torch
 from torch import nn
 
-from core.device import Hardware, resolve_policy
-from core.errors import StageError
-from core.training.compile import compiled_forward
-from core.training.loop import History, train_epochs
-from core.training.schedule import GroupScheduler
+from graftflow.core.device import Hardware, resolve_policy
+from graftflow.core.errors import StageError
+from graftflow.core.training.compile import compiled_forward
+from graftflow.core.training.loop import History, train_epochs
+from graftflow.core.training.schedule import GroupScheduler
 
 CPU = resolve_policy("cpu", "fp32", Hardware(0, None, None, None, False))
 
@@ -85,9 +85,9 @@ def test_compile_really_compiles_on_cpu():
 
 
 def test_non_finite_loss_names_the_step_and_lrs_and_keeps_the_last_checkpoint(tmp_path):
-    from core.training.checkpointing import Checkpointer
-    from core.training.loop import History
-    from core.training.resume import TrainingState
+    from graftflow.core.training.checkpointing import Checkpointer
+    from graftflow.core.training.loop import History
+    from graftflow.core.training.resume import TrainingState
 
     model = nn.Linear(5, 3)
     opt = torch.optim.SGD([{"params": model.parameters(), "lr": 0.1, "base_lr": 0.1, "layer_group": "head"}])

@@ -11,16 +11,16 @@ import pytest
 import torch
 from PIL import Image
 
-from core.config import PipelineConfig
-from core.data.dataset import ArrowImageDataset, auto_workers, cache_fits, make_loader, normalizer, select
-from core.data.splits import stratified_split
-from core.data.store import build_store, read_info
-from core.plugin_manager import PluginHost
-from core.runs import Run
-from core.specs import ImageRecord
-from core.stages.base import execute_stage
-from core.stages.common import augment_policy
-from core.config import PluginRef
+from graftflow.core.config import PipelineConfig
+from graftflow.core.data.dataset import ArrowImageDataset, auto_workers, cache_fits, make_loader, normalizer, select
+from graftflow.core.data.splits import stratified_split
+from graftflow.core.data.store import build_store, read_info
+from graftflow.core.plugin_manager import PluginHost
+from graftflow.core.runs import Run
+from graftflow.core.specs import ImageRecord
+from graftflow.core.stages.base import execute_stage
+from graftflow.core.stages.common import augment_policy
+from graftflow.core.config import PluginRef
 
 
 def _png(seed: int, size: int = 12) -> bytes:
@@ -123,8 +123,8 @@ def test_materialize_writes_k_augmented_copies_that_later_stages_train_on(tmp_pa
 
 def test_batch_ops_in_the_workers_are_seeded_and_normalised(store):
     """On a CPU device task_loaders runs batch ops in the workers (BatchCollate): same seed, same batches."""
-    from core.data.dataset import BatchCollate
-    from core.stages.common import batch_normalizer, compose_batch
+    from graftflow.core.data.dataset import BatchCollate
+    from graftflow.core.stages.common import batch_normalizer, compose_batch
 
     host = PluginHost()
     refs = [PluginRef.model_validate({"name": n, "placement": "batch"}) for n in ("horizontal-flip", "random-erasing")]

@@ -25,11 +25,11 @@ import pytest
 import yaml
 from PIL import Image
 
-from core.data.splits import stratified_split
-from core.data.store import build_store, read_table
-from core.errors import DataError, TransientDataError
-from core.plugin_manager import PluginHost
-from core.validation import plugin_params
+from graftflow.core.data.splits import stratified_split
+from graftflow.core.data.store import build_store, read_table
+from graftflow.core.errors import DataError, TransientDataError
+from graftflow.core.plugin_manager import PluginHost
+from graftflow.core.validation import plugin_params
 from tests.kaggle_standin import KaggleStandIn, zip_of
 from tests.support import ROOT, graft
 
@@ -237,8 +237,8 @@ def test_truncated_transfer_resumes_with_range(source, standin, tmp_path):
 KILLABLE = """
 import json, sys
 from pathlib import Path
-from core.plugin_manager import PluginHost
-from core.validation import plugin_params
+from graftflow.core.plugin_manager import PluginHost
+from graftflow.core.validation import plugin_params
 source = PluginHost(env={}).sources.get("kaggle")
 params = plugin_params(source, json.loads(sys.argv[1]), "data.source")
 list(source.load(params, Path(sys.argv[2])))
@@ -353,8 +353,8 @@ def prefect_db_files(*homes: Path) -> list[Path]:
 def test_secret_block_credentials_through_the_acquire_flow(prefect_harness, source, standin, tmp_path, monkeypatch):
     from prefect.blocks.system import Secret
 
-    from core.config import parse_config
-    from pipelines.flows import acquire as acquire_flow
+    from graftflow.core.config import parse_config
+    from graftflow.pipelines.flows import acquire as acquire_flow
 
     monkeypatch.delenv("KAGGLE_USERNAME")
     monkeypatch.delenv("KAGGLE_KEY")
@@ -416,7 +416,7 @@ def test_severstal_through_graft_run(prefect_api, standin, tmp_path):
     assert data["rows"] == len(expected) and Path(data["path"]).is_dir()
     assert data["report"]["bad_images"] == {"missing": 0, "unreadable": 1, "first": ["0bad.jpg"]}
     assert data["report"]["downloads"][0]["status"] == "downloaded"
-    from core.data.store import read_info
+    from graftflow.core.data.store import read_info
     assert labels_by_image(read_info(data["path"])) == expected
     run_dir = Path(data["path"])
     card = next(p for p in (tmp_path / "runs" / "steel").iterdir() if not p.name.startswith("_")) / "acquire" / "dataset_card.md"
@@ -476,8 +476,8 @@ def test_user_errors_exit_2_without_traceback(prefect_harness, standin, tmp_path
                                               scenario, message):
     """`graft run` in this process (the session's Prefect test server): exit 2, one `error:` line, and Prefect's
     task and flow loggers get the failure without a traceback (the console script is checked below)."""
-    import pipelines.flows  # noqa: F401  (its import finishes Prefect's logging set-up, which resets handlers)
-    from pipelines.cli import main
+    import graftflow.pipelines.flows  # noqa: F401  (its import finishes Prefect's logging set-up, which resets handlers)
+    from graftflow.pipelines.cli import main
 
     for var, value in user_error_setup(standin, tmp_path, scenario).items():
         monkeypatch.setenv(var, value)

@@ -26,7 +26,7 @@ def _imports(path: Path) -> list[str]:
 
 
 def test_plugins_use_only_core_public_api():
-    """A plugin imports `core`, never `core.<internal>` (specs come through `from core import ...`)."""
+    """A plugin imports `core`, never `core.<internal>` (specs come through `from graftflow.core import ...`)."""
     offenders = []
     for path in (ROOT / "plugins").rglob("*.py"):
         for name in _imports(path):

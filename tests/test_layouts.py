@@ -13,12 +13,12 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from core.data.dataset import select
-from core.data.layouts import records
-from core.data.splits import stratified_split
-from core.data.store import build_store, read_info, read_table
-from core.errors import DataError
-from core.plugin_manager import PluginHost
+from graftflow.core.data.dataset import select
+from graftflow.core.data.layouts import records
+from graftflow.core.data.splits import stratified_split
+from graftflow.core.data.store import build_store, read_info, read_table
+from graftflow.core.errors import DataError
+from graftflow.core.plugin_manager import PluginHost
 
 SPLIT = {"val": 0.1, "test": 0.2, "seed": 0}
 
@@ -154,7 +154,7 @@ def test_multi_label_store_holds_label_sets(tmp_path):
 
 
 def test_a_store_holds_one_kind_of_target(tmp_path):
-    from core.specs import ImageRecord
+    from graftflow.core.specs import ImageRecord
 
     mixed = [ImageRecord(jpeg(1), "a", "x/1"), ImageRecord(jpeg(2), "b", "x/2", labels=("b",))]
     with pytest.raises(DataError, match="mixes single-label and multi-label images"):

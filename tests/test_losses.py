@@ -6,16 +6,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core.checkpoint import save_model
-from core.config import load_config
-from core.errors import ConfigError
-from core.plugin_manager import PluginHost
-from core.stages.common import build_loss
-from core.validation import validate_config
-from plugins.losses.classification import ClassBalancedLoss, FocalLoss, class_balanced_weights
-from plugins.losses.contrastive import BatchHardTriplet, InfoNCE
-from plugins.losses.distillation import distillation_loss
-from plugins.losses.domain import MMD
+from graftflow.core.checkpoint import save_model
+from graftflow.core.config import load_config
+from graftflow.core.errors import ConfigError
+from graftflow.core.plugin_manager import PluginHost
+from graftflow.core.stages.common import build_loss
+from graftflow.core.validation import validate_config
+from graftflow.plugins.losses.classification import ClassBalancedLoss, FocalLoss, class_balanced_weights
+from graftflow.plugins.losses.contrastive import BatchHardTriplet, InfoNCE
+from graftflow.plugins.losses.distillation import distillation_loss
+from graftflow.plugins.losses.domain import MMD
 from tests.support import DIGITS
 
 

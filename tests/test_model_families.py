@@ -6,9 +6,9 @@ import pytest
 import timm
 import torch
 
-from core import ConfigError, ModelFamily
-from plugins.models import resnet, vit
-from plugins.models._timm import classifier_param_names, timm_layer_groups
+from graftflow.core import ConfigError, ModelFamily
+from graftflow.plugins.models import resnet, vit
+from graftflow.plugins.models._timm import classifier_param_names, timm_layer_groups
 
 FAMILIES = {f.name: f for mod in (resnet, vit) for f in mod.graft_model_families()}
 SMALL = [("resnet", "tiny"), ("resnet", "small"), ("vit", "micro"), ("vit", "tiny")]

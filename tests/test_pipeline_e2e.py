@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from core.config import load_config
-from core.runs import Run
+from graftflow.core.config import load_config
+from graftflow.core.runs import Run
 from tests.support import DIGITS, graft, run_dirs
 from tests.test_plugin_manager import EXTERNAL_LOSS
 
@@ -18,7 +18,7 @@ def summary_of(run_dir: Path) -> dict:
 
 
 def test_transfer_flow_writes_the_run_record(prefect_harness, tiny_overrides, tmp_path):
-    from pipelines.flows import transfer
+    from graftflow.pipelines.flows import transfer
 
     config = load_config(DIGITS, tiny_overrides)
     result = transfer(config=config)
@@ -47,7 +47,7 @@ def test_transfer_flow_writes_the_run_record(prefect_harness, tiny_overrides, tm
 
 
 def test_stages_run_alone_and_later_ones_read_the_same_run(prefect_harness, tiny_overrides):
-    from pipelines.flows import acquire, evaluate, finetune
+    from graftflow.pipelines.flows import acquire, evaluate, finetune
 
     config = load_config(DIGITS, tiny_overrides + ["pretrain.enabled=false"])
     first = acquire(config=config)
@@ -66,7 +66,7 @@ def test_stages_run_alone_and_later_ones_read_the_same_run(prefect_harness, tiny
 def test_artifact_root_can_be_any_fsspec_url(prefect_harness, tiny_overrides):
     import fsspec
 
-    from pipelines.flows import transfer
+    from graftflow.pipelines.flows import transfer
 
     overrides = [o for o in tiny_overrides if not o.startswith("artifact_root")] + ["artifact_root=memory://graft-runs"]
     config = load_config(DIGITS, overrides + ["export.formats=[safetensors]"])

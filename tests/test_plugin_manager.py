@@ -5,8 +5,8 @@ import textwrap
 
 import pytest
 
-from core.errors import PluginError
-from core.plugin_manager import PluginHost
+from graftflow.core.errors import PluginError
+from graftflow.core.plugin_manager import PluginHost
 from tests.support import graft
 
 EXTERNAL_LOSS = textwrap.dedent('''
@@ -14,7 +14,7 @@ EXTERNAL_LOSS = textwrap.dedent('''
     import os
     import pluggy
     from torch import nn
-    from core import LossSpec
+    from graftflow.core import LossSpec
 
     hookimpl = pluggy.HookimplMarker("graft")
     __version__ = "0.3"
@@ -66,7 +66,7 @@ def test_duplicate_name_names_both_plugins(tmp_path):
     clash.write_text(textwrap.dedent('''
         import pluggy
         from torch import nn
-        from core import LossSpec
+        from graftflow.core import LossSpec
         hookimpl = pluggy.HookimplMarker("graft")
         @hookimpl
         def graft_losses():
@@ -74,7 +74,7 @@ def test_duplicate_name_names_both_plugins(tmp_path):
     '''))
     with pytest.raises(PluginError) as err:
         PluginHost(env={"GRAFT_PLUGINS": str(clash)})
-    assert str(err.value) == ("loss 'cross-entropy' is registered twice: by plugin 'plugins.losses.classification' "
+    assert str(err.value) == ("loss 'cross-entropy' is registered twice: by plugin 'graftflow.plugins.losses.classification' "
                               "and by plugin 'graft_plugin_clash'")
 
 
@@ -144,7 +144,7 @@ def test_graft_plugins_cli_lists_every_item_as_json(external_plugin):
 
 
 def test_allow_and_deny_lists(external_plugin):
-    host = PluginHost(env={"GRAFT_PLUGINS_DENY": "plugins.models.vit"})
+    host = PluginHost(env={"GRAFT_PLUGINS_DENY": "graftflow.plugins.models.vit"})
     assert "vit" not in host.families and "resnet" in host.families
     allow = {"GRAFT_PLUGINS_ALLOW": "plugins.*", "GRAFT_PLUGINS": str(external_plugin)}
     with pytest.raises(PluginError, match=r"GRAFT_PLUGINS: plugin '.*squared_loss.py' is not allowed here"):

@@ -5,13 +5,13 @@ import torch
 from sklearn.datasets import load_digits
 from torch import nn
 
-from core import ConfigError, ModelFamily, PretextContext
-from core.plugin_manager import PluginHost
-from plugins.losses.contrastive import InfoNCE
-from plugins.pretext._views import Views
-from plugins.pretext.moco import MoCo
-from plugins.pretext.simclr import SimCLR
-from plugins.pretext.simmim import SimMIM
+from graftflow.core import ConfigError, ModelFamily, PretextContext
+from graftflow.core.plugin_manager import PluginHost
+from graftflow.plugins.losses.contrastive import InfoNCE
+from graftflow.plugins.pretext._views import Views
+from graftflow.plugins.pretext.moco import MoCo
+from graftflow.plugins.pretext.simclr import SimCLR
+from graftflow.plugins.pretext.simmim import SimMIM
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,11 @@ from PIL import Image
 from safetensors.torch import load_file
 from sklearn.datasets import load_digits
 
-from core.config import load_config
-from core.errors import StageError
-from core.plugin_manager import PluginHost
-from core.runs import Run
-from core.stages.base import execute_stage
+from graftflow.core.config import load_config
+from graftflow.core.errors import StageError
+from graftflow.core.plugin_manager import PluginHost
+from graftflow.core.runs import Run
+from graftflow.core.stages.base import execute_stage
 from tests.support import DIGITS
 
 
@@ -24,7 +24,7 @@ def summary_of(run_dir: Path) -> dict:
 
 @pytest.mark.slow
 def test_simclr_ignores_labels_and_its_backbone_reaches_finetuning(prefect_harness, tiny_overrides):
-    from pipelines.flows import transfer
+    from graftflow.pipelines.flows import transfer
 
     config = load_config(DIGITS, tiny_overrides + [
         "pretrain.pretext={name: simclr, proj_dim: 32}", "pretrain.loss={name: infonce, temperature: 0.3}",
@@ -52,7 +52,7 @@ def test_simclr_ignores_labels_and_its_backbone_reaches_finetuning(prefect_harne
 
 @pytest.mark.slow
 def test_simmim_pretrains_a_vit_on_a_separate_unlabelled_folder(prefect_harness, tiny_overrides, tmp_path):
-    from pipelines.flows import transfer
+    from graftflow.pipelines.flows import transfer
 
     unlabelled = tmp_path / "unlabelled" / "all"
     unlabelled.mkdir(parents=True)
@@ -75,8 +75,8 @@ def test_simmim_pretrains_a_vit_on_a_separate_unlabelled_folder(prefect_harness,
 
 
 def test_model_weights_from_a_file_report_the_load_and_refuse_other_shapes(tiny_overrides, tmp_path):
-    from core.checkpoint import save_model
-    from core.stages.common import build_model
+    from graftflow.core.checkpoint import save_model
+    from graftflow.core.stages.common import build_model
 
     host = PluginHost()
     meta = {"family": "resnet", "variant": "small", "params": {}, "num_classes": 3, "in_chans": 1, "image_size": 8}

@@ -4,13 +4,13 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from core.config import load_config
-from core.data.dataset import Selection
-from core.plugin_manager import PluginHost
-from core.runs import Run
-from core.stages.base import execute_stage
-from core.stages.common import per_class_subsample
-from core.validation import validate_config
+from graftflow.core.config import load_config
+from graftflow.core.data.dataset import Selection
+from graftflow.core.plugin_manager import PluginHost
+from graftflow.core.runs import Run
+from graftflow.core.stages.base import execute_stage
+from graftflow.core.stages.common import per_class_subsample
+from graftflow.core.validation import validate_config
 from tests.support import DIGITS
 
 

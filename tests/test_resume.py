@@ -11,12 +11,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import core.training.loop as loop
-from core.config import load_config
-from core.plugin_manager import PluginHost
-from core.runs import Run
-from core.stages.base import execute_stage
-from core.training.checkpointing import COMPLETE, Checkpointer
+import graftflow.core.training.loop as loop
+from graftflow.core.config import load_config
+from graftflow.core.plugin_manager import PluginHost
+from graftflow.core.runs import Run
+from graftflow.core.stages.base import execute_stage
+from graftflow.core.training.checkpointing import COMPLETE, Checkpointer
 from tests.prefect_server import BIN
 from tests.support import DIGITS, ROOT
 

@@ -6,12 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-from core.device import Hardware, resolve_policy
-from core.errors import ConfigError, PluginError
-from core.specs import LayerGroup
-from core.training.freezing import set_trainable
-from core.training.param_groups import build_param_groups, check_partition, spread_lrs
-from core.training.schedule import GroupScheduler, factor
+from graftflow.core.device import Hardware, resolve_policy
+from graftflow.core.errors import ConfigError, PluginError
+from graftflow.core.specs import LayerGroup
+from graftflow.core.training.freezing import set_trainable
+from graftflow.core.training.param_groups import build_param_groups, check_partition, spread_lrs
+from graftflow.core.training.schedule import GroupScheduler, factor
 
 
 def fastai_even_mults(start, stop, n):

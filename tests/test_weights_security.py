@@ -6,8 +6,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from core.checkpoint import read_weights
-from core.errors import GraftError
+from graftflow.core.checkpoint import read_weights
+from graftflow.core.errors import GraftError
 
 
 class Payload:

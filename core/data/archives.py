@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from core.errors import DataError
+from graftflow.core.errors import DataError
 
 DEFAULT_MAX_BYTES = 64 * 2**30  # 64 GiB of extracted data
 MAX_RATIO = 200  # uncompressed/compressed, for zip members over RATIO_FLOOR bytes

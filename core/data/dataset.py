@@ -17,8 +17,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_co
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms import v2
 
-from core.data.store import read_info, read_table
-from core.errors import DataError
+from graftflow.core.data.store import read_info, read_table
+from graftflow.core.errors import DataError
 
 
 @dataclass

@@ -26,8 +26,8 @@ from typing import Annotated, Any, Literal
 import fsspec
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.errors import DataError
-from core.specs import ImageRecord
+from graftflow.core.errors import DataError
+from graftflow.core.specs import ImageRecord
 
 log = logging.getLogger("graft.data")
 

@@ -26,9 +26,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from core import storage
-from core.errors import DataError
-from core.specs import ImageRecord
+from graftflow.core import storage
+from graftflow.core.errors import DataError
+from graftflow.core.specs import ImageRecord
 
 FORMAT_VERSION = 2  # 2: multi-label stores, image sizes and the source's report in _SUCCESS
 SHARD_ROWS = 4096

@@ -1,6 +1,6 @@
 """The six stages as plain functions; pipelines/ wraps each in a Prefect flow."""
 
-from core.stages import acquire, augment, evaluate, export, finetune, lr_find, pretrain
+from graftflow.core.stages import acquire, augment, evaluate, export, finetune, lr_find, pretrain
 
 STAGE_FUNCTIONS = {
     "acquire": acquire.run,

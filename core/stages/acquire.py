@@ -17,14 +17,14 @@ from typing import Any
 
 import numpy as np
 
-from core import storage
-from core.config import SourceConfig
-from core.data.dataset import ArrowImageDataset, Selection, select
-from core.data.splits import stratified_split
-from core.data.store import StoreInfo, build_store, is_complete, read_info, read_table, store_key
-from core.images import save_grid
-from core.stages.base import Artifact, StageContext, StageResult
-from core.validation import check_source, plugin_params
+from graftflow.core import storage
+from graftflow.core.config import SourceConfig
+from graftflow.core.data.dataset import ArrowImageDataset, Selection, select
+from graftflow.core.data.splits import stratified_split
+from graftflow.core.data.store import StoreInfo, build_store, is_complete, read_info, read_table, store_key
+from graftflow.core.images import save_grid
+from graftflow.core.stages.base import Artifact, StageContext, StageResult
+from graftflow.core.validation import check_source, plugin_params
 
 log = logging.getLogger("graft.data")
 

@@ -18,13 +18,13 @@ import numpy as np
 import torch
 from torchvision.io import encode_png
 
-from core import storage
-from core.data.dataset import ArrowImageDataset, select
-from core.data.store import build_store, is_complete, read_info, read_table, store_key
-from core.images import save_grid
-from core.specs import AugmentContext, ImageRecord
-from core.stages.base import Artifact, StageContext, StageResult
-from core.stages.common import augment_policy, dataset_url
+from graftflow.core import storage
+from graftflow.core.data.dataset import ArrowImageDataset, select
+from graftflow.core.data.store import build_store, is_complete, read_info, read_table, store_key
+from graftflow.core.images import save_grid
+from graftflow.core.specs import AugmentContext, ImageRecord
+from graftflow.core.stages.base import Artifact, StageContext, StageResult
+from graftflow.core.stages.common import augment_policy, dataset_url
 
 log = logging.getLogger("graft.augment")
 

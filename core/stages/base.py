@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from core import storage
-from core.config import PipelineConfig
-from core.distributed import DISTRIBUTED_STAGES, DistInfo, launch, wrap, wrap_step
-from core.device import DevicePolicy, Hardware, apply_backend_settings, resolve_policy
-from core.plugin_manager import PluginHost
-from core.runs import Run, deep_merge
+from graftflow.core import storage
+from graftflow.core.config import PipelineConfig
+from graftflow.core.distributed import DISTRIBUTED_STAGES, DistInfo, launch, wrap, wrap_step
+from graftflow.core.device import DevicePolicy, Hardware, apply_backend_settings, resolve_policy
+from graftflow.core.plugin_manager import PluginHost
+from graftflow.core.runs import Run, deep_merge
 
 log = logging.getLogger("graft.stage")
 
@@ -100,7 +100,7 @@ def device_policy(config: PipelineConfig, host: PluginHost) -> DevicePolicy:
 
 def execute_stage(stage: str, config: PipelineConfig, run: Run, host: PluginHost) -> dict[str, Any]:
     """Run one stage and record it; returns the stage's entry of summary.json plus its artifacts."""
-    from core.stages import STAGE_FUNCTIONS
+    from graftflow.core.stages import STAGE_FUNCTIONS
 
     policy = device_policy(config, host)
     final_url = run.stage_url(stage)

@@ -12,16 +12,16 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from core import storage
-from core.checkpoint import META, WEIGHTS, load_into, read_weights
-from core.config import PluginRef
-from core.data.dataset import (ArrowImageDataset, BatchCollate, Selection, auto_workers, cache_fits, make_loader, normalizer,
+from graftflow.core import storage
+from graftflow.core.checkpoint import META, WEIGHTS, load_into, read_weights
+from graftflow.core.config import PluginRef
+from graftflow.core.data.dataset import (ArrowImageDataset, BatchCollate, Selection, auto_workers, cache_fits, make_loader, normalizer,
                                require_classes, select)
-from core.errors import ConfigError
-from core.plugin_manager import PluginHost
-from core.specs import AugmentContext, LayerGroup, LossContext, LossSpec
-from core.stages.base import StageContext
-from core.validation import plugin_params
+from graftflow.core.errors import ConfigError
+from graftflow.core.plugin_manager import PluginHost
+from graftflow.core.specs import AugmentContext, LayerGroup, LossContext, LossSpec
+from graftflow.core.stages.base import StageContext
+from graftflow.core.validation import plugin_params
 
 
 def dataset_url(ctx: StageContext, name: str = "dataset", materialized: bool = True) -> str:
@@ -62,7 +62,7 @@ def model_meta(ctx: StageContext, class_names: Sequence[str]) -> dict[str, Any]:
 
 
 def layer_groups(host: PluginHost, family_name: str, model: nn.Module) -> list[LayerGroup]:
-    from core.training.param_groups import check_partition
+    from graftflow.core.training.param_groups import check_partition
 
     groups = host.families.get(family_name).layer_groups(model)
     check_partition(model, groups, family_name)

@@ -9,12 +9,12 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from core import storage
-from core.data.dataset import require_classes
-from core.images import save_confusion_matrix
-from core.stages.base import Artifact, StageContext, StageResult
-from core.stages.common import eval_loader, load_trained, read_model
-from core.training.loop import predict
+from graftflow.core import storage
+from graftflow.core.data.dataset import require_classes
+from graftflow.core.images import save_confusion_matrix
+from graftflow.core.stages.base import Artifact, StageContext, StageResult
+from graftflow.core.stages.common import eval_loader, load_trained, read_model
+from graftflow.core.training.loop import predict
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str]) -> dict:

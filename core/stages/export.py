@@ -11,10 +11,10 @@ from pathlib import Path
 
 import torch
 
-from core import storage
-from core.errors import StageError
-from core.stages.base import Artifact, StageContext, StageResult
-from core.stages.common import build_model, eval_loader, load_trained
+from graftflow.core import storage
+from graftflow.core.errors import StageError
+from graftflow.core.stages.base import Artifact, StageContext, StageResult
+from graftflow.core.stages.common import build_model, eval_loader, load_trained
 
 
 def run(ctx: StageContext) -> StageResult:

@@ -10,20 +10,20 @@ from __future__ import annotations
 
 import logging
 
-from core import storage
-from core.checkpoint import META, WEIGHTS, load_into, read_weights, save_model
-from core.images import save_training_curves
-from core.stages.base import Artifact, StageContext, StageResult
-from core.stages.common import (build_model, checkpoint_url, epoch_reseeder, head_keys, initial_weights, layer_groups, model_meta, stage_loss,
+from graftflow.core import storage
+from graftflow.core.checkpoint import META, WEIGHTS, load_into, read_weights, save_model
+from graftflow.core.images import save_training_curves
+from graftflow.core.stages.base import Artifact, StageContext, StageResult
+from graftflow.core.stages.common import (build_model, checkpoint_url, epoch_reseeder, head_keys, initial_weights, layer_groups, model_meta, stage_loss,
                                 task_loaders)
-from core.training.checkpointing import Checkpointer
-from core.training.compile import compiled_forward
-from core.training.freezing import set_trainable, train_mode, unfrozen_groups
-from core.training.loop import History, accuracy_and_loss, train_epochs
-from core.training.param_groups import build_param_groups, group_lrs, make_optimizer
-from core.training.resume import TrainingState
-from core.training.schedule import GroupScheduler
-from core.training.selection import BestTracker, make_ema
+from graftflow.core.training.checkpointing import Checkpointer
+from graftflow.core.training.compile import compiled_forward
+from graftflow.core.training.freezing import set_trainable, train_mode, unfrozen_groups
+from graftflow.core.training.loop import History, accuracy_and_loss, train_epochs
+from graftflow.core.training.param_groups import build_param_groups, group_lrs, make_optimizer
+from graftflow.core.training.resume import TrainingState
+from graftflow.core.training.schedule import GroupScheduler
+from graftflow.core.training.selection import BestTracker, make_ema
 
 log = logging.getLogger("graft.stage")
 

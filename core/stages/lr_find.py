@@ -6,14 +6,14 @@ never changes another stage's weights.
 
 from __future__ import annotations
 
-from core import storage
-from core.stages.base import Artifact, StageContext, StageResult
-from core.stages.common import build_model, layer_groups, model_meta, task_loaders
-from core.stages.finetune import starting_weights
-from core.training.freezing import set_trainable, train_mode
-from core.training.lr_finder import lr_range_test, save_plot
-from core.training.param_groups import build_param_groups, group_lrs, make_optimizer
-from core.validation import plugin_params
+from graftflow.core import storage
+from graftflow.core.stages.base import Artifact, StageContext, StageResult
+from graftflow.core.stages.common import build_model, layer_groups, model_meta, task_loaders
+from graftflow.core.stages.finetune import starting_weights
+from graftflow.core.training.freezing import set_trainable, train_mode
+from graftflow.core.training.lr_finder import lr_range_test, save_plot
+from graftflow.core.training.param_groups import build_param_groups, group_lrs, make_optimizer
+from graftflow.core.validation import plugin_params
 
 
 def run(ctx: StageContext) -> StageResult:

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from core import storage
-from core.checkpoint import save_model
-from core.images import save_training_curves
-from core.config import PluginRef
-from core.specs import PretextContext
-from core.stages.base import Artifact, StageContext, StageResult
-from core.stages.common import head_keys, initial_weights, layer_groups, model_meta, stage_loss, task_loaders
-from core.training.loop import History, accuracy_and_loss, train_epochs
-from core.training.param_groups import build_param_groups, group_lrs, make_optimizer
-from core.training.schedule import GroupScheduler
-from core.validation import plugin_params
+from graftflow.core import storage
+from graftflow.core.checkpoint import save_model
+from graftflow.core.images import save_training_curves
+from graftflow.core.config import PluginRef
+from graftflow.core.specs import PretextContext
+from graftflow.core.stages.base import Artifact, StageContext, StageResult
+from graftflow.core.stages.common import head_keys, initial_weights, layer_groups, model_meta, stage_loss, task_loaders
+from graftflow.core.training.loop import History, accuracy_and_loss, train_epochs
+from graftflow.core.training.param_groups import build_param_groups, group_lrs, make_optimizer
+from graftflow.core.training.schedule import GroupScheduler
+from graftflow.core.validation import plugin_params
 
 
 def run(ctx: StageContext) -> StageResult:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from core import storage
+from graftflow.core import storage
 
 COMPLETE = "COMPLETE"
 

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from core.specs import LayerGroup
+from graftflow.core.specs import LayerGroup
 
 BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
 

@@ -18,9 +18,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from core.device import DevicePolicy
-from core.distributed import mean_over_ranks
-from core.errors import StageError
+from graftflow.core.device import DevicePolicy
+from graftflow.core.distributed import mean_over_ranks
+from graftflow.core.errors import StageError
 
 log = logging.getLogger("graft.train")
 

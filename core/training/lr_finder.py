@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from core.device import DevicePolicy
+from graftflow.core.device import DevicePolicy
 
 
 @dataclass

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from core.errors import PluginError
-from core.specs import LayerGroup
+from graftflow.core.errors import PluginError
+from graftflow.core.specs import LayerGroup
 
 
 def spread_lrs(lr: float | Sequence[float], n: int) -> list[float]:

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from core.training.checkpointing import Checkpointer, flatten_optimizer, restore_rng, rng_state, unflatten_optimizer
-from core.training.loop import History, LoopPosition, check_finite
-from core.training.selection import BestTracker
+from graftflow.core.training.checkpointing import Checkpointer, flatten_optimizer, restore_rng, rng_state, unflatten_optimizer
+from graftflow.core.training.loop import History, LoopPosition, check_finite
+from graftflow.core.training.selection import BestTracker
 
 
 def _prefixed(prefix: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -9,7 +9,7 @@ held-out 5–9 test images:
   scratch         no pretraining; all groups at one lr (hi)
 Everything runs through the real Prefect flows.
 
-    python -m pipelines.experiments.finetune_strategies [--seeds 0 1 2]
+    python -m graftflow.pipelines.experiments.finetune_strategies [--seeds 0 1 2]
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import statistics
 import time
 from pathlib import Path
 
-from core.config import load_config
-from core.runs import Run
+from graftflow.core.config import load_config
+from graftflow.core.runs import Run
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "digits.yaml"
 OUT = Path(".graft/experiments")
@@ -46,10 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", default=str(OUT / "finetune-strategies"), help="artifact root of the runs")
     args = parser.parse_args(argv)
 
-    from pipelines.cli import _prefect_defaults
+    from graftflow.pipelines.cli import _prefect_defaults
 
     _prefect_defaults()
-    from pipelines.flows import transfer
+    from graftflow.pipelines.flows import transfer
 
     base = [f"artifact_root={args.root}", "name=strategies"]
     demo = load_config(CONFIG, base)

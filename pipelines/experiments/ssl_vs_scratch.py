@@ -1,6 +1,6 @@
 """Self-supervised pretraining vs training from scratch, with 10 labels per class.
 
-    make experiment-ssl          # or: python -m pipelines.experiments.ssl_vs_scratch [--seeds 0 1 2]
+    make experiment-ssl          # or: python -m graftflow.pipelines.experiments.ssl_vs_scratch [--seeds 0 1 2]
 
 For each seed, two runs of the `transfer` flow on the same config
 (`pipelines/configs/ssl_digits.yaml`, UCI digits at their native 8×8 pixels):
@@ -29,9 +29,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from core import storage
-from core.config import load_config
-from core.errors import GraftError
+from graftflow.core import storage
+from graftflow.core.config import load_config
+from graftflow.core.errors import GraftError
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "ssl_digits.yaml"
 ARMS = {
@@ -41,7 +41,7 @@ ARMS = {
 
 
 def run_arm(config_path: Path, arm: str, seed: int, overrides: list[str]) -> dict[str, Any]:
-    from pipelines.flows import transfer
+    from graftflow.pipelines.flows import transfer
 
     stages, extra = ARMS[arm]
     config = load_config(config_path, [f"seed={seed}", f"name=ssl-vs-scratch-{arm}", *overrides, *extra])

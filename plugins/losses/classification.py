@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from core import ConfigError, LossContext, LossRef, LossSpec, hookimpl
+from graftflow.core import ConfigError, LossContext, LossRef, LossSpec, hookimpl
 
 
 class _Params(BaseModel):

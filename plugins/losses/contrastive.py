@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from core import LossSpec, hookimpl
+from graftflow.core import LossSpec, hookimpl
 
 
 class InfoNCEParams(BaseModel):

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from core import ConfigError, LossContext, LossSpec, hookimpl
+from graftflow.core import ConfigError, LossContext, LossSpec, hookimpl
 
 
 class DistillationParams(BaseModel):

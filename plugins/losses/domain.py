@@ -16,7 +16,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from core import LossSpec, hookimpl
+from graftflow.core import LossSpec, hookimpl
 
 
 class MMDParams(BaseModel):

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from timm.models import group_parameters
 from torch import nn
 
-from core import ConfigError, LayerGroup
+from graftflow.core import ConfigError, LayerGroup
 
 
 class DropParams(BaseModel):

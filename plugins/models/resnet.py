@@ -12,8 +12,8 @@ import timm
 from timm.models.resnet import BasicBlock, ResNet
 from torch import nn
 
-from core import ModelFamily, hookimpl
-from plugins.models._timm import (
+from graftflow.core import ModelFamily, hookimpl
+from graftflow.plugins.models._timm import (
     DropParams,
     reset_head,
     timm_layer_groups,

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from core import PretextContext
+from graftflow.core import PretextContext
 
 
 class ViewParams(BaseModel):

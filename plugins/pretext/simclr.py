@@ -12,8 +12,8 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from core import PretextContext, PretextTask, hookimpl
-from plugins.pretext._views import ViewParams, Views, feature_backbone, projection_head
+from graftflow.core import PretextContext, PretextTask, hookimpl
+from graftflow.plugins.pretext._views import ViewParams, Views, feature_backbone, projection_head
 
 
 class SimCLRParams(ViewParams):

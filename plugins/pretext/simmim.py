@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from core import ConfigError, PluginError, PretextContext, PretextTask, hookimpl
+from graftflow.core import ConfigError, PluginError, PretextContext, PretextTask, hookimpl
 
 CAPABILITY = "masked-image-modeling"
 TOKEN_INTERFACE = ("patch_embed", "_pos_embed", "patch_drop", "norm_pre", "blocks", "norm", "num_prefix_tokens")

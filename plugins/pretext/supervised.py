@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-from core import PretextContext, PretextTask, hookimpl
+from graftflow.core import PretextContext, PretextTask, hookimpl
 
 
 class SupervisedParams(BaseModel):

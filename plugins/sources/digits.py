@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict
 
-from core import DataSource, ImageRecord, hookimpl
+from graftflow.core import DataSource, ImageRecord, hookimpl
 
 
 class DigitsParams(BaseModel):

@@ -13,7 +13,7 @@ from pathlib import Path
 import fsspec
 from pydantic import Field
 
-from core import (DataError, DataSource, ImageSourceParams, hookimpl, image_records, listing, looks_like_archive,
+from graftflow.core import (DataError, DataSource, ImageSourceParams, hookimpl, image_records, listing, looks_like_archive,
                   safe_extract)
 
 # What identifies a file's version on each filesystem: local/memory times, S3/GCS/HTTP validators.

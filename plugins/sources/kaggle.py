@@ -36,7 +36,7 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from core import (DataError, DataSource, ImageSourceParams, TransientDataError, archive_kind, hookimpl,
+from graftflow.core import (DataError, DataSource, ImageSourceParams, TransientDataError, archive_kind, hookimpl,
                   image_records, looks_like_archive, lookup_secret, redact, safe_extract, secret_ref)
 
 log = logging.getLogger("graft.data.kaggle")

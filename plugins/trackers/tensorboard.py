@@ -2,9 +2,9 @@
 
 Off by default: it has no `graft.plugins` entry point. Turn it on per config,
 
-    plugins: [plugins.trackers.tensorboard]
+    plugins: [graftflow.plugins.trackers.tensorboard]
 
-(or `GRAFT_PLUGINS=plugins.trackers.tensorboard`). Scalars are tagged `<stage>/<metric>`
+(or `GRAFT_PLUGINS=graftflow.plugins.trackers.tensorboard`). Scalars are tagged `<stage>/<metric>`
 (e.g. `finetune/val_accuracy`) with the epoch as step, and written to `<run>/tensorboard/`
 when the run lives on local disk, else to `$GRAFT_TENSORBOARD_DIR` (default
 `.graft/tensorboard`)/`<name>/<run-id>`. View with `tensorboard --logdir <that folder>`.
@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from core import hookimpl
+from graftflow.core import hookimpl
 
 __version__ = "1.0"
 

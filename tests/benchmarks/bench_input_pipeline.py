@@ -31,13 +31,13 @@ import torch
 from torchvision import datasets
 from torchvision import transforms as T
 
-from core.config import PluginRef
-from core.data.dataset import ArrowImageDataset, BatchCollate, make_loader, normalizer, select
-from core.data.layouts import records
-from core.data.splits import stratified_split
-from core.data.store import build_store
-from core.plugin_manager import PluginHost
-from core.stages.common import augment_policy, batch_normalizer, compose_batch
+from graftflow.core.config import PluginRef
+from graftflow.core.data.dataset import ArrowImageDataset, BatchCollate, make_loader, normalizer, select
+from graftflow.core.data.layouts import records
+from graftflow.core.data.splits import stratified_split
+from graftflow.core.data.store import build_store
+from graftflow.core.plugin_manager import PluginHost
+from graftflow.core.stages.common import augment_policy, batch_normalizer, compose_batch
 from tests.benchmarks.bench_store import _write_images
 from tests.benchmarks.results import Result
 

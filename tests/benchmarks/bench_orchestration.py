@@ -22,15 +22,15 @@ TARGET_SECONDS = 10.0
 
 
 def run(quick: bool = False) -> list[Result]:
-    from pipelines.cli import _prefect_defaults
+    from graftflow.pipelines.cli import _prefect_defaults
 
     _prefect_defaults()
     os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="graft-bench-prefect-"))
     from prefect import flow
 
-    from core import storage
-    from core.config import load_config
-    from pipelines.flows import transfer
+    from graftflow.core import storage
+    from graftflow.core.config import load_config
+    from graftflow.pipelines.flows import transfer
 
     @flow(name="warm-up")
     def warm_up() -> None:

@@ -21,10 +21,10 @@ import torch
 from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor
 
-from core.data.dataset import ArrowImageDataset, select
-from core.data.layouts import records
-from core.data.splits import stratified_split
-from core.data.store import build_store
+from graftflow.core.data.dataset import ArrowImageDataset, select
+from graftflow.core.data.layouts import records
+from graftflow.core.data.splits import stratified_split
+from graftflow.core.data.store import build_store
 from tests.benchmarks.results import Result
 
 SIZE, OUT, CLASSES = 64, 32, 10

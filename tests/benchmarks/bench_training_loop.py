@@ -15,10 +15,10 @@ import time
 import torch
 from torch import nn
 
-from core.device import Hardware, resolve_policy
-from core.plugin_manager import PluginHost
-from core.training.loop import History, train_epochs
-from core.training.schedule import GroupScheduler
+from graftflow.core.device import Hardware, resolve_policy
+from graftflow.core.plugin_manager import PluginHost
+from graftflow.core.training.loop import History, train_epochs
+from graftflow.core.training.schedule import GroupScheduler
 from tests.benchmarks.results import Result
 
 
