@@ -18,7 +18,7 @@ SERVER_PORT ?= 4200
 API_URL ?= $(or $(PREFECT_API_URL),http://$(SERVER_HOST):$(SERVER_PORT)/api)
 GPU_SLOTS ?= 1
 
-.PHONY: install run test test-fast bench experiment-ssl experiment-finetune lint-imports clean server pool deploy worker
+.PHONY: install run test test-fast bench experiment-ssl experiment-finetune lint lint-imports prefect-yaml clean server pool deploy worker
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -60,6 +60,9 @@ deploy: $(STAMP)  ## every deployment in deploy/prefect.yaml; the worker will ru
 
 worker: $(STAMP)  ## a worker for the `local` pool (stop it with Ctrl-C)
 	PREFECT_API_URL=$(API_URL) PREFECT_LOGGING_EXTRA_LOGGERS=graft $(PREFECT) worker start --pool local
+
+prefect-yaml: $(STAMP)  ## regenerate deploy/prefect.yaml from the stage table and the demo config
+	$(PY) -m graftflow.pipelines.deployments > deploy/prefect.yaml
 
 lint-imports: $(STAMP)
 	$(VENV)/bin/lint-imports

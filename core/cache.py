@@ -1,6 +1,6 @@
 """Cross-run stage cache: a run with the same inputs and the same code reuses a finished run.
 
-A stage's key hashes the config sections that stage reads, the key of the stage
+A stage's key hashes the config sections that stage reads (its `reads` in the stage table), the key of the stage
 before it (so a change upstream invalidates everything downstream) and the code
 version (graftflow's version plus a hash of the `core` and `plugins` sources, so
 editing a stage or a plugin invalidates the cache). When a stage completes, a
@@ -21,19 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from graftflow.core import storage
-from graftflow.core.config import STAGES, PipelineConfig
-
-# The config a stage reads (dotted paths), besides what every stage reads (GLOBAL).
-GLOBAL = ("seed", "device", "precision", "compile", "plugins", "distributed", "model")
-STAGE_INPUTS: dict[str, tuple[str, ...]] = {
-    "acquire": ("data", "pretrain.source"),
-    "augment": ("augment",),
-    "pretrain": ("pretrain", "checkpoints"),
-    "finetune": ("finetune", "checkpoints"),
-    "evaluate": ("evaluate",),
-    "export": ("export",),
-}
-
+from graftflow.core.config import PipelineConfig
+from graftflow.core.stage_table import COMMON_INPUTS, STAGES
 
 @lru_cache(maxsize=1)
 def code_version() -> str:
@@ -61,10 +50,10 @@ def stage_keys(config: PipelineConfig) -> dict[str, str]:
     """Every stage's cache key, chained in pipeline order."""
     data = config.model_dump(mode="json")
     keys, previous = {}, code_version()
-    for stage in STAGES:
-        inputs = {path: _pick(data, path) for path in (*GLOBAL, *STAGE_INPUTS[stage])}
-        blob = json.dumps({"stage": stage, "previous": previous, "inputs": inputs}, sort_keys=True)
-        keys[stage] = previous = hashlib.sha256(blob.encode()).hexdigest()[:16]
+    for stage in (s for s in STAGES if s.chain):
+        inputs = {path: _pick(data, path) for path in (*COMMON_INPUTS, *stage.reads)}
+        blob = json.dumps({"stage": stage.name, "previous": previous, "inputs": inputs}, sort_keys=True)
+        keys[stage.name] = previous = hashlib.sha256(blob.encode()).hexdigest()[:16]
     return keys
 
 

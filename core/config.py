@@ -9,7 +9,6 @@ params model, which `graftflow.core.validation` checks against the registries.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -18,9 +17,6 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, NonNegative
                       PositiveFloat, PositiveInt, ValidationError, field_validator, model_validator)
 
 from graftflow.core.errors import ConfigError
-
-STAGES = ("acquire", "augment", "pretrain", "finetune", "evaluate", "export")
-
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -362,13 +358,3 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> PipelineConfig:
     for assignment in overrides:
         apply_override(data, assignment)
     return parse_config(data, str(path))
-
-
-def parse_stages(text: str | None) -> list[str]:
-    if not text:
-        return list(STAGES)
-    names = [s.strip() for s in re.split(r"[,\s]+", text) if s.strip()]
-    unknown = [s for s in names if s not in STAGES]
-    if unknown:
-        raise ConfigError(f"--stages: unknown stage '{unknown[0]}'; stages are {', '.join(STAGES)}")
-    return [s for s in STAGES if s in names]

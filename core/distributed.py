@@ -26,9 +26,6 @@ from torch import nn
 
 from graftflow.core.errors import StageError
 
-DISTRIBUTED_STAGES = frozenset({"pretrain", "finetune"})
-
-
 @dataclass(frozen=True)
 class DistInfo:
     rank: int

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from graftflow.core import stage_table
 from graftflow.core.config import PipelineConfig
 from graftflow.core.distributed import DistInfo, result_to_json
 from graftflow.core.errors import GraftError
@@ -21,8 +22,6 @@ from graftflow.core.stages.base import StageContext, device_policy, seed_everyth
 
 def main(stage: str, config_path: str, run_id: str, out: str, exchange: str) -> int:
     import os
-
-    from graftflow.core.stages import STAGE_FUNCTIONS
 
     config = PipelineConfig.model_validate_json(Path(config_path).read_text())
     host = PluginHost(config.plugins)
@@ -39,7 +38,7 @@ def main(stage: str, config_path: str, run_id: str, out: str, exchange: str) -> 
     ctx = StageContext(stage, config, host, Run(config, run_id), policy, Path(out) if info.is_main else Path(scratch.name),
                        dist=info)
     try:
-        result = STAGE_FUNCTIONS[stage](ctx)
+        result = stage_table.stage(stage).function(ctx)
         if info.is_main:
             result.summary.setdefault(stage, {})["distributed"] = {"world_size": info.world_size, "backend": backend}
             Path(exchange, "result.json").write_text(json.dumps(result_to_json(result), default=str))

@@ -7,6 +7,8 @@ Every problem is one line that starts with the field path.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, get_args
 
 from pydantic import BaseModel, ValidationError
@@ -14,6 +16,7 @@ from pydantic import BaseModel, ValidationError
 from graftflow.core.config import LossRef, PipelineConfig, PluginRef, format_validation_error
 from graftflow.core.errors import ConfigError, GraftError
 from graftflow.core.plugin_manager import PluginHost
+from graftflow.core.specs import AugmentationSpec
 
 
 def plugin_params(spec: Any, params: dict[str, Any], field: str) -> dict[str, Any]:
@@ -28,6 +31,61 @@ def plugin_params(spec: Any, params: dict[str, Any], field: str) -> dict[str, An
         return model.model_validate(params).model_dump()
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, prefix=field)) from None
+
+
+@dataclass(frozen=True)
+class PlannedAugmentation:
+    """One entry of an `augment` section, checked: its spec, parameters (defaults filled) and where it runs."""
+
+    field: str
+    spec: AugmentationSpec
+    params: dict[str, Any]
+    placement: str  # "sample" (DataLoader workers) or "batch" (the training device)
+    has_sample_form: bool
+
+
+def augmentation_plan(host: PluginHost, refs: Sequence[PluginRef], section: str, device_type: str = "cpu",
+                      training: bool = True) -> list[PlannedAugmentation]:
+    """Where each entry of `section` runs, or a ConfigError naming the entry that cannot.
+
+    An entry may say `placement: sample|batch|auto` (default auto). auto runs an op on the
+    device when the spec is batch-only, or when it has a batch form, the device is CUDA
+    and every later entry runs batched too (batch ops run after all per-sample ops, so
+    the order of the list is kept). Eval sections (`training=False`) run per sample only.
+    """
+    resolved = []
+    for i, ref in enumerate(refs):
+        field = f"{section}[{i}]"
+        spec = host.augmentations.get(ref.name, f"{field}.name")
+        params = dict(ref.params)
+        want = params.pop("placement", "auto")
+        can_sample, can_batch = spec.placement == "sample", spec.placement == "batch" or spec.batch_factory is not None
+        if want not in ("auto", "sample", "batch"):
+            raise ConfigError(f"{field}.placement: expected auto, sample or batch, got {want!r}")
+        if want == "sample" and not can_sample:
+            raise ConfigError(f"{field}.placement: '{spec.name}' runs on whole batches only (placement batch)")
+        if want == "batch" and not can_batch:
+            raise ConfigError(f"{field}.placement: '{spec.name}' has no batch form; use placement sample")
+        if not training and (want == "batch" or not can_sample):
+            raise ConfigError(f"{field}: '{spec.name}' runs on training batches only; {section} runs per sample")
+        resolved.append((field, spec, want, can_sample, can_batch, plugin_params(spec, params, field)))
+    batch_tail = True  # every later entry runs batched
+    places = [""] * len(resolved)
+    for j in range(len(resolved) - 1, -1, -1):
+        _, _, want, can_sample, can_batch, _ = resolved[j]
+        if want == "auto":
+            want = "batch" if not can_sample or (can_batch and device_type == "cuda" and batch_tail and training) \
+                else "sample"
+        places[j] = want
+        batch_tail = batch_tail and want == "batch"
+    first_batch = next((j for j, place in enumerate(places) if place == "batch"), len(places))
+    for j in range(first_batch + 1, len(places)):
+        if places[j] == "sample":
+            field, spec = resolved[j][:2]
+            raise ConfigError(f"{field}: '{spec.name}' runs per sample after batch op '{resolved[first_batch][1].name}'; "
+                              f"batch ops run after every per-sample op: move it before them, or run it batched")
+    return [PlannedAugmentation(field, spec, params, place, can_sample)
+            for (field, spec, _, can_sample, _, params), place in zip(resolved, places, strict=True)]
 
 
 def check_source(source: Any, params: dict[str, Any], field: str) -> None:
@@ -87,15 +145,11 @@ def validate_config(config: PipelineConfig, host: PluginHost, stages: list[str] 
             if params is not None and (stages is None or "acquire" in stages):
                 check(check_source, source, params, field)
 
-    from graftflow.core.stages.common import augment_policy  # torch-heavy; stages import this module
-
     soft_targets = None
     for section in ("augment.train", "augment.eval"):
-        policy = check(augment_policy, host, getattr(config.augment, section.split(".")[1]), section,
-                       "cpu", None, section == "augment.train")
-        if policy is not None and policy.soft_targets:
-            soft_targets = next(e["name"] for e in policy.entries
-                                if host.augmentations.get(e["name"], section).soft_targets)
+        plan = check(augmentation_plan, host, getattr(config.augment, section.split(".")[1]), section,
+                     "cpu", section == "augment.train")
+        soft_targets = soft_targets or next((s.spec.name for s in plan or () if s.spec.soft_targets), None)
 
     pretext = check(host.pretexts.get, config.pretrain.pretext.name, "pretrain.pretext")
     if pretext is not None:

@@ -10,7 +10,7 @@ import logging
 from prefect.artifacts import (create_markdown_artifact, create_progress_artifact, create_table_artifact,
                                update_progress_artifact)
 
-from graftflow.core import storage
+from graftflow.core import stage_table, storage
 from graftflow.core.config import PipelineConfig
 from graftflow.core.hookspecs import hookimpl
 from graftflow.core.plugin_manager import PluginHost
@@ -55,8 +55,8 @@ class TrainingProgress:
 
     @classmethod
     def attach(cls, host: PluginHost, stage: str, config: PipelineConfig) -> "TrainingProgress | None":
-        epochs = {"pretrain": config.pretrain.epochs if config.pretrain.enabled else 0,
-                  "finetune": config.finetune.freeze_epochs + config.finetune.epochs}.get(stage, 0)
+        declared = stage_table.stage(stage)
+        epochs = declared.epochs(config) if declared.epochs is not None else 0
         if not epochs:
             return None
         try:

@@ -41,7 +41,8 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from graftflow.core.config import load_config, parse_stages
+    from graftflow.core.config import load_config
+    from graftflow.core.stage_table import parse_stages
     from graftflow.core.plugin_manager import PluginHost
     from graftflow.core.runs import Run
     from graftflow.core.validation import validate_config

@@ -16,8 +16,9 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
 
-from graftflow.core import cache, secrets, storage
-from graftflow.core.config import STAGES, PipelineConfig
+from graftflow.core import cache, secrets, stage_table, storage
+from graftflow.core.config import PipelineConfig
+from graftflow.core.stage_table import Stage
 from graftflow.core.errors import DataError, GraftError, TransientDataError
 from graftflow.core.plugin_manager import PluginHost
 from graftflow.core.runs import Run
@@ -74,16 +75,13 @@ def _transient(task, task_run, state) -> bool:
     return isinstance(exc, TransientDataError)
 
 
-GPU_STAGES = frozenset({"pretrain", "finetune", "evaluate", "export", "lr-find"})
-
-
 def _gpu_slot(stage: str, config: PipelineConfig, host: PluginHost):
     """The global concurrency slot a GPU stage holds, so runs queue instead of fighting for GPU memory.
 
     Without a server (or without the limit) Prefect lets the stage through at once.
     """
     hold = config.gpu_slot.hold
-    if stage not in GPU_STAGES or hold == "never":
+    if not stage_table.stage(stage).gpu or hold == "never":
         return nullcontext()
     if hold == "auto" and device_policy(config, host).device_type != "cuda":
         return nullcontext()
@@ -103,15 +101,19 @@ def run_stage(stage: str, config: PipelineConfig, run_id: str) -> dict[str, Any]
     return result
 
 
-def _stage_flow(stage: str, config: PipelineConfig, run_id: str | None) -> dict[str, Any]:
-    validate_config(config, PluginHost(config.plugins), [stage])
+def _run_stage_flow(stage: Stage, config: PipelineConfig, run_id: str | None) -> dict[str, Any]:
+    """What every stage's flow does: check the config, run the stages it prepares on, then the stage in one task."""
+    validate_config(config, PluginHost(config.plugins), [*stage.prepare, stage.name])
     run = Run.open(config, run_id)
+    for name in stage.prepare:
+        if not run.completed(name):
+            STAGE_FLOWS[name](config=config, run_id=run.run_id)
     runner = run_stage
-    if stage == "acquire" and config.data.retries:  # downloads: retried with exponential back-off
+    if stage.retry_transient and config.data.retries:  # downloads: retried with exponential back-off
         runner = run_stage.with_options(
             retries=config.data.retries, retry_condition_fn=_transient,
             retry_delay_seconds=[config.data.retry_delay * 2 ** i for i in range(config.data.retries)])
-    return runner(stage, config, run.run_id)
+    return runner(stage.name, config, run.run_id)
 
 
 def _name(stage: str):
@@ -125,44 +127,19 @@ def _name(stage: str):
     return name
 
 
-@flow(name="acquire", flow_run_name=_name("acquire"))
-def acquire(config: PipelineConfig = PipelineConfig(), run_id: str | None = None) -> dict[str, Any]:
-    """Fetch the data source and normalise it into the content-addressed Arrow store."""
-    return _stage_flow("acquire", config, run_id)
+def _stage_flow(stage: Stage):
+    """The Prefect flow of one stage: `config` (the UI's parameter form) and the `run_id` it continues."""
+    def run(config: PipelineConfig = PipelineConfig(), run_id: str | None = None) -> dict[str, Any]:
+        return _run_stage_flow(stage, config, run_id)
+
+    run.__name__ = run.__qualname__ = stage.python_name
+    run.__doc__ = stage.description
+    return flow(name=stage.name, flow_run_name=_name(stage.name), description=stage.description)(run)
 
 
-@flow(name="augment", flow_run_name=_name("augment"))
-def augment(config: PipelineConfig = PipelineConfig(), run_id: str | None = None) -> dict[str, Any]:
-    """Validate the augmentation policy and write a preview grid."""
-    return _stage_flow("augment", config, run_id)
-
-
-@flow(name="pretrain", flow_run_name=_name("pretrain"))
-def pretrain(config: PipelineConfig = PipelineConfig(), run_id: str | None = None) -> dict[str, Any]:
-    """Pretrain the backbone with the configured pretext task."""
-    return _stage_flow("pretrain", config, run_id)
-
-
-@flow(name="finetune", flow_run_name=_name("finetune"))
-def finetune(config: PipelineConfig = PipelineConfig(), run_id: str | None = None) -> dict[str, Any]:
-    """Fine-tune: head first with the body frozen, then all layer groups with their own LRs."""
-    return _stage_flow("finetune", config, run_id)
-
-
-@flow(name="evaluate", flow_run_name=_name("evaluate"))
-def evaluate(config: PipelineConfig = PipelineConfig(), run_id: str | None = None) -> dict[str, Any]:
-    """Evaluate the fine-tuned model on held-out images."""
-    return _stage_flow("evaluate", config, run_id)
-
-
-@flow(name="export", flow_run_name=_name("export"))
-def export(config: PipelineConfig = PipelineConfig(), run_id: str | None = None) -> dict[str, Any]:
-    """Export the model and verify each format against eager."""
-    return _stage_flow("export", config, run_id)
-
-
-STAGE_FLOWS = {"acquire": acquire, "augment": augment, "pretrain": pretrain, "finetune": finetune,
-               "evaluate": evaluate, "export": export}
+# One flow per stage, named as the stage; importable as `graftflow.pipelines.flows:<name>` (deployments).
+STAGE_FLOWS = {s.name: _stage_flow(s) for s in stage_table.STAGES}
+globals().update({s.python_name: STAGE_FLOWS[s.name] for s in stage_table.STAGES})
 
 
 def _transfer_name() -> str:
@@ -200,7 +177,7 @@ def transfer(config: PipelineConfig = PipelineConfig(), stages: list[str] | None
     that already completed the selected stages with the same inputs and code
     is reused (see core/cache.py), unless `force`.
     """
-    selected = [s for s in STAGES if stages is None or s in stages]
+    selected = [s for s in stage_table.CHAIN if stages is None or s in stages]
     validate_config(config, PluginHost(config.plugins), selected)
     logger = get_run_logger()
     reused = None
@@ -224,13 +201,3 @@ def transfer(config: PipelineConfig = PipelineConfig(), stages: list[str] | None
             cache.record(config, stage, run.run_id)
     return {"run_id": run.run_id, "url": run.url, "summary": storage.join(run.url, "summary.json"),
             "skipped": skipped, "reused_run": reused}
-
-
-@flow(name="lr-find", flow_run_name=_name("lr-find"))
-def lr_find(config: PipelineConfig = PipelineConfig(), run_id: str | None = None) -> dict[str, Any]:
-    """LR range test on the fine-tuning task (acquires first if the run has no data yet); weights are untouched."""
-    validate_config(config, PluginHost(config.plugins), ["acquire", "lr-find"])
-    run = Run.open(config, run_id)
-    if not run.completed("acquire"):
-        acquire(config=config, run_id=run.run_id)
-    return run_stage("lr-find", config, run.run_id)

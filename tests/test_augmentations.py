@@ -9,7 +9,7 @@ from graftflow.core.config import PipelineConfig, PluginRef
 from graftflow.core.errors import ConfigError
 from graftflow.core.plugin_manager import PluginHost
 from graftflow.core.specs import AugmentContext
-from graftflow.core.stages.common import augment_policy, compose_batch
+from graftflow.core.data.augmentation import augment_policy, compose_batch
 from graftflow.core.validation import validate_config
 
 

@@ -1,6 +1,7 @@
 import pytest
 
-from graftflow.core.config import STAGES, apply_override, load_config, parse_config, parse_stages
+from graftflow.core.config import apply_override, load_config, parse_config
+from graftflow.core.stage_table import CHAIN, parse_stages
 from graftflow.core.errors import ConfigError
 from tests.support import DIGITS
 
@@ -77,6 +78,6 @@ def test_missing_config_file():
 
 def test_stages_parse_in_pipeline_order():
     assert parse_stages("export,acquire") == ["acquire", "export"]
-    assert parse_stages(None) == list(STAGES)
+    assert parse_stages(None) == list(CHAIN)
     with pytest.raises(ConfigError, match="unknown stage 'train'"):
         parse_stages("acquire,train")

@@ -19,7 +19,7 @@ from graftflow.core.plugin_manager import PluginHost
 from graftflow.core.runs import Run
 from graftflow.core.specs import ImageRecord
 from graftflow.core.stages.base import execute_stage
-from graftflow.core.stages.common import augment_policy
+from graftflow.core.data.augmentation import augment_policy
 from graftflow.core.config import PluginRef
 
 
@@ -124,7 +124,7 @@ def test_materialize_writes_k_augmented_copies_that_later_stages_train_on(tmp_pa
 def test_batch_ops_in_the_workers_are_seeded_and_normalised(store):
     """On a CPU device task_loaders runs batch ops in the workers (BatchCollate): same seed, same batches."""
     from graftflow.core.data.dataset import BatchCollate
-    from graftflow.core.stages.common import batch_normalizer, compose_batch
+    from graftflow.core.data.augmentation import batch_normalizer, compose_batch
 
     host = PluginHost()
     refs = [PluginRef.model_validate({"name": n, "placement": "batch"}) for n in ("horizontal-flip", "random-erasing")]

@@ -6,11 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from graftflow.core.checkpoint import save_model
+from graftflow.core.models.weights import save_model
 from graftflow.core.config import load_config
 from graftflow.core.errors import ConfigError
 from graftflow.core.plugin_manager import PluginHost
-from graftflow.core.stages.common import build_loss
+from graftflow.core.training.losses import build_loss
 from graftflow.core.validation import validate_config
 from graftflow.plugins.losses.classification import ClassBalancedLoss, FocalLoss, class_balanced_weights
 from graftflow.plugins.losses.contrastive import BatchHardTriplet, InfoNCE

@@ -75,8 +75,8 @@ def test_simmim_pretrains_a_vit_on_a_separate_unlabelled_folder(prefect_harness,
 
 
 def test_model_weights_from_a_file_report_the_load_and_refuse_other_shapes(tiny_overrides, tmp_path):
-    from graftflow.core.checkpoint import save_model
-    from graftflow.core.stages.common import build_model
+    from graftflow.core.models.weights import save_model
+    from graftflow.core.models.build import build_model
 
     host = PluginHost()
     meta = {"family": "resnet", "variant": "small", "params": {}, "num_classes": 3, "in_chans": 1, "image_size": 8}

@@ -9,7 +9,7 @@ from graftflow.core.data.dataset import Selection
 from graftflow.core.plugin_manager import PluginHost
 from graftflow.core.runs import Run
 from graftflow.core.stages.base import execute_stage
-from graftflow.core.stages.common import per_class_subsample
+from graftflow.core.data.dataset import per_class_subsample
 from graftflow.core.validation import validate_config
 from tests.support import DIGITS
 

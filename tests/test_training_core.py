@@ -10,7 +10,8 @@ from graftflow.core.device import Hardware, resolve_policy
 from graftflow.core.errors import ConfigError, PluginError
 from graftflow.core.specs import LayerGroup
 from graftflow.core.training.freezing import set_trainable
-from graftflow.core.training.param_groups import build_param_groups, check_partition, spread_lrs
+from graftflow.core.models.build import check_partition
+from graftflow.core.training.param_groups import build_param_groups, spread_lrs
 from graftflow.core.training.schedule import GroupScheduler, factor
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from graftflow.core.checkpoint import read_weights
+from graftflow.core.models.weights import read_weights
 from graftflow.core.errors import GraftError
 
 

@@ -69,6 +69,18 @@ def require_classes(sel: Selection, split: str, field: str, minimum: int = 2) ->
         )
 
 
+def per_class_subsample(sel: Selection, per_class: int, seed: int) -> Selection:
+    """At most `per_class` rows of each class, the same ones for the same seed (stratified label budget)."""
+    rng = np.random.default_rng(seed)
+    keep = []
+    for label in range(len(sel.class_names)):
+        rows = np.flatnonzero(sel.labels == label)
+        keep.append(np.sort(rng.permutation(rows)[:per_class]))
+    idx = np.sort(np.concatenate(keep)) if keep else np.zeros(0, dtype=np.int64)
+    return Selection(images=sel.images.take(pa.array(idx, pa.int64())), labels=sel.labels[idx],
+                     class_names=list(sel.class_names))
+
+
 def base_transform(image_size: int) -> Callable[[torch.Tensor], torch.Tensor]:
     return v2.Resize((image_size, image_size), antialias=True)
 

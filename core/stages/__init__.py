@@ -1,13 +1,5 @@
-"""The six stages as plain functions; pipelines/ wraps each in a Prefect flow."""
+"""The stages as plain functions `run(ctx) -> StageResult`, one module each.
 
-from graftflow.core.stages import acquire, augment, evaluate, export, finetune, lr_find, pretrain
-
-STAGE_FUNCTIONS = {
-    "acquire": acquire.run,
-    "augment": augment.run,
-    "pretrain": pretrain.run,
-    "finetune": finetune.run,
-    "evaluate": evaluate.run,
-    "export": export.run,
-    "lr-find": lr_find.run,  # on demand (`graft lr-find`), not part of the transfer chain
-}
+Which stages exist, and what each holds and writes, is declared once in
+`graftflow.core.stage_table`; pipelines/ wraps each in a Prefect flow from there.
+"""

@@ -24,7 +24,8 @@ from graftflow.core.data.store import build_store, is_complete, read_info, read_
 from graftflow.core.images import save_grid
 from graftflow.core.specs import AugmentContext, ImageRecord
 from graftflow.core.stages.base import Artifact, StageContext, StageResult
-from graftflow.core.stages.common import augment_policy, dataset_url
+from graftflow.core.data.augmentation import augment_policy
+from graftflow.core.stages.inputs import dataset_url
 
 log = logging.getLogger("graft.augment")
 

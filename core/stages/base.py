@@ -18,9 +18,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from graftflow.core import storage
+from graftflow.core import stage_table, storage
 from graftflow.core.config import PipelineConfig
-from graftflow.core.distributed import DISTRIBUTED_STAGES, DistInfo, launch, wrap, wrap_step
+from graftflow.core.distributed import DistInfo, launch, wrap, wrap_step
+from graftflow.core.errors import StageError
 from graftflow.core.device import DevicePolicy, Hardware, apply_backend_settings, resolve_policy
 from graftflow.core.plugin_manager import PluginHost
 from graftflow.core.runs import Run, deep_merge
@@ -100,8 +101,7 @@ def device_policy(config: PipelineConfig, host: PluginHost) -> DevicePolicy:
 
 def execute_stage(stage: str, config: PipelineConfig, run: Run, host: PluginHost) -> dict[str, Any]:
     """Run one stage and record it; returns the stage's entry of summary.json plus its artifacts."""
-    from graftflow.core.stages import STAGE_FUNCTIONS
-
+    declared = stage_table.stage(stage)
     policy = device_policy(config, host)
     final_url = run.stage_url(stage)
     staging = storage.local_staging_dir(final_url)
@@ -113,10 +113,14 @@ def execute_stage(stage: str, config: PipelineConfig, run: Run, host: PluginHost
     start = time.perf_counter()
     try:
         nproc = config.distributed.nproc_per_node
-        if nproc > 1 and stage in DISTRIBUTED_STAGES:
+        if nproc > 1 and declared.distributed:
             result = _from_json(launch(stage, config, run.run_id, staging, nproc))
         else:
-            result = STAGE_FUNCTIONS[stage](ctx)
+            result = declared.function(ctx)
+        undeclared = sorted(set(result.outputs) - set(declared.outputs))
+        if undeclared:
+            raise StageError(f"{stage}: published output(s) {', '.join(undeclared)} that the stage table does not "
+                             f"declare (core/stage_table.py)")
         seconds = round(time.perf_counter() - start, 3)
         storage.publish_dir(staging, final_url)
     except BaseException as exc:

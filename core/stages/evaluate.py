@@ -13,7 +13,8 @@ from graftflow.core import storage
 from graftflow.core.data.dataset import require_classes
 from graftflow.core.images import save_confusion_matrix
 from graftflow.core.stages.base import Artifact, StageContext, StageResult
-from graftflow.core.stages.common import eval_loader, load_trained, read_model
+from graftflow.core.models.saved import read_model
+from graftflow.core.stages.inputs import eval_loader, load_trained
 from graftflow.core.training.loop import predict
 
 

@@ -14,7 +14,8 @@ import torch
 from graftflow.core import storage
 from graftflow.core.errors import StageError
 from graftflow.core.stages.base import Artifact, StageContext, StageResult
-from graftflow.core.stages.common import build_model, eval_loader, load_trained
+from graftflow.core.models.build import build_model
+from graftflow.core.stages.inputs import eval_loader, load_trained
 
 
 def run(ctx: StageContext) -> StageResult:

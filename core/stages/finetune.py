@@ -11,11 +11,13 @@ from __future__ import annotations
 import logging
 
 from graftflow.core import storage
-from graftflow.core.checkpoint import META, WEIGHTS, load_into, read_weights, save_model
+from graftflow.core.models.weights import META, WEIGHTS, load_into, read_weights, save_model
 from graftflow.core.images import save_training_curves
 from graftflow.core.stages.base import Artifact, StageContext, StageResult
-from graftflow.core.stages.common import (build_model, checkpoint_url, epoch_reseeder, head_keys, initial_weights, layer_groups, model_meta, stage_loss,
-                                task_loaders)
+from graftflow.core.models.build import build_model, head_keys, layer_groups, model_meta
+from graftflow.core.models.saved import load_weights_file
+from graftflow.core.stages.inputs import checkpoint_url, stage_loss, task_loaders
+from graftflow.core.training.loop import epoch_reseeder
 from graftflow.core.training.checkpointing import Checkpointer
 from graftflow.core.training.compile import compiled_forward
 from graftflow.core.training.freezing import set_trainable, train_mode, unfrozen_groups
@@ -33,7 +35,7 @@ def run(ctx: StageContext) -> StageResult:
     ft = cfg.finetune
     train_loader, val_loader, train_sel, batch_op = task_loaders(ctx, "finetune", ft.classes, ft.batch_size)
     class_names = train_sel.class_names
-    meta = model_meta(ctx, class_names)
+    meta = model_meta(ctx.config, class_names)
     model = build_model(host, meta)
     groups = layer_groups(host, cfg.model.family, model)
     load_report = starting_weights(ctx, model, groups)
@@ -145,4 +147,4 @@ def starting_weights(ctx: StageContext, model, groups) -> dict | None:
         state = read_weights(str(directory / WEIGHTS))
         return load_into(model, state, drop=set(meta.get("head_keys", [])) | head_keys(model, groups),
                          source="pretrain backbone")
-    return initial_weights(ctx, model, groups)
+    return load_weights_file(ctx.config.model.weights, model, groups)

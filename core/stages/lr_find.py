@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from graftflow.core import storage
 from graftflow.core.stages.base import Artifact, StageContext, StageResult
-from graftflow.core.stages.common import build_model, layer_groups, model_meta, task_loaders
+from graftflow.core.models.build import build_model, layer_groups, model_meta
+from graftflow.core.stages.inputs import task_loaders
 from graftflow.core.stages.finetune import starting_weights
 from graftflow.core.training.freezing import set_trainable, train_mode
 from graftflow.core.training.lr_finder import lr_range_test, save_plot
@@ -20,7 +21,7 @@ def run(ctx: StageContext) -> StageResult:
     cfg, host = ctx.config, ctx.host
     ft, rt = cfg.finetune, cfg.finetune.lr_find
     train_loader, _, train_sel, batch_op = task_loaders(ctx, "finetune", ft.classes, ft.batch_size)
-    model = build_model(host, model_meta(ctx, train_sel.class_names))
+    model = build_model(host, model_meta(ctx.config, train_sel.class_names))
     groups = layer_groups(host, cfg.model.family, model)
     load_report = starting_weights(ctx, model, groups)
     loss_spec = host.losses.get(ft.loss.name, "finetune.loss.name")

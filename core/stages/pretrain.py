@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from graftflow.core import storage
-from graftflow.core.checkpoint import save_model
+from graftflow.core.models.weights import save_model
 from graftflow.core.images import save_training_curves
 from graftflow.core.config import PluginRef
 from graftflow.core.specs import PretextContext
 from graftflow.core.stages.base import Artifact, StageContext, StageResult
-from graftflow.core.stages.common import head_keys, initial_weights, layer_groups, model_meta, stage_loss, task_loaders
+from graftflow.core.models.build import head_keys, layer_groups, model_meta
+from graftflow.core.models.saved import load_weights_file
+from graftflow.core.stages.inputs import stage_loss, task_loaders
 from graftflow.core.training.loop import History, accuracy_and_loss, train_epochs
 from graftflow.core.training.param_groups import build_param_groups, group_lrs, make_optimizer
 from graftflow.core.training.schedule import GroupScheduler
@@ -39,7 +41,7 @@ def run(ctx: StageContext) -> StageResult:
     module = pretext.build(pctx, **plugin_params(pretext, pre.pretext.params, "pretrain.pretext"))
     backbone = module.backbone
     groups = layer_groups(host, family.name, backbone)
-    load_report = initial_weights(ctx, backbone, groups)
+    load_report = load_weights_file(cfg.model.weights, backbone, groups)
     lrs = group_lrs(pre.lr, len(groups), pre.layer_decay)
     opt_groups, records = build_param_groups(backbone, groups, lrs, pre.weight_decay)
     backbone_ids = {id(p) for p in backbone.parameters()}
@@ -62,7 +64,7 @@ def run(ctx: StageContext) -> StageResult:
     history = train_epochs(module, ctx.parallel_step(module), train_loader, optimizer, scheduler, ctx.policy, pre.epochs,
                            history=History(), phase="pretrain", batch_transform=batch_op, validate=validate,
                            on_epoch_end=ctx.epoch_end)
-    meta = model_meta(ctx, class_names)
+    meta = model_meta(ctx.config, class_names)
     meta["num_classes"] = pctx.num_classes
     meta["pretext"] = pretext.name
     meta["head_keys"] = sorted(head_keys(backbone, groups))

@@ -214,3 +214,13 @@ def accuracy_and_loss(model: nn.Module, loader: DataLoader, policy: DevicePolicy
         "val_loss": float(nn.functional.cross_entropy(logits, labels)),
         "val_accuracy": float((logits.argmax(1) == labels).float().mean()),
     }
+
+
+def epoch_reseeder(loader: DataLoader, seed: int) -> Callable[[int], None]:
+    """Each epoch's shuffle depends on (seed, epoch) alone, so a resumed run draws the same batches."""
+    generator = loader.generator
+
+    def reseed(epoch: int) -> None:
+        if generator is not None:
+            generator.manual_seed(seed * 1_000_003 + epoch)
+    return reseed

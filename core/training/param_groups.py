@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from graftflow.core.errors import PluginError
 from graftflow.core.specs import LayerGroup
 
 
@@ -45,19 +44,6 @@ class GroupRecord:
     name: str
     lr: float
     n_params: int
-
-
-def check_partition(model: nn.Module, groups: Sequence[LayerGroup], family: str) -> None:
-    names = [n for n, _ in model.named_parameters()]
-    seen: dict[str, str] = {}
-    for group in groups:
-        for p in group.params:
-            if p in seen:
-                raise PluginError(f"model family '{family}': parameter '{p}' is in groups '{seen[p]}' and '{group.name}'")
-            seen[p] = group.name
-    missing = [n for n in names if n not in seen]
-    if missing:
-        raise PluginError(f"model family '{family}': layer_groups leave out parameter '{missing[0]}'")
 
 
 def build_param_groups(model: nn.Module, groups: Sequence[LayerGroup], lrs: Sequence[float],

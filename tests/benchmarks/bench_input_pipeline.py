@@ -37,7 +37,7 @@ from graftflow.core.data.layouts import records
 from graftflow.core.data.splits import stratified_split
 from graftflow.core.data.store import build_store
 from graftflow.core.plugin_manager import PluginHost
-from graftflow.core.stages.common import augment_policy, batch_normalizer, compose_batch
+from graftflow.core.data.augmentation import augment_policy, batch_normalizer, compose_batch
 from tests.benchmarks.bench_store import _write_images
 from tests.benchmarks.results import Result
 

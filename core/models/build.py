@@ -1,0 +1,56 @@
+"""A model from its description, and the layer groups that freezing and learning rates work on."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from torch import nn
+
+from graftflow.core.config import PipelineConfig
+from graftflow.core.errors import PluginError
+from graftflow.core.plugin_manager import PluginHost
+from graftflow.core.specs import LayerGroup
+from graftflow.core.validation import plugin_params
+
+
+def build_model(host: PluginHost, meta: dict[str, Any]) -> nn.Module:
+    """A fresh model from a `model.json` description (family, variant, params, classes, channels, size)."""
+    family = host.families.get(meta["family"], "model.family")
+    params = plugin_params(family, meta.get("params", {}), "model")
+    return family.build(meta["variant"], num_classes=meta["num_classes"], in_chans=meta["in_chans"],
+                        image_size=meta["image_size"], **params)
+
+
+def model_meta(config: PipelineConfig, class_names: Sequence[str]) -> dict[str, Any]:
+    """What `model.json` records: enough to rebuild the architecture and to preprocess its inputs."""
+    return {"family": config.model.family, "variant": config.model.variant, "params": config.model.params,
+            "num_classes": len(class_names), "class_names": list(class_names), "in_chans": config.data.channels,
+            "image_size": config.data.image_size, "mean": config.data.mean, "std": config.data.std}
+
+
+def layer_groups(host: PluginHost, family_name: str, model: nn.Module) -> list[LayerGroup]:
+    """The family's layer groups, checked to partition every parameter exactly once."""
+    groups = host.families.get(family_name).layer_groups(model)
+    check_partition(model, groups, family_name)
+    return groups
+
+
+def head_keys(model: nn.Module, groups: Sequence[LayerGroup]) -> set[str]:
+    """State-dict keys of the head: every key under a module that owns a head parameter."""
+    prefixes = {p.rsplit(".", 1)[0] + "." for p in groups[-1].params} if groups and groups[-1].name == "head" else set()
+    return {k for k in model.state_dict() if any(k.startswith(pre) for pre in prefixes)}
+
+
+def check_partition(model: nn.Module, groups: Sequence[LayerGroup], family: str) -> None:
+    """Every parameter in exactly one group: a family whose groups miss one would leave it untrained."""
+    names = [n for n, _ in model.named_parameters()]
+    seen: dict[str, str] = {}
+    for group in groups:
+        for p in group.params:
+            if p in seen:
+                raise PluginError(f"model family '{family}': parameter '{p}' is in groups '{seen[p]}' and '{group.name}'")
+            seen[p] = group.name
+    missing = [n for n in names if n not in seen]
+    if missing:
+        raise PluginError(f"model family '{family}': layer_groups leave out parameter '{missing[0]}'")
