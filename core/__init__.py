@@ -1,25 +1,77 @@
-"""graftflow's engine: the plugin contract, config, data, training, runs.
+"""graftflow's engine, and the public API for plugin authors.
 
-This module is the public API for plugins: `from graftflow.core import hookimpl, LossSpec`.
-core never imports Prefect, `plugins` or `pipelines`.
+Everything a plugin needs is importable from here, and nothing else is
+promised to stay where it is: `from graftflow.core import hookimpl, LossSpec`.
+The names load lazily, so `import graftflow.core` costs nothing until one is
+used (a listing of plugins never has to import torch).
+
+- the contract: `hookimpl`, `CONTRACT_VERSION` (see `graftflow.core.hookspecs`)
+- specs a hook returns: `ModelFamily`, `LayerGroup`, `LossSpec`, `DataSource`, `ImageRecord`,
+  `AugmentationSpec`, `PretextTask`, `Exporter`; what the core hands back: `LossContext`,
+  `AugmentContext`, `PretextContext`, `RunInfo`
+- `Params`, the base of a plugin's parameters model; `LossRef` for a loss named inside one
+- errors a plugin raises for the user: `GraftError`, `ConfigError`, `PluginError`, `DataError`,
+  `TransientDataError`, `StageError`
+- model families on timm: `timm_layer_groups`, `reset_head`, `classifier_param_names`,
+  `module_path`, `DropParams`, `validate_params`, `unknown_variant`
+- data sources: `ImageSourceParams`, `FoldersLayout`, `TableLayout`, `Records`, `image_records`,
+  `listing`, archives (`archive_kind`, `looks_like_archive`, `safe_extract`) and secrets
+  (`lookup_secret`, `secret_ref`, `redact`)
+
+core itself never imports Prefect, `graftflow.plugins` or `graftflow.pipelines`.
 """
 
-from graftflow.core.errors import ConfigError, DataError, GraftError, PluginError, StageError, TransientDataError
-from graftflow.core.hookspecs import hookimpl
-from graftflow.core.config import LossRef
-from graftflow.core.data.archives import archive_kind, looks_like_archive, safe_extract
-from graftflow.core.data.layouts import FoldersLayout, ImageSourceParams, Records, TableLayout, listing
-from graftflow.core.data.layouts import records as image_records
-from graftflow.core.secrets import lookup as lookup_secret
-from graftflow.core.secrets import redact, secret_ref
-from graftflow.core.specs import (AugmentContext, AugmentationSpec, DataSource, Exporter, ImageRecord, LayerGroup, LossContext, LossSpec,
-                        ModelFamily, PretextContext, PretextTask, RunInfo)
+from __future__ import annotations
 
-__all__ = [
-    "AugmentContext", "AugmentationSpec", "ConfigError", "DataError", "DataSource", "Exporter", "GraftError", "ImageRecord",
-    "LayerGroup", "LossContext", "LossRef", "LossSpec", "ModelFamily", "PluginError", "PretextContext", "PretextTask", "RunInfo",
-    "StageError", "hookimpl",
-    # data sources: layouts, archives, secrets
-    "FoldersLayout", "ImageSourceParams", "Records", "TableLayout", "TransientDataError", "archive_kind",
-    "image_records", "listing", "looks_like_archive", "lookup_secret", "redact", "safe_extract", "secret_ref",
-]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS: dict[str, tuple[str, str]] = {
+    **{n: ("graftflow.core.hookspecs", n) for n in ("hookimpl", "CONTRACT_VERSION")},
+    **{n: ("graftflow.core.specs", n) for n in (
+        "AugmentContext", "AugmentationSpec", "DataSource", "Exporter", "ImageRecord", "LayerGroup", "LossContext",
+        "LossSpec", "ModelFamily", "Params", "PretextContext", "PretextTask", "RunInfo")},
+    **{n: ("graftflow.core.errors", n) for n in (
+        "ConfigError", "DataError", "GraftError", "PluginError", "StageError", "TransientDataError")},
+    "LossRef": ("graftflow.core.config", "LossRef"),
+    **{n: ("graftflow.core.timm_families", n) for n in (
+        "DropParams", "classifier_param_names", "module_path", "reset_head", "timm_layer_groups", "unknown_variant",
+        "validate_params")},
+    **{n: ("graftflow.core.data.layouts", n) for n in (
+        "FoldersLayout", "ImageSourceParams", "Records", "TableLayout", "listing")},
+    "image_records": ("graftflow.core.data.layouts", "records"),
+    **{n: ("graftflow.core.data.archives", n) for n in ("archive_kind", "looks_like_archive", "safe_extract")},
+    "lookup_secret": ("graftflow.core.secrets", "lookup"),
+    **{n: ("graftflow.core.secrets", n) for n in ("redact", "secret_ref")},
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module, attr = _EXPORTS[name]
+    except KeyError:
+        raise AttributeError(f"module 'graftflow.core' has no attribute '{name}'") from None
+    value = getattr(importlib.import_module(module), attr)
+    globals()[name] = value  # later lookups are plain attribute reads
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
+    from graftflow.core.config import LossRef
+    from graftflow.core.data.archives import archive_kind, looks_like_archive, safe_extract
+    from graftflow.core.data.layouts import FoldersLayout, ImageSourceParams, Records, TableLayout, listing
+    from graftflow.core.data.layouts import records as image_records
+    from graftflow.core.errors import ConfigError, DataError, GraftError, PluginError, StageError, TransientDataError
+    from graftflow.core.hookspecs import CONTRACT_VERSION, hookimpl
+    from graftflow.core.secrets import lookup as lookup_secret
+    from graftflow.core.secrets import redact, secret_ref
+    from graftflow.core.specs import (AugmentationSpec, AugmentContext, DataSource, Exporter, ImageRecord, LayerGroup,
+                                      LossContext, LossSpec, ModelFamily, Params, PretextContext, PretextTask, RunInfo)
+    from graftflow.core.timm_families import (DropParams, classifier_param_names, module_path, reset_head,
+                                              timm_layer_groups, unknown_variant, validate_params)

@@ -1,20 +1,50 @@
-"""The plugin contract: every hook graftflow calls, one documented spec each.
+"""The plugin contract: every hook graftflow calls, when, where, and what it does with the result.
 
-A plugin is any module (or object) with functions named like these and marked
-with `pluggy.HookimplMarker("graft")`. It never needs to import more of
-graftflow than `core` (for the spec dataclasses).
+A plugin is a module (or any object) with functions named like the hooks below,
+marked with `graftflow.core.hookimpl`. It needs nothing from graftflow beyond
+the public API in `graftflow.core` (specs, the params base model, errors, helpers).
+An implementation may take any subset of a hook's parameters, by name.
 
-Registration hooks return lists of specs; the core gathers them into
-registries where a duplicate name is an error naming both plugins. Event hooks
-are observers: they see what happened and never change training; a failing
-observer is logged and skipped.
+Contract version
+    `CONTRACT_VERSION` is (major, minor). A minor release adds hooks, spec fields
+    with defaults or event parameters; a major one changes or removes something.
+    A plugin may say which major it was written for with a module attribute
+    `graft_contract = 2`: the host refuses it, naming it, when the majors differ,
+    instead of failing mid-run.
+
+Registration hooks (`graft_model_families` ... `graft_exporters`)
+    Called once by every `PluginHost`: at the start of each command, of each
+    stage's Prefect task and of every rank of a distributed stage. They must be
+    cheap and free of side effects (return specs; import heavy libraries inside
+    the spec's factories, not at module import). Each returns a list of specs of
+    one class; the result is used: specs are gathered into registries by name,
+    in registration order (entry points, then config `plugins:`, then
+    `GRAFT_PLUGINS`). A duplicate name is an error naming both plugins; a
+    wrong type or an exception is an error naming the plugin and the hook, at
+    start-up, before any stage runs.
+
+Event hooks (`graft_on_*`)
+    Observers: trackers, notifiers, progress. Their results are ignored and they
+    never change training. An observer that raises is logged and skipped; the
+    run goes on. They are called in pluggy's order: the last registered first,
+    `tryfirst=True` / `trylast=True` move one. Stage events fire in the process
+    that runs the stage (once per stage, also when the stage runs distributed);
+    epoch and checkpoint events fire on rank 0 only.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
 import pluggy
 
+if TYPE_CHECKING:
+    from graftflow.core.specs import (AugmentationSpec, DataSource, Exporter, LossSpec, ModelFamily, PretextTask,
+                                      RunInfo)
+
 PROJECT = "graft"
+CONTRACT_VERSION = (2, 0)
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
@@ -23,53 +53,81 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
 @hookspec
-def graft_model_families():
-    """Return a list of `core.ModelFamily`: architectures with their layer groups."""
+def graft_model_families() -> list[ModelFamily]:
+    """Model families: architectures with their variants and layer groups.
+
+    Selected by `model.family`; `model.variant` must be one of the family's
+    variants. Built on timm? `graftflow.core.timm_layer_groups` gives the layer
+    groups from timm's own `group_matcher`.
+    """
 
 
 @hookspec
-def graft_losses():
-    """Return a list of `core.LossSpec`: classification, pretext or auxiliary losses."""
+def graft_losses() -> list[LossSpec]:
+    """Losses, selected by name in `finetune.loss`, `pretrain.loss` or inside another loss's parameters.
+
+    `LossSpec.kind` says where one fits: classification objectives, pretext
+    losses on embeddings, or auxiliary terms.
+    """
 
 
 @hookspec
-def graft_data_sources():
-    """Return a list of `core.DataSource`, selected by `data.source.kind`."""
+def graft_data_sources() -> list[DataSource]:
+    """Data sources, selected by `data.source.kind` (and `pretrain.source.kind`).
+
+    `check` runs before any stage; `load` runs in the acquire stage only.
+    """
 
 
 @hookspec
-def graft_augmentations():
-    """Return a list of `core.AugmentationSpec`, named in `augment.train/eval`."""
+def graft_augmentations() -> list[AugmentationSpec]:
+    """Augmentations, named in `augment.train` / `augment.eval`; per-sample ops, batch ops, or both."""
 
 
 @hookspec
-def graft_pretext_tasks():
-    """Return a list of `core.PretextTask`, selected by `pretrain.pretext`."""
+def graft_pretext_tasks() -> list[PretextTask]:
+    """Ways to pretrain a backbone, selected by `pretrain.pretext`."""
 
 
 @hookspec
-def graft_exporters():
-    """Return a list of `core.Exporter`, named in `export.formats`."""
+def graft_exporters() -> list[Exporter]:
+    """Exporters, named in `export.formats`; each verifies its artifact against eager."""
 
 
 # --- event hooks (observers) ----------------------------------------------------
 
 
 @hookspec
-def graft_on_stage_start(run, stage):
-    """A stage of `run` (a `core.RunInfo`) is starting."""
+def graft_on_stage_start(run: RunInfo, stage: str) -> None:
+    """A stage of `run` is about to run (after its inputs were found, before any of its work).
+
+    :param run: the run: name, id, URL and config (never the model).
+    :param stage: the stage's name in the stage table, e.g. "finetune".
+    """
 
 
 @hookspec
-def graft_on_stage_end(run, stage, status, seconds, outputs):
-    """A stage ended with `status` ("completed" or "failed") after `seconds`."""
+def graft_on_stage_end(run: RunInfo, stage: str, status: str, seconds: float, outputs: Mapping[str, str]) -> None:
+    """A stage ended; on success its folder is already published whole.
+
+    :param status: "completed", "skipped" or "failed".
+    :param seconds: wall time of the stage's own work.
+    :param outputs: output name → path relative to the stage folder (empty when it failed).
+    """
 
 
 @hookspec
-def graft_on_epoch_end(run, stage, epoch, metrics):
-    """An epoch of a training stage ended; `metrics` maps names to floats."""
+def graft_on_epoch_end(run: RunInfo, stage: str, epoch: int, metrics: Mapping[str, float]) -> None:
+    """An epoch of a training stage ended, after validation (rank 0 only).
+
+    :param epoch: 1-based, counted across the stage's phases (head-only epochs included).
+    :param metrics: e.g. `train_loss`, `val_loss` (the stage's own loss on the val split), `val_accuracy`.
+    """
 
 
 @hookspec
-def graft_on_checkpoint(run, stage, path):
-    """A checkpoint was written at `path` (a local path or URL)."""
+def graft_on_checkpoint(run: RunInfo, stage: str, path: str, step: int) -> None:
+    """A resumable checkpoint is complete at `path` (a local path or URL) after `step` optimizer steps (rank 0 only).
+
+    Fired after the checkpoint's COMPLETE marker is written, so `path` can be copied as it is.
+    """

@@ -1,6 +1,8 @@
 """Find plugins, register them with pluggy, and gather what they provide.
 
-Callers use `PluginHost` (tox 4's facade style) and never touch `pm.hook`.
+Callers use `PluginHost` (tox 4's facade style): registries to look specs up,
+one typed method per event, and `add_observer` for observers made at run time.
+The pluggy manager is private; nothing outside this module calls hooks.
 Plugins come from three places, in this order:
   1. the `graft.plugins` entry points (our built-ins are declared there too, so
      a stranger's plugin is found exactly like ours),
@@ -28,7 +30,7 @@ import pluggy
 from graftflow.core import hookspecs
 from graftflow.core.errors import PluginError
 from graftflow.core.registry import Registry
-from graftflow.core.specs import AugmentationSpec, DataSource, Exporter, LossSpec, ModelFamily, PretextTask
+from graftflow.core.specs import AugmentationSpec, DataSource, Exporter, LossSpec, ModelFamily, PretextTask, RunInfo
 
 log = logging.getLogger("graft.plugins")
 
@@ -94,8 +96,8 @@ class PluginHost:
         env = os.environ if env is None else env
         self._allow = _patterns(env.get(ALLOW_VAR))
         self._deny = _patterns(env.get(DENY_VAR))
-        self.pm = pluggy.PluginManager(hookspecs.PROJECT)
-        self.pm.add_hookspecs(hookspecs)
+        self._pm = pluggy.PluginManager(hookspecs.PROJECT)
+        self._pm.add_hookspecs(hookspecs)
         self.origins: dict[str, PluginOrigin] = {}
         if use_entry_points:
             self._load_entry_points()
@@ -106,7 +108,7 @@ class PluginHost:
             self._require_permitted(ref, ENV_VAR)
             self._register(_import_plugin(ref, ENV_VAR), ref, ENV_VAR)
         try:
-            self.pm.check_pending()
+            self._pm.check_pending()
         except pluggy.PluginValidationError as exc:
             raise PluginError(f"invalid plugin: {exc}") from exc
         self.families: Registry[ModelFamily] = Registry("model_family", "model family")
@@ -149,12 +151,13 @@ class PluginHost:
 
     def _register(self, plugin: Any, name: str, origin: str, version: str | None = None) -> None:
         name = getattr(plugin, "__name__", name)
-        if self.pm.get_plugin(name) is not None or self.pm.is_registered(plugin):
+        _check_contract(plugin, name, origin)
+        if self._pm.get_plugin(name) is not None or self._pm.is_registered(plugin):
             return  # the same module named twice (entry point and config): one registration
         if version is None:
             version = str(getattr(plugin, "__version__", "-"))
         try:
-            self.pm.register(plugin, name=name)
+            self._pm.register(plugin, name=name)
         except Exception as exc:
             raise PluginError(f"plugin '{name}' ({origin}) cannot be registered: {exc}") from exc
         self.origins[name] = PluginOrigin(name, origin, version)
@@ -162,7 +165,7 @@ class PluginHost:
     def _collect(self) -> None:
         for hook_name, (attr, spec_cls, label) in _REGISTRATIONS.items():
             registry: Registry = getattr(self, attr)
-            for impl in getattr(self.pm.hook, hook_name).get_hookimpls():  # registration order
+            for impl in getattr(self._pm.hook, hook_name).get_hookimpls():  # registration order
                 plugin = impl.plugin_name
                 try:
                     specs = impl.function() or []
@@ -190,7 +193,7 @@ class PluginHost:
                      "origin": origin.origin, "version": origin.version}
                 )
         for plugin_name, origin in sorted(self.origins.items()):
-            plugin = self.pm.get_plugin(plugin_name)
+            plugin = self._pm.get_plugin(plugin_name)
             hooks = [e for e in _EVENTS if hasattr(plugin, e)]
             if hooks:
                 rows.append(
@@ -200,13 +203,43 @@ class PluginHost:
         return rows
 
     # -- events ----------------------------------------------------------------
-    def notify(self, event: str, **kwargs: Any) -> None:
-        """Call every observer of `event`; one that raises is logged and skipped."""
-        if event not in _EVENTS:
-            raise ValueError(f"unknown event {event}")
-        for impl in getattr(self.pm.hook, event).get_hookimpls():
+    def add_observer(self, observer: Any, name: str) -> None:
+        """Register an object whose `graft_on_*` methods observe this host's events (e.g. a progress display)."""
+        self._register(observer, name, "run time", "-")
+
+    def stage_started(self, run: RunInfo, stage: str) -> None:
+        self._notify("graft_on_stage_start", run=run, stage=stage)
+
+    def stage_ended(self, run: RunInfo, stage: str, status: str, seconds: float, outputs: Mapping[str, str]) -> None:
+        self._notify("graft_on_stage_end", run=run, stage=stage, status=status, seconds=seconds, outputs=dict(outputs))
+
+    def epoch_ended(self, run: RunInfo, stage: str, epoch: int, metrics: Mapping[str, float]) -> None:
+        self._notify("graft_on_epoch_end", run=run, stage=stage, epoch=epoch, metrics=dict(metrics))
+
+    def checkpoint_written(self, run: RunInfo, stage: str, path: str, step: int) -> None:
+        self._notify("graft_on_checkpoint", run=run, stage=stage, path=path, step=step)
+
+    def _notify(self, event: str, **kwargs: Any) -> None:
+        """Call every observer of `event` in pluggy's order; one that raises is logged and skipped."""
+        for impl in reversed(getattr(self._pm.hook, event).get_hookimpls()):
             try:
                 impl.function(**{k: kwargs[k] for k in impl.argnames})
             except Exception as exc:
                 log.warning("observer plugin '%s' failed in %s and was skipped: %s: %s",
                             impl.plugin_name, event, type(exc).__name__, exc)
+
+
+def _check_contract(plugin: Any, name: str, origin: str) -> None:
+    """A plugin that says which contract major it was written for (`graft_contract = N`) must match ours."""
+    wanted = getattr(plugin, "graft_contract", None)
+    if wanted is None:
+        return
+    major = hookspecs.CONTRACT_VERSION[0]
+    try:
+        ok = int(str(wanted).split(".")[0]) == major
+    except ValueError:
+        ok = False
+    if not ok:
+        version = ".".join(map(str, hookspecs.CONTRACT_VERSION))
+        raise PluginError(f"plugin '{name}' ({origin}) was written for plugin contract {wanted}; this graftflow "
+                          f"implements contract {version}: update the plugin or graftflow")

@@ -16,9 +16,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from pydantic import BaseModel, ConfigDict
+
 if TYPE_CHECKING:  # torch is heavy; specs are imported by `graft plugins` too.
     import torch
     from torch import nn
+
+
+class Params(BaseModel):
+    """The base of a plugin's `params_model`: the keys a config may write next to the plugin's name.
+
+    Unknown keys are errors (a typo is one line naming the field, before any
+    stage runs); give every field a default and a `Field(description=...)`,
+    which `graft plugins -v` and the config schema show.
+    """
+
+    model_config = ConfigDict(extra="forbid")
 
 
 @dataclass(frozen=True)

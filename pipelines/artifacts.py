@@ -64,7 +64,7 @@ class TrainingProgress:
         except Exception as exc:  # progress is a nicety: never fail a stage for it
             log.warning("progress artifact for %s not created: %s", stage, exc)
             return None
-        host.pm.register(observer, name=f"graftflow-progress-{stage}")
+        host.add_observer(observer, name=f"graftflow-progress-{stage}")
         return observer
 
     @hookimpl

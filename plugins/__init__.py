@@ -1,2 +1,3 @@
-"""Built-in plugins. Each module implements hooks from core/hookspecs.py and is
-declared in pyproject's `graft.plugins` entry points, exactly like a stranger's."""
+"""Built-in plugins. Each module implements hooks of the contract (graftflow.core.hookspecs), imports
+only the public API (`graftflow.core`), and is declared in pyproject's `graft.plugins` entry points,
+exactly like a stranger's."""

@@ -56,9 +56,8 @@ def test_tensorboard_tracker_is_off_by_default_and_writes_scalars_when_named(tmp
         r for r in host.listing() if r["plugin"] == "graftflow.plugins.trackers.tensorboard").items()
     run = RunInfo("demo", "r1", str(tmp_path / "demo" / "r1"), {})
     for epoch, acc in ((1, 0.5), (2, 0.75)):
-        host.notify("graft_on_epoch_end", run=run, stage="finetune", epoch=epoch,
-                    metrics={"val_accuracy": acc, "train_loss": 1.0 / epoch})
-    host.notify("graft_on_stage_end", run=run, stage="finetune", status="completed", seconds=3.5, outputs={})
+        host.epoch_ended(run, "finetune", epoch, {"val_accuracy": acc, "train_loss": 1.0 / epoch})
+    host.stage_ended(run, "finetune", "completed", 3.5, {})
     events = EventAccumulator(str(tmp_path / "demo" / "r1" / "tensorboard"))
     events.Reload()
     assert [(e.step, e.value) for e in events.Scalars("finetune/val_accuracy")] == [(1, 0.5), (2, 0.75)]

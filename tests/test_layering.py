@@ -1,4 +1,4 @@
-"""Imports go one way: pipelines → core ← plugins; core has no Prefect import."""
+"""Imports go one way: pipelines → core ← plugins; core has no Prefect import; nothing uses the old top-level names."""
 
 import ast
 import subprocess
@@ -7,12 +7,16 @@ from pathlib import Path
 
 from tests.support import ROOT
 
+SOURCES = ("core", "plugins", "pipelines", "tests")
+
 
 def test_import_linter_contracts_hold():
+    """Between packages, and the layers inside core (stages → training, data → models → validation → config...)."""
     exe = Path(sys.executable).parent / "lint-imports"
     proc = subprocess.run([str(exe)], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "0 broken" in proc.stdout
+    assert "core layers" in proc.stdout and "KEPT" in proc.stdout
 
 
 def _imports(path: Path) -> list[str]:
@@ -25,17 +29,37 @@ def _imports(path: Path) -> list[str]:
     return names
 
 
-def test_plugins_use_only_core_public_api():
-    """A plugin imports `core`, never `core.<internal>` (specs come through `from graftflow.core import ...`)."""
+def test_plugins_use_only_the_public_api():
+    """A built-in plugin imports `graftflow.core`, never `graftflow.core.<internal>`, exactly as a stranger's must."""
     offenders = []
     for path in (ROOT / "plugins").rglob("*.py"):
         for name in _imports(path):
-            if name.startswith("core.") or name.startswith("pipelines"):
+            if name.startswith("graftflow.core.") or name.startswith("graftflow.pipelines"):
                 offenders.append(f"{path.relative_to(ROOT)}: {name}")
     assert not offenders, offenders
 
 
 def test_core_never_imports_prefect_even_lazily():
     offenders = [f"{p.relative_to(ROOT)}: {n}" for p in (ROOT / "core").rglob("*.py") for n in _imports(p)
-                 if n.split(".")[0] in ("prefect", "plugins", "pipelines")]
+                 if n.split(".")[0] == "prefect" or n.startswith(("graftflow.plugins", "graftflow.pipelines"))]
+    assert not offenders, offenders
+
+
+def test_nothing_imports_the_folders_by_their_old_top_level_names():
+    """`core`, `plugins`, `pipelines` are folders, not packages: from the repo root they would import a second copy."""
+    offenders = [f"{p.relative_to(ROOT)}: {n}" for folder in SOURCES for p in (ROOT / folder).rglob("*.py")
+                 for n in _imports(p) if n.split(".")[0] in ("core", "plugins", "pipelines")]
+    assert not offenders, offenders
+
+
+def test_only_the_plugin_host_touches_pluggy_internals():
+    """The host is a facade: no `.pm` / `_pm` / `.hook.` outside core/plugin_manager.py."""
+    offenders = []
+    for folder in ("core", "plugins", "pipelines"):
+        for path in (ROOT / folder).rglob("*.py"):
+            if path == ROOT / "core" / "plugin_manager.py":
+                continue
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Attribute) and node.attr in ("pm", "_pm", "hook"):
+                    offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}: .{node.attr}")
     assert not offenders, offenders

@@ -8,7 +8,7 @@ import torch
 
 from graftflow.core import ConfigError, ModelFamily
 from graftflow.plugins.models import resnet, vit
-from graftflow.plugins.models._timm import classifier_param_names, timm_layer_groups
+from graftflow.core import classifier_param_names, timm_layer_groups
 
 FAMILIES = {f.name: f for mod in (resnet, vit) for f in mod.graft_model_families()}
 SMALL = [("resnet", "tiny"), ("resnet", "small"), ("vit", "micro"), ("vit", "tiny")]

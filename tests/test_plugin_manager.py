@@ -123,11 +123,12 @@ def test_failing_observer_is_logged_and_skipped(tmp_path, caplog):
             seen.append(("start", stage))
     '''))
     host = PluginHost(env={"GRAFT_PLUGINS": str(obs)})
-    module = host.pm.get_plugin("graft_plugin_observers")
-    host.pm.register(module.bad, name="bad-tracker")
-    host.pm.register(module.good, name="good-tracker")
-    host.notify("graft_on_epoch_end", run=None, stage="finetune", epoch=2, metrics={"loss": 1.0})
-    host.notify("graft_on_stage_start", run=None, stage="acquire")
+    import graft_plugin_observers as module
+
+    host.add_observer(module.bad, name="bad-tracker")
+    host.add_observer(module.good, name="good-tracker")
+    host.epoch_ended(None, "finetune", 2, {"loss": 1.0})
+    host.stage_started(None, "acquire")
     assert module.seen == [("finetune", 2), ("start", "acquire")]
     assert "observer plugin 'bad-tracker' failed in graft_on_epoch_end and was skipped" in caplog.text
 

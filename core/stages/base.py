@@ -65,7 +65,11 @@ class StageContext:
 
     def epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
         if self.dist is None or self.dist.is_main:
-            self.host.notify("graft_on_epoch_end", run=self.run.info(), stage=self.stage, epoch=epoch, metrics=metrics)
+            self.host.epoch_ended(self.run.info(), self.stage, epoch, metrics)
+
+    def checkpoint_written(self, path: str, step: int) -> None:
+        if self.dist is None or self.dist.is_main:
+            self.host.checkpoint_written(self.run.info(), self.stage, path, step)
 
     def parallel(self, model):
         """The model to train through: DDP-wrapped in a distributed stage, else itself."""
@@ -108,7 +112,7 @@ def execute_stage(stage: str, config: PipelineConfig, run: Run, host: PluginHost
     ctx = StageContext(stage, config, host, run, policy, staging)
     started = _now()
     run.update(lambda s: s["stages"].__setitem__(stage, {"status": "running", "started": started}))
-    host.notify("graft_on_stage_start", run=run.info(), stage=stage)
+    host.stage_started(run.info(), stage)
     seed_everything(config.seed)
     start = time.perf_counter()
     try:
@@ -129,7 +133,7 @@ def execute_stage(stage: str, config: PipelineConfig, run: Run, host: PluginHost
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         run.update(lambda s: s["stages"].__setitem__(stage, {"status": "failed", "seconds": seconds, "error": message,
                                                              "started": started, "ended": _now()}))
-        host.notify("graft_on_stage_end", run=run.info(), stage=stage, status="failed", seconds=seconds, outputs={})
+        host.stage_ended(run.info(), stage, "failed", seconds, {})
         raise
     entry = {"status": result.status, "seconds": seconds, "started": started, "ended": _now(),
              "outputs": result.outputs}
@@ -140,7 +144,6 @@ def execute_stage(stage: str, config: PipelineConfig, run: Run, host: PluginHost
         deep_merge(summary, result.summary)
 
     run.update(record)
-    host.notify("graft_on_stage_end", run=run.info(), stage=stage, status=result.status, seconds=seconds,
-                outputs=result.outputs)
+    host.stage_ended(run.info(), stage, result.status, seconds, result.outputs)
     log.info("stage %s %s in %.1fs", stage, result.status, seconds)
     return {"stage": stage, **entry, "url": final_url, "artifacts": result.artifacts}

@@ -13,13 +13,7 @@ from timm.models.resnet import BasicBlock, ResNet
 from torch import nn
 
 from graftflow.core import ModelFamily, hookimpl
-from graftflow.plugins.models._timm import (
-    DropParams,
-    reset_head,
-    timm_layer_groups,
-    unknown_variant,
-    validate_params,
-)
+from graftflow.core import DropParams, reset_head, timm_layer_groups, unknown_variant, validate_params
 
 # variant → (blocks per stage, channels per stage) for the small-input variants.
 SMALL = {

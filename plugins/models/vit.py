@@ -14,7 +14,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from graftflow.core import ConfigError, LayerGroup, ModelFamily, hookimpl
-from graftflow.plugins.models._timm import DropParams, reset_head, timm_layer_groups, unknown_variant, validate_params
+from graftflow.core import DropParams, reset_head, timm_layer_groups, unknown_variant, validate_params
 
 # variant → VisionTransformer kwargs; micro's patch size depends on the image (see _patch_size).
 SMALL = {

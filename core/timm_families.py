@@ -1,8 +1,9 @@
-"""Shared helpers for model families built on timm.
+"""Helpers for model families built on timm: part of the public API (`from graftflow.core import ...`).
 
-Layer groups come from timm's own `group_matcher(coarse=True)`, the grouping
-timm uses for layer-wise LR decay, so any timm model that defines one gets
-sensible freezing units without a hand-written table per architecture.
+A family for any timm architecture is a build function plus these. Layer groups
+come from timm's own `group_matcher(coarse=True)`, the grouping timm uses for
+layer-wise LR decay, so any timm model that defines one gets sensible freezing
+units without a hand-written table per architecture.
 """
 
 from __future__ import annotations
@@ -11,17 +12,17 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 from timm.models import group_parameters
 from torch import nn
 
-from graftflow.core import ConfigError, LayerGroup
+from graftflow.core.errors import ConfigError
+from graftflow.core.specs import LayerGroup, Params
 
 
-class DropParams(BaseModel):
+class DropParams(Params):
     """Regularisation knobs every timm family accepts (`model.drop_rate` etc. in YAML)."""
 
-    model_config = ConfigDict(extra="forbid")
     drop_rate: float = Field(0.0, ge=0, lt=1, description="Dropout before the classifier.")
     drop_path_rate: float = Field(0.0, ge=0, lt=1, description="Stochastic depth, linearly increasing per block.")
 
