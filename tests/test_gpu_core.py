@@ -14,7 +14,7 @@ from torch import nn
 from graftflow.core.device import Hardware, resolve_policy
 from graftflow.core.errors import StageError
 from graftflow.core.training.compile import compiled_forward
-from graftflow.core.training.loop import History, train_epochs
+from graftflow.core.training.loop import History, train
 from graftflow.core.training.schedule import GroupScheduler
 
 CPU = resolve_policy("cpu", "fp32", Hardware(0, None, None, None, False))
@@ -25,7 +25,7 @@ def batches(n=3, size=16):
     return [(torch.randn(size, 5, generator=g), torch.randint(0, 3, (size,), generator=g)) for _ in range(n)]
 
 
-def train(model, limit=None, data=None):
+def fit(model, limit=None, data=None):
     opt = torch.optim.SGD([{"params": model.parameters(), "lr": 0.1, "base_lr": 0.1}])
 
     def step(x, y):
@@ -33,19 +33,16 @@ def train(model, limit=None, data=None):
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return nn.functional.cross_entropy(model(x), y)
 
-    history = History()
-    train_epochs(model, step, data or batches(), opt, GroupScheduler(opt, "constant", 3, 0.0), CPU, 1,
-                 history=history, phase="test")
-    return history
+    return train(model, step, data or batches(), opt, GroupScheduler(opt, "constant", 3, 0.0), CPU, 1, phase="test")
 
 
 def test_oom_halves_the_micro_batch_and_keeps_the_full_batch_gradient(caplog):
     torch.manual_seed(0)
     reference = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3))
     backed_off = copy.deepcopy(reference)
-    train(reference)
+    fit(reference)
     with caplog.at_level(logging.WARNING, logger="graft.train"):
-        history = train(backed_off, limit=4)
+        history = fit(backed_off, limit=4)
     assert history.micro_batch == 4
     assert history.oom_backoffs == [{"step": 1, "batch": 16, "micro_batch": 8}, {"step": 1, "batch": 16, "micro_batch": 4}]
     for a, b in zip(reference.parameters(), backed_off.parameters()):
@@ -55,7 +52,7 @@ def test_oom_halves_the_micro_batch_and_keeps_the_full_batch_gradient(caplog):
 
 def test_oom_with_a_micro_batch_of_one_is_a_clear_error():
     with pytest.raises(StageError, match="out of memory at step 1 even with a micro-batch of 1"):
-        train(nn.Linear(5, 3), limit=0)
+        fit(nn.Linear(5, 3), limit=0)
 
 
 def test_compile_failure_falls_back_to_eager(monkeypatch, caplog):
@@ -86,13 +83,12 @@ def test_compile_really_compiles_on_cpu():
 
 def test_non_finite_loss_names_the_step_and_lrs_and_keeps_the_last_checkpoint(tmp_path):
     from graftflow.core.training.checkpointing import Checkpointer
-    from graftflow.core.training.loop import History
-    from graftflow.core.training.resume import TrainingState
+    from graftflow.core.training.resume import Checkpoint
 
     model = nn.Linear(5, 3)
     opt = torch.optim.SGD([{"params": model.parameters(), "lr": 0.1, "base_lr": 0.1, "layer_group": "head"}])
     history = History()
-    state = TrainingState(Checkpointer(str(tmp_path / "ck"), every_steps=2), model, opt, history)
+    checkpoint = Checkpoint(Checkpointer(str(tmp_path / "ck"), every_steps=2), model, opt, history)
     sched = GroupScheduler(opt, "constant", 10, 0.0)
     calls = {"n": 0}
 
@@ -102,7 +98,6 @@ def test_non_finite_loss_names_the_step_and_lrs_and_keeps_the_last_checkpoint(tm
         return loss * float("nan") if calls["n"] >= 3 else loss
 
     with pytest.raises(StageError, match=r"non-finite loss by step \d+.*head=0\.1"):
-        train_epochs(model, step, batches(4), opt, sched, CPU, 1, history=history, phase="test",
-                     on_position=state.on_position(0, sched))
-    step_no, _, saved = state.ckpt.latest()
+        train(model, step, batches(4), opt, sched, CPU, 1, history=history, phase="test", callbacks=[checkpoint])
+    step_no, _, saved = checkpoint.store.latest()
     assert step_no == 2 and saved["step"] == 2  # the good checkpoint before the NaN is kept

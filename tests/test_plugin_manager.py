@@ -154,3 +154,18 @@ def test_allow_and_deny_lists(external_plugin):
     assert "squared-error" in ok.losses
     with pytest.raises(PluginError, match="plugins: plugin 'evil_module' is not allowed here"):
         PluginHost(config_plugins=["evil_module"], env={"GRAFT_PLUGINS_DENY": "evil_*"})
+
+
+def test_a_plugin_written_for_another_contract_major_is_refused_by_name(tmp_path):
+    from graftflow.core import CONTRACT_VERSION
+
+    old = tmp_path / "old_plugin.py"
+    old.write_text("from graftflow.core import hookimpl\ngraft_contract = 1\n"
+                   "@hookimpl\ndef graft_losses():\n    return []\n")
+    with pytest.raises(PluginError, match=r"plugin 'graft_plugin_old_plugin' \(GRAFT_PLUGINS\) was written for plugin "
+                                          r"contract 1; this graftflow implements contract 2\.0"):
+        PluginHost(env={"GRAFT_PLUGINS": str(old)})
+    current = tmp_path / "current_plugin.py"
+    current.write_text(f"from graftflow.core import hookimpl\ngraft_contract = {CONTRACT_VERSION[0]}\n"
+                       "@hookimpl\ndef graft_losses():\n    return []\n")
+    PluginHost(env={"GRAFT_PLUGINS": str(current)})  # the same major: accepted

@@ -51,19 +51,19 @@ def test_resume_after_a_crash_gives_identical_weights(tmp_path, monkeypatch, ref
     config, host = config_for(tmp_path), PluginHost()
     run = Run.open(config)
     execute_stage("acquire", config, run, host)
-    real = loop._forward_backward
+    real = loop.GradientStep.accumulate
 
-    def crashing(step_fn, images, labels, optimizer, policy, scaler, history):
-        if history.steps + 1 == crash_at:
+    def crashing(self, step_fn, images, labels, micro):
+        if self.history.steps + 1 == crash_at:
             raise RuntimeError("simulated crash")
-        return real(step_fn, images, labels, optimizer, policy, scaler, history)
+        return real(self, step_fn, images, labels, micro)
 
-    monkeypatch.setattr(loop, "_forward_backward", crashing)
+    monkeypatch.setattr(loop.GradientStep, "accumulate", crashing)
     with pytest.raises(RuntimeError, match="simulated crash"):
         execute_stage("finetune", config, run, host)
     assert run.summary()["stages"]["finetune"]["status"] == "failed"
     assert not (Path(run.url) / "finetune").exists()  # nothing half-written where a later stage would look
-    monkeypatch.setattr(loop, "_forward_backward", real)
+    monkeypatch.setattr(loop.GradientStep, "accumulate", real)
     execute_stage("finetune", config, run, host)
     weights, expected = finetuned(config, run), reference[0]
     summary = run.summary()
@@ -117,3 +117,128 @@ def test_sigkill_at_random_points_then_resume(prefect_api, tmp_path, reference):
     weights, expected = finetuned(config, run), reference[0]
     assert all(torch.equal(weights[k], expected[k]) for k in expected)
     assert untimed(run.summary()["metrics"]["finetune"]) == untimed(reference[1]["metrics"]["finetune"])
+
+
+# --- pretraining resumes too: SimCLR, and MoCo with its queue and momentum encoder ------------------
+
+PRETEXTS = {"simclr": "pretrain.pretext=simclr", "moco": "pretrain.pretext={name: moco, queue: 48, momentum: 0.9}"}
+# digits.yaml pretrains supervised with cross-entropy; the contrastive pretexts take infonce.
+PRE_BASE = ["data.image_size=8", "pretrain.epochs=2", "pretrain.loss=infonce", "checkpoints.every_steps=5", "finetune.epochs=0",
+            "finetune.freeze_epochs=0"]
+
+
+def pretrain_config(root: Path, pretext: str):
+    return load_config(DIGITS, [f"artifact_root={root / 'runs'}", f"data.cache_dir={root / 'ds'}", *PRE_BASE,
+                                PRETEXTS[pretext]])
+
+
+def backbone(run) -> dict[str, torch.Tensor]:
+    return load_file(f"{run.url}/pretrain/backbone/model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def pretrained_reference(tmp_path_factory):
+    """`reference(pretext)` → (backbone weights, summary) of an uninterrupted pretraining, computed once each."""
+    done = {}
+
+    def reference(pretext: str):
+        if pretext not in done:
+            root = tmp_path_factory.mktemp(f"ref-{pretext}")
+            config, host = pretrain_config(root, pretext), PluginHost()
+            run = Run.open(config)
+            for stage in ("acquire", "pretrain"):
+                execute_stage(stage, config, run, host)
+            done[pretext] = backbone(run), run.summary()
+        return done[pretext]
+    return reference
+
+
+@pytest.mark.parametrize("pretext", sorted(PRETEXTS))
+def test_pretraining_resumes_after_a_crash_to_identical_weights(tmp_path, monkeypatch, pretrained_reference, pretext):
+    expected, reference_summary = pretrained_reference(pretext)
+    config, host = pretrain_config(tmp_path, pretext), PluginHost()
+    run = Run.open(config)
+    execute_stage("acquire", config, run, host)
+    real = loop.GradientStep.accumulate
+
+    def crashing(self, step_fn, images, labels, micro):
+        if self.history.steps + 1 == 23:  # in the second epoch, between checkpoints
+            raise RuntimeError("simulated crash")
+        return real(self, step_fn, images, labels, micro)
+
+    monkeypatch.setattr(loop.GradientStep, "accumulate", crashing)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        execute_stage("pretrain", config, run, host)
+    assert (Path(run.url) / "_checkpoints" / "pretrain").exists()
+    monkeypatch.setattr(loop.GradientStep, "accumulate", real)
+    execute_stage("pretrain", config, run, host)
+    summary = run.summary()
+    assert summary["pretrain"]["resumed_from_step"] == 20
+    weights = backbone(run)
+    assert weights.keys() == expected.keys() and all(torch.equal(weights[k], expected[k]) for k in expected)
+    assert untimed(summary["metrics"]["pretrain"]) == untimed(reference_summary["metrics"]["pretrain"])
+
+
+def test_without_the_queue_in_the_checkpoint_moco_would_not_resume_identically(tmp_path, monkeypatch,
+                                                                                pretrained_reference):
+    """Negative control: the same crash and resume, but the queue and key encoder start afresh → other weights."""
+    from graftflow.core.training import resume
+
+    pretext = "moco"
+    expected, _ = pretrained_reference(pretext)
+
+    config, host = pretrain_config(tmp_path, pretext), PluginHost()
+    run = Run.open(config)
+    execute_stage("acquire", config, run, host)
+    real_accumulate, real_restore = loop.GradientStep.accumulate, resume.Checkpoint.restore
+
+    def crashing(self, step_fn, images, labels, micro):
+        if self.history.steps + 1 == 23:
+            raise RuntimeError("simulated crash")
+        return real_accumulate(self, step_fn, images, labels, micro)
+
+    def restore_forgetting_the_queue(self):
+        phase = real_restore(self)
+        with torch.no_grad():
+            self.model.queue.copy_(torch.nn.functional.normalize(torch.randn_like(self.model.queue), dim=1))
+            self.model.synced.fill_(False)  # the key encoder is copied afresh from the query encoder
+        return phase
+
+    monkeypatch.setattr(loop.GradientStep, "accumulate", crashing)
+    with pytest.raises(RuntimeError):
+        execute_stage("pretrain", config, run, host)
+    monkeypatch.setattr(loop.GradientStep, "accumulate", real_accumulate)
+    monkeypatch.setattr(resume.Checkpoint, "restore", restore_forgetting_the_queue)
+    execute_stage("pretrain", config, run, host)
+    weights = backbone(run)
+    assert not all(torch.equal(weights[k], expected[k]) for k in expected)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pretext", sorted(PRETEXTS))
+def test_sigkill_during_ssl_pretraining_then_resume(prefect_api, tmp_path, pretext, pretrained_reference):
+    """The real CLI, killed with SIGKILL while SimCLR / MoCo pretrains, resumed with --run-id."""
+    expected, reference_summary = pretrained_reference(pretext)
+    sets = [a for o in [f"artifact_root={tmp_path / 'runs'}", f"data.cache_dir={tmp_path / 'ds'}", *PRE_BASE,
+                        PRETEXTS[pretext]] for a in ("--set", o)]
+    cmd = [str(BIN / "graft"), "run", str(DIGITS), *sets, "--stages", "acquire,pretrain", "--run-id", "killed"]
+    ckpt_dir = tmp_path / "runs" / "digits-transfer" / "killed" / "_checkpoints" / "pretrain"
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline, killed = time.monotonic() + 300, False
+    while proc.poll() is None and time.monotonic() < deadline:
+        steps = [int(p.name.split("-")[1]) for p in ckpt_dir.glob("step-*")] if ckpt_dir.exists() else []
+        if steps and max(steps) >= 15:
+            time.sleep(random.Random(pretext).uniform(0, 0.3))
+            os.killpg(proc.pid, signal.SIGKILL)
+            killed = True
+            break
+        time.sleep(0.05)
+    proc.wait()
+    assert killed, "pretraining ended before it could be killed"
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = Run(pretrain_config(tmp_path, pretext), "killed")
+    assert run.summary()["pretrain"]["resumed_from_step"] >= 15
+    weights = backbone(run)
+    assert all(torch.equal(weights[k], expected[k]) for k in expected)
+    assert untimed(run.summary()["metrics"]["pretrain"]) == untimed(reference_summary["metrics"]["pretrain"])

@@ -1,6 +1,13 @@
-"""Pretrain: learn a backbone with a pretext task, then hand it to fine-tuning."""
+"""Pretrain: learn a backbone with a pretext task, then hand it to fine-tuning.
+
+The whole pretext module trains and checkpoints (projection heads, decoders, a
+momentum encoder and its queue included), so a killed pretraining resumes to
+the same weights; only its `backbone` is handed on.
+"""
 
 from __future__ import annotations
+
+import logging
 
 from graftflow.core import storage
 from graftflow.core.models.weights import save_model
@@ -11,10 +18,18 @@ from graftflow.core.stages.base import Artifact, StageContext, StageResult
 from graftflow.core.models.build import head_keys, layer_groups, model_meta
 from graftflow.core.models.saved import load_weights_file
 from graftflow.core.stages.inputs import stage_loss, task_loaders
-from graftflow.core.training.loop import History, accuracy_and_loss, train_epochs
+from graftflow.core.stages.inputs import checkpoint_url
+from graftflow.core.training.callbacks import Callbacks
+from graftflow.core.training.checkpointing import Checkpointer
+from graftflow.core.training.evaluation import Validation
+from graftflow.core.training.loop import History, Loop
+from graftflow.core.training.progress import EpochLog, EpochObservers
+from graftflow.core.training.resume import Checkpoint
 from graftflow.core.training.param_groups import build_param_groups, group_lrs, make_optimizer
 from graftflow.core.training.schedule import GroupScheduler
 from graftflow.core.validation import plugin_params
+
+log = logging.getLogger("graft.stage")
 
 
 def run(ctx: StageContext) -> StageResult:
@@ -58,12 +73,19 @@ def run(ctx: StageContext) -> StageResult:
     module = ctx.policy.prepare(module)
     optimizer = make_optimizer(pre.optimizer, opt_groups, pre.momentum)
     scheduler = GroupScheduler(optimizer, pre.schedule, pre.epochs * len(train_loader), pre.warmup)
-    validate = None
+    validation = None
     if pretext.needs_labels and val_loader is not None:
-        validate = lambda: accuracy_and_loss(backbone, val_loader, ctx.policy)  # noqa: E731
-    history = train_epochs(module, ctx.parallel_step(module), train_loader, optimizer, scheduler, ctx.policy, pre.epochs,
-                           history=History(), phase="pretrain", batch_transform=batch_op, validate=validate,
-                           on_epoch_end=ctx.epoch_end)
+        validation = Validation(backbone, val_loader, make_loss().to(ctx.policy.torch_device), ctx.policy)
+    history = History()
+    strategies = [validation, EpochLog(), EpochObservers(ctx.epoch_end)]
+    checkpoint = Checkpoint(Checkpointer(checkpoint_url(ctx), cfg.checkpoints.every_steps, cfg.checkpoints.keep),
+                            module, optimizer, history, strategies, writer=ctx.dist is None or ctx.dist.is_main,
+                            on_saved=ctx.checkpoint_written)
+    if checkpoint.restore() is not None:
+        log.info("pretrain: resuming from the checkpoint at step %d", checkpoint.resumed_from_step)
+    Loop(module, ctx.parallel_step(module), train_loader, optimizer, scheduler, ctx.policy, pre.epochs,
+         phase="pretrain", history=history, callbacks=Callbacks([*strategies, checkpoint]), batch_transform=batch_op,
+         seed=cfg.seed).run()
     meta = model_meta(ctx.config, class_names)
     meta["num_classes"] = pctx.num_classes
     meta["pretext"] = pretext.name
@@ -71,6 +93,7 @@ def run(ctx: StageContext) -> StageResult:
     save_model(backbone.cpu(), ctx.out / "backbone", meta)
     storage.write_json(str(ctx.out / "history.json"), history.epochs)
     save_training_curves(history.epochs, ctx.out / "curves.png", f"pretraining ({pretext.name})")
+    checkpoint.clear()
     last = history.epochs[-1]
     return StageResult(
         outputs={"backbone": "backbone", "history": "history.json"},
@@ -78,7 +101,8 @@ def run(ctx: StageContext) -> StageResult:
                  "pretrain": {"pretext": pretext.name, "classes": class_names, "images": len(train_sel),
                               "labels_used": pretext.needs_labels, "data": store,
                               "loss": loss_ref.name if make_loss is not None else None,
-                              "epochs": pre.epochs, "load": load_report}},
+                              "epochs": pre.epochs, "load": load_report,
+                              "resumed_from_step": checkpoint.resumed_from_step}},
         artifacts=[Artifact("table", "pretrain-history", f"{pretext.name} pretraining per epoch", rows=history.epochs),
                    Artifact("image", "pretrain-curves", "pretraining curves: loss and accuracy per epoch",
                             path="curves.png")],

@@ -67,7 +67,7 @@ def lr_range_test(model: nn.Module, step_fn: Callable[[torch.Tensor, torch.Tenso
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            value = float(loss)
+            value = float(loss.detach())
             if not math.isfinite(value):
                 break
             average = smooth * average + (1 - smooth) * value

@@ -17,7 +17,7 @@ from torch import nn
 
 from graftflow.core.device import Hardware, resolve_policy
 from graftflow.core.plugin_manager import PluginHost
-from graftflow.core.training.loop import History, train_epochs
+from graftflow.core.training.loop import train
 from graftflow.core.training.schedule import GroupScheduler
 from tests.benchmarks.results import Result
 
@@ -51,8 +51,7 @@ def _ours(model: nn.Module, data, policy) -> float:
     opt = torch.optim.AdamW([{"params": list(model.parameters()), "lr": 1e-3, "base_lr": 1e-3}])
     sched = GroupScheduler(opt, "constant", len(data), 0.0)
     start = time.perf_counter()
-    train_epochs(model, lambda x, y: nn.functional.cross_entropy(model(x), y), data, opt, sched, policy, 1,
-                 history=History(), phase="bench")
+    train(model, lambda x, y: nn.functional.cross_entropy(model(x), y), data, opt, sched, policy, 1, phase="bench")
     _sync(policy)
     return len(data) / (time.perf_counter() - start)
 

@@ -1,0 +1,49 @@
+"""Validation every epoch: the stage's own loss and accuracy on the validation split.
+
+`val_loss` is the loss the stage trains with (focal, label-smoothed cross-entropy,
+distillation, ...), computed the same way on held-out images, so early stopping,
+plateau schedules and best-epoch selection judge what training optimises.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from graftflow.core.device import DevicePolicy
+from graftflow.core.training.callbacks import Callback
+from graftflow.core.training.losses import StageLoss
+
+if TYPE_CHECKING:
+    from graftflow.core.training.loop import Loop
+
+
+@torch.no_grad()
+def loss_and_accuracy(model: nn.Module, loader: DataLoader, loss: StageLoss, policy: DevicePolicy) -> dict[str, float]:
+    """Mean `loss` per image and top-1 accuracy of `model` over `loader` (empty when it has no image)."""
+    model.eval()
+    total, correct, seen = 0.0, 0, 0
+    for images, labels in loader:
+        images, labels = policy.to_device(images), policy.to_device(labels)
+        with policy.autocast():
+            logits = model(images)
+            value = loss(logits, labels, inputs=images)
+        total += float(value) * len(labels)
+        correct += int((logits.argmax(1) == labels).sum())
+        seen += len(labels)
+    if not seen:
+        return {}
+    return {"val_loss": total / seen, "val_accuracy": correct / seen}
+
+
+class Validation(Callback):
+    """Adds `val_loss` and `val_accuracy` of `model` on `loader` to every epoch's metrics."""
+
+    def __init__(self, model: nn.Module, loader: DataLoader, loss: StageLoss, policy: DevicePolicy):
+        self.model, self.loader, self.loss, self.policy = model, loader, loss, policy
+
+    def on_validate(self, loop: Loop) -> None:
+        loop.metrics.update(loss_and_accuracy(self.model, self.loader, self.loss, self.policy))

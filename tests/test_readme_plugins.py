@@ -1,0 +1,56 @@
+"""The README's one-file plugins (a loss, a timm model family) use only the public API and run through `graft run`."""
+
+import ast
+import json
+import re
+
+import pytest
+
+from tests.support import DIGITS, ROOT, graft, run_dirs
+
+
+def readme_plugins() -> dict[str, str]:
+    """Every ```python block of the README that starts with `# <file>.py`, by file name."""
+    blocks = re.findall(r"```python\n(# (\w+\.py)\n.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    return {name: code for code, name in blocks}
+
+
+def test_readme_plugins_import_only_the_public_api():
+    plugins = readme_plugins()
+    assert set(plugins) == {"poly_loss.py", "mobilenet_family.py"}
+    for name, code in plugins.items():
+        modules = {n.module for n in ast.walk(ast.parse(code)) if isinstance(n, ast.ImportFrom)}
+        modules |= {a.name for n in ast.walk(ast.parse(code)) if isinstance(n, ast.Import) for a in n.names}
+        ours = {m for m in modules if m.startswith("graftflow")}
+        assert ours == {"graftflow.core"}, (name, ours)
+
+
+@pytest.mark.slow
+def test_readme_plugins_run_through_graft_run(prefect_api, tmp_path):
+    paths = []
+    for name, code in readme_plugins().items():
+        path = tmp_path / "elsewhere" / name
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(code)
+        paths.append(str(path))
+    env = {"GRAFT_PLUGINS": ",".join(paths)}
+    listing = graft("plugins", "--json", env=env)
+    assert listing.returncode == 0, listing.stderr
+    names = {(r["kind"], r["name"]) for r in json.loads(listing.stdout)}
+    assert {("loss", "poly1"), ("model_family", "mobilenet")} <= names
+    sets = [f"artifact_root={tmp_path / 'runs'}", f"data.cache_dir={tmp_path / 'ds'}", "model.family=mobilenet",
+            "model.variant=mobilenetv3_small_050", "data.image_size=32", "finetune.loss={name: poly1, epsilon: 2.0}",
+            "finetune.lr=[0.001, 0.01]", "pretrain.enabled=false", "finetune.freeze_epochs=0", "finetune.epochs=4",
+            "export.formats=[onnx]"]
+    proc = graft("run", str(DIGITS), *[a for s in sets for a in ("--set", s)], "--stages",
+                 "acquire,finetune,evaluate,export", env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = run_dirs(tmp_path / "runs" / "digits-transfer")[0]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["finetune"]["loss"] == "poly1"
+    groups = [g["name"] for g in summary["param_groups"]]
+    assert len(groups) >= 4 and groups[-1] == "head"  # timm's own groups for MobileNetV3, input → head
+    lrs = [g["lr"] for g in summary["param_groups"]]
+    assert lrs[0] == pytest.approx(0.001) and lrs[-1] == pytest.approx(0.01) and lrs == sorted(lrs)
+    assert summary["metrics"]["test"]["accuracy"] > 0.5  # five classes: chance is 0.2
+    assert summary["exports"][0]["format"] == "onnx"
