@@ -64,6 +64,11 @@ worker: $(STAMP)  ## a worker for the `local` pool (stop it with Ctrl-C)
 prefect-yaml: $(STAMP)  ## regenerate deploy/prefect.yaml from the stage table and the demo config
 	$(PY) -m graftflow.pipelines.deployments > deploy/prefect.yaml
 
+lint: $(STAMP)  ## ruff (lint + format check) and the import contracts; the test suite runs the same checks
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
+
 lint-imports: $(STAMP)
 	$(VENV)/bin/lint-imports
 

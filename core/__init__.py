@@ -28,17 +28,45 @@ from typing import TYPE_CHECKING, Any
 
 _EXPORTS: dict[str, tuple[str, str]] = {
     **{n: ("graftflow.core.hookspecs", n) for n in ("hookimpl", "CONTRACT_VERSION")},
-    **{n: ("graftflow.core.specs", n) for n in (
-        "AugmentContext", "AugmentationSpec", "DataSource", "Exporter", "ImageRecord", "LayerGroup", "LossContext",
-        "LossSpec", "ModelFamily", "Params", "PretextContext", "PretextTask", "RunInfo")},
-    **{n: ("graftflow.core.errors", n) for n in (
-        "ConfigError", "DataError", "GraftError", "PluginError", "StageError", "TransientDataError")},
+    **{
+        n: ("graftflow.core.specs", n)
+        for n in (
+            "AugmentContext",
+            "AugmentationSpec",
+            "DataSource",
+            "Exporter",
+            "ImageRecord",
+            "LayerGroup",
+            "LossContext",
+            "LossSpec",
+            "ModelFamily",
+            "Params",
+            "PretextContext",
+            "PretextTask",
+            "RunInfo",
+        )
+    },
+    **{
+        n: ("graftflow.core.errors", n)
+        for n in ("ConfigError", "DataError", "GraftError", "PluginError", "StageError", "TransientDataError")
+    },
     "LossRef": ("graftflow.core.config", "LossRef"),
-    **{n: ("graftflow.core.timm_families", n) for n in (
-        "DropParams", "classifier_param_names", "module_path", "reset_head", "timm_layer_groups", "unknown_variant",
-        "validate_params")},
-    **{n: ("graftflow.core.data.layouts", n) for n in (
-        "FoldersLayout", "ImageSourceParams", "Records", "TableLayout", "listing")},
+    **{
+        n: ("graftflow.core.timm_families", n)
+        for n in (
+            "DropParams",
+            "classifier_param_names",
+            "module_path",
+            "reset_head",
+            "timm_layer_groups",
+            "unknown_variant",
+            "validate_params",
+        )
+    },
+    **{
+        n: ("graftflow.core.data.layouts", n)
+        for n in ("FoldersLayout", "ImageSourceParams", "Records", "TableLayout", "listing")
+    },
     "image_records": ("graftflow.core.data.layouts", "records"),
     **{n: ("graftflow.core.data.archives", n) for n in ("archive_kind", "looks_like_archive", "safe_extract")},
     "lookup_secret": ("graftflow.core.secrets", "lookup"),
@@ -71,7 +99,27 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from graftflow.core.hookspecs import CONTRACT_VERSION, hookimpl
     from graftflow.core.secrets import lookup as lookup_secret
     from graftflow.core.secrets import redact, secret_ref
-    from graftflow.core.specs import (AugmentationSpec, AugmentContext, DataSource, Exporter, ImageRecord, LayerGroup,
-                                      LossContext, LossSpec, ModelFamily, Params, PretextContext, PretextTask, RunInfo)
-    from graftflow.core.timm_families import (DropParams, classifier_param_names, module_path, reset_head,
-                                              timm_layer_groups, unknown_variant, validate_params)
+    from graftflow.core.specs import (
+        AugmentationSpec,
+        AugmentContext,
+        DataSource,
+        Exporter,
+        ImageRecord,
+        LayerGroup,
+        LossContext,
+        LossSpec,
+        ModelFamily,
+        Params,
+        PretextContext,
+        PretextTask,
+        RunInfo,
+    )
+    from graftflow.core.timm_families import (
+        DropParams,
+        classifier_param_names,
+        module_path,
+        reset_head,
+        timm_layer_groups,
+        unknown_variant,
+        validate_params,
+    )

@@ -24,6 +24,7 @@ from graftflow.core import storage
 from graftflow.core.config import PipelineConfig
 from graftflow.core.stage_table import COMMON_INPUTS, STAGES
 
+
 @lru_cache(maxsize=1)
 def code_version() -> str:
     """graftflow's version plus a hash of every core/ and plugins/ source file."""
@@ -64,8 +65,9 @@ def _pointer(config: PipelineConfig, stage: str, key: str) -> str:
 def record(config: PipelineConfig, stage: str, run_id: str) -> None:
     """Point the stage's key at the run in which it just completed."""
     key = stage_keys(config)[stage]
-    storage.write_json(_pointer(config, stage, key), {"stage": stage, "key": key, "run_id": run_id,
-                                                      "code_version": code_version()})
+    storage.write_json(
+        _pointer(config, stage, key), {"stage": stage, "key": key, "run_id": run_id, "code_version": code_version()}
+    )
 
 
 def cached_run(config: PipelineConfig, stages: list[str]) -> str | None:

@@ -13,10 +13,22 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, NonNegativeFloat, NonNegativeInt,
-                      PositiveFloat, PositiveInt, ValidationError, field_validator, model_validator)
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from graftflow.core.errors import ConfigError
+
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -102,18 +114,25 @@ class DataConfig(Section):
     cache_dir: str = Field(".graft/datasets", description="Content-addressed Arrow store (any fsspec URL).")
     batch_size: PositiveInt = Field(64, description="Training batch size.")
     num_workers: NonNegativeInt | Literal["auto"] = Field(
-        0, description="DataLoader worker processes (0 = in the main process; auto = min(4, CPUs − 1) when the "
-                       "split has at least 1,000 images, else 0).")
+        0,
+        description="DataLoader worker processes (0 = in the main process; auto = min(4, CPUs − 1) when the "
+        "split has at least 1,000 images, else 0).",
+    )
     prefetch_factor: PositiveInt | None = Field(
-        None, description="Batches each worker loads ahead (None = torch's default of 2; unused with 0 workers).")
+        None, description="Batches each worker loads ahead (None = torch's default of 2; unused with 0 workers)."
+    )
     persistent_workers: bool = Field(True, description="Keep worker processes alive between epochs.")
     cache_decoded: bool | Literal["auto"] = Field(
-        "auto", description="Decode and resize each split once into a uint8 tensor in memory (auto: when it fits "
-                            "in 1 GiB), instead of decoding every image every epoch.")
+        "auto",
+        description="Decode and resize each split once into a uint8 tensor in memory (auto: when it fits "
+        "in 1 GiB), instead of decoding every image every epoch.",
+    )
     retries: NonNegativeInt = Field(
-        3, description="Acquire is retried this many times after a passing failure (HTTP 5xx, a dropped connection).")
+        3, description="Acquire is retried this many times after a passing failure (HTTP 5xx, a dropped connection)."
+    )
     retry_delay: NonNegativeFloat = Field(
-        5.0, description="Seconds before the first acquire retry; each further retry waits twice as long.")
+        5.0, description="Seconds before the first acquire retry; each further retry waits twice as long."
+    )
 
 
 class ModelConfig(BaseModel):
@@ -122,7 +141,9 @@ class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="allow", validate_assignment=True)
     family: str = Field("resnet", description="Model-family plugin (resnet, vit, ...).")
     variant: str = Field("tiny", description="Variant within the family (see `graft plugins`).")
-    weights: str | None = Field(None, description="Initial weights: a local or fsspec .safetensors file (head keys are dropped).")
+    weights: str | None = Field(
+        None, description="Initial weights: a local or fsspec .safetensors file (head keys are dropped)."
+    )
 
     @property
     def params(self) -> dict[str, Any]:
@@ -134,8 +155,10 @@ class AugmentConfig(Section):
     eval: list[PluginRef] = Field(default_factory=list, description="Transforms applied at evaluation.")
     preview: NonNegativeInt = Field(8, description="Images in the augmentation preview grid (0 = none).")
     materialize: NonNegativeInt = Field(
-        0, description="Write K augmented copies of the train split (plus the untouched val/test rows) into a new "
-                       "Arrow store that later stages train on (0 = off; for tiny datasets).")
+        0,
+        description="Write K augmented copies of the train split (plus the untouched val/test rows) into a new "
+        "Arrow store that later stages train on (0 = off; for tiny datasets).",
+    )
 
 
 class TrainingConfig(Section):
@@ -146,9 +169,11 @@ class TrainingConfig(Section):
     optimizer: Literal["adamw", "sgd"] = Field("adamw", description="Optimizer.")
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum.")
     layer_decay: float | None = Field(
-        None, gt=0, le=1, description="Layer-wise LR decay: a group's LR is lr × decay^(groups above it) (timm/BEiT).")
+        None, gt=0, le=1, description="Layer-wise LR decay: a group's LR is lr × decay^(groups above it) (timm/BEiT)."
+    )
     schedule: Literal["one-cycle", "cosine", "constant", "plateau"] = Field(
-        "one-cycle", description="LR schedule per phase; every group is scaled by the same factor of its own LR.")
+        "one-cycle", description="LR schedule per phase; every group is scaled by the same factor of its own LR."
+    )
     warmup: float = Field(0.25, ge=0, lt=1, description="Fraction of each phase spent warming up.")
     plateau_patience: NonNegativeInt = Field(1, description="plateau: epochs without improvement before the LR drops.")
     plateau_factor: float = Field(0.5, gt=0, lt=1, description="plateau: the LR is multiplied by this on a plateau.")
@@ -158,7 +183,9 @@ class TrainingConfig(Section):
     @model_validator(mode="after")
     def _one_way_to_spread(self) -> TrainingConfig:
         if self.layer_decay is not None and isinstance(self.lr, list):
-            raise ValueError("layer_decay spreads a single lr; give lr as one number, or drop layer_decay to use [lo, hi]")
+            raise ValueError(
+                "layer_decay spreads a single lr; give lr as one number, or drop layer_decay to use [lo, hi]"
+            )
         return self
 
 
@@ -167,14 +194,20 @@ class LossRef(PluginRef):
 
 
 class PretrainConfig(TrainingConfig):
-    enabled: bool = Field(True, description="Run pretraining; when off, fine-tuning starts from model.weights or scratch.")
+    enabled: bool = Field(
+        True, description="Run pretraining; when off, fine-tuning starts from model.weights or scratch."
+    )
     pretext: PluginRef = Field(default_factory=lambda: PluginRef(name="supervised"), description="Pretext task plugin.")
     loss: PluginRef | None = Field(
-        None, description="Loss plugin; unset: the pretext's own default (cross-entropy for supervised, infonce for "
-                          "simclr/moco; simmim takes none).")
+        None,
+        description="Loss plugin; unset: the pretext's own default (cross-entropy for supervised, infonce for "
+        "simclr/moco; simmim takes none).",
+    )
     source: SourceConfig | None = Field(
-        None, description="A separate (e.g. unlabelled) image source to pretrain on, acquired into its own store; "
-                          "unset: the main data (pretrain.classes filters it).")
+        None,
+        description="A separate (e.g. unlabelled) image source to pretrain on, acquired into its own store; "
+        "unset: the main data (pretrain.classes filters it).",
+    )
 
 
 class LRFindConfig(Section):
@@ -187,24 +220,32 @@ class FinetuneConfig(TrainingConfig):
     freeze_epochs: NonNegativeInt = Field(1, description="Head-only epochs with the body frozen, before the rest.")
     pretrained: bool = Field(True, description="Start from the pretrain stage's backbone when this run has one.")
     labels_per_class: PositiveInt | None = Field(
-        None, description="Fine-tune on only this many labelled train images per class (a fixed subsample by `seed`).")
+        None, description="Fine-tune on only this many labelled train images per class (a fixed subsample by `seed`)."
+    )
     unfreeze: Literal["all", "gradual"] = Field(
-        "all", description="After the head-only epochs: everything at once, or one more group per epoch from the head.")
+        "all", description="After the head-only epochs: everything at once, or one more group per epoch from the head."
+    )
     bn: Literal["train", "freeze-stats", "freeze"] = Field(
-        "train", description="BatchNorm: train normally, keep running statistics fixed, or also freeze its weights.")
+        "train", description="BatchNorm: train normally, keep running statistics fixed, or also freeze its weights."
+    )
     monitor: Literal["val_loss", "val_accuracy"] = Field(
-        "val_loss", description="Validation metric for early stopping, plateau and the best checkpoint.")
+        "val_loss", description="Validation metric for early stopping, plateau and the best checkpoint."
+    )
     early_stopping: PositiveInt | None = Field(None, description="Stop after this many epochs without improvement.")
     restore_best: bool = Field(True, description="End with the weights of the best epoch by `monitor`.")
-    ema: float | None = Field(None, gt=0, lt=1, description="Keep an exponential moving average of the weights (e.g. 0.999) and use it.")
+    ema: float | None = Field(
+        None, gt=0, lt=1, description="Keep an exponential moving average of the weights (e.g. 0.999) and use it."
+    )
     lr_find: LRFindConfig = Field(default_factory=LRFindConfig, description="Settings of `graft lr-find`.")
 
 
 class EvaluateConfig(Section):
     split: Literal["test", "val"] = Field("test", description="Split to evaluate on.")
     probe: Literal["none", "linear", "knn"] = Field(
-        "none", description="Also probe a frozen backbone (the pretrain stage's, else the fine-tuned one): "
-                            "logistic regression or kNN on its features of the fine-tuning train images.")
+        "none",
+        description="Also probe a frozen backbone (the pretrain stage's, else the fine-tuned one): "
+        "logistic regression or kNN on its features of the fine-tuning train images.",
+    )
     probe_k: PositiveInt = Field(20, description="knn probe: neighbours (cosine similarity, distance-weighted).")
 
 
@@ -215,7 +256,9 @@ class ExportConfig(Section):
 
 
 class CheckpointConfig(Section):
-    every_steps: PositiveInt | None = Field(100, description="Checkpoint training every N steps (and at every epoch end).")
+    every_steps: PositiveInt | None = Field(
+        100, description="Checkpoint training every N steps (and at every epoch end)."
+    )
     keep: PositiveInt = Field(2, description="Checkpoints kept per stage while it runs (removed when it succeeds).")
 
 
@@ -226,24 +269,36 @@ class DistributedConfig(Section):
 class GpuSlotConfig(Section):
     name: str = Field("gpu", description="Prefect global concurrency limit that GPU stages hold one slot of.")
     hold: Literal["auto", "always", "never"] = Field(
-        "auto", description="auto: only when the run uses CUDA; always: every training stage (e.g. CPU-bound hosts).")
+        "auto", description="auto: only when the run uses CUDA; always: every training stage (e.g. CPU-bound hosts)."
+    )
 
 
 class PipelineConfig(Section):
     """A whole transfer-learning pipeline: acquire → augment → pretrain → finetune → evaluate → export."""
 
-    name: str = Field("transfer", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="Pipeline name; runs go under artifact_root/name/.")
+    name: str = Field(
+        "transfer",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="Pipeline name; runs go under artifact_root/name/.",
+    )
     artifact_root: str = Field("./.graft/runs", description="Where runs are written (any fsspec URL).")
     device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$", description="auto, cpu, cuda, cuda:N or mps.")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="Mixed precision policy.")
     seed: int = Field(0, description="Seed for weights init, shuffling and augmentation.")
-    compile: bool = Field(False, description="torch.compile the model for training (falls back to eager with a warning).")
-    checkpoints: CheckpointConfig = Field(default_factory=CheckpointConfig,
-                                          description="Resumable training: `graft run --run-id ID` continues from the last one.")
-    distributed: DistributedConfig = Field(default_factory=DistributedConfig,
-                                           description="DDP through torch.distributed.run (gloo on CPU, NCCL on CUDA).")
-    gpu_slot: GpuSlotConfig = Field(default_factory=GpuSlotConfig,
-                                    description="On a Prefect server, training stages queue for a global concurrency slot.")
+    compile: bool = Field(
+        False, description="torch.compile the model for training (falls back to eager with a warning)."
+    )
+    checkpoints: CheckpointConfig = Field(
+        default_factory=CheckpointConfig,
+        description="Resumable training: `graft run --run-id ID` continues from the last one.",
+    )
+    distributed: DistributedConfig = Field(
+        default_factory=DistributedConfig, description="DDP through torch.distributed.run (gloo on CPU, NCCL on CUDA)."
+    )
+    gpu_slot: GpuSlotConfig = Field(
+        default_factory=GpuSlotConfig,
+        description="On a Prefect server, training stages queue for a global concurrency slot.",
+    )
     plugins: list[str] = Field(default_factory=list, description="Extra plugin modules or .py files to load.")
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)

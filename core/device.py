@@ -101,7 +101,10 @@ def resolve_policy(device: str, precision: str, hardware: Hardware, conv_net: bo
 
     on_cuda = kind == "cuda"
     return DevicePolicy(
-        device=device, precision=precision, channels_last=on_cuda and conv_net, pin_memory=on_cuda,
+        device=device,
+        precision=precision,
+        channels_last=on_cuda and conv_net,
+        pin_memory=on_cuda,
         grad_scaler=on_cuda and precision == "fp16",
         accelerator=hardware.cuda_name if on_cuda else ("Apple MPS" if kind == "mps" else "cpu"),
         memory_gib=hardware.cuda_memory_gib if on_cuda else None,

@@ -26,6 +26,7 @@ from torch import nn
 
 from graftflow.core.errors import StageError
 
+
 @dataclass(frozen=True)
 class DistInfo:
     rank: int
@@ -73,8 +74,20 @@ def launch(stage: str, config, run_id: str, out: Path, nproc: int) -> dict[str, 
     with tempfile.TemporaryDirectory(prefix="graft-ddp-") as tmp:
         tmp_path = Path(tmp)
         (tmp_path / "config.json").write_text(config.model_dump_json())
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", "graftflow.core.distributed_worker", stage, str(tmp_path / "config.json"), run_id, str(out), str(tmp_path)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={nproc}",
+            "-m",
+            "graftflow.core.distributed_worker",
+            stage,
+            str(tmp_path / "config.json"),
+            run_id,
+            str(out),
+            str(tmp_path),
+        ]
         env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         error = tmp_path / "error.json"
@@ -82,11 +95,17 @@ def launch(stage: str, config, run_id: str, out: Path, nproc: int) -> dict[str, 
             raise StageError(json.loads(error.read_text())["message"])
         if proc.returncode != 0 or not (tmp_path / "result.json").exists():
             tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
-            raise StageError(f"{stage}: distributed run ({nproc} processes) failed with exit code {proc.returncode}: "
-                             f"{tail.splitlines()[-1] if tail else ''}") from RuntimeError(tail)
+            raise StageError(
+                f"{stage}: distributed run ({nproc} processes) failed with exit code {proc.returncode}: "
+                f"{tail.splitlines()[-1] if tail else ''}"
+            ) from RuntimeError(tail)
         return json.loads((tmp_path / "result.json").read_text())
 
 
 def result_to_json(result) -> dict[str, Any]:
-    return {"outputs": result.outputs, "summary": result.summary, "status": result.status,
-            "artifacts": [asdict(a) for a in result.artifacts]}
+    return {
+        "outputs": result.outputs,
+        "summary": result.summary,
+        "status": result.status,
+        "artifacts": [asdict(a) for a in result.artifacts],
+    }

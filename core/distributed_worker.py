@@ -35,8 +35,9 @@ def main(stage: str, config_path: str, run_id: str, out: str, exchange: str) -> 
     info = DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, backend)
     seed_everything(config.seed)
     scratch = None if info.is_main else tempfile.TemporaryDirectory(prefix="graft-rank-")
-    ctx = StageContext(stage, config, host, Run(config, run_id), policy, Path(out) if info.is_main else Path(scratch.name),
-                       dist=info)
+    ctx = StageContext(
+        stage, config, host, Run(config, run_id), policy, Path(out) if info.is_main else Path(scratch.name), dist=info
+    )
     try:
         result = stage_table.stage(stage).function(ctx)
         if info.is_main:

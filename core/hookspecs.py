@@ -40,8 +40,7 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
-    from graftflow.core.specs import (AugmentationSpec, DataSource, Exporter, LossSpec, ModelFamily, PretextTask,
-                                      RunInfo)
+    from graftflow.core.specs import AugmentationSpec, DataSource, Exporter, LossSpec, ModelFamily, PretextTask, RunInfo
 
 PROJECT = "graft"
 CONTRACT_VERSION = (2, 0)

@@ -40,8 +40,15 @@ def save_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: 
     limit = matrix.max() / 2 if matrix.size else 0
     for i in range(n):
         for j in range(n):
-            ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=8,
-                    color="white" if matrix[i, j] > limit else "black")
+            ax.text(
+                j,
+                i,
+                str(matrix[i, j]),
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if matrix[i, j] > limit else "black",
+            )
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -57,10 +64,15 @@ def save_training_curves(epochs: Sequence[dict], path: Path, title: str) -> Path
 
     xs = [row["epoch"] for row in epochs]
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(9, 3.2), dpi=100)
-    for key, ax in (("train_loss", loss_ax), ("val_loss", loss_ax), ("train_accuracy", acc_ax), ("val_accuracy", acc_ax)):
-        points = [(x, row[key]) for x, row in zip(xs, epochs) if isinstance(row.get(key), (int, float))]
+    for key, ax in (
+        ("train_loss", loss_ax),
+        ("val_loss", loss_ax),
+        ("train_accuracy", acc_ax),
+        ("val_accuracy", acc_ax),
+    ):
+        points = [(x, row[key]) for x, row in zip(xs, epochs, strict=False) if isinstance(row.get(key), (int, float))]
         if points:
-            ax.plot(*zip(*points), marker="o", label=key)
+            ax.plot(*zip(*points, strict=False), marker="o", label=key)
     for ax, label in ((loss_ax, "loss"), (acc_ax, "accuracy")):
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)

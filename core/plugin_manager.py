@@ -18,9 +18,9 @@ import importlib.util
 import logging
 import os
 import sys
-from fnmatch import fnmatch
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from fnmatch import fnmatch
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -163,7 +163,7 @@ class PluginHost:
         self.origins[name] = PluginOrigin(name, origin, version)
 
     def _collect(self) -> None:
-        for hook_name, (attr, spec_cls, label) in _REGISTRATIONS.items():
+        for hook_name, (attr, spec_cls, _label) in _REGISTRATIONS.items():
             registry: Registry = getattr(self, attr)
             for impl in getattr(self._pm.hook, hook_name).get_hookimpls():  # registration order
                 plugin = impl.plugin_name
@@ -173,9 +173,8 @@ class PluginHost:
                     raise PluginError(f"plugin '{plugin}' failed in {hook_name}: {type(exc).__name__}: {exc}") from exc
                 for spec in specs:
                     if not isinstance(spec, spec_cls):
-                        raise PluginError(
-                            f"plugin '{plugin}' returned {type(spec).__name__} from {hook_name}; expected {spec_cls.__name__}"
-                        )
+                        got, expected = type(spec).__name__, spec_cls.__name__
+                        raise PluginError(f"plugin '{plugin}' returned {got} from {hook_name}; expected {expected}")
                     registry.add(spec, plugin, self.origins[plugin].origin)
 
     # -- queries ---------------------------------------------------------------
@@ -189,16 +188,26 @@ class PluginHost:
             for name, entry in registry.entries():
                 origin = self.origins[entry.plugin]
                 rows.append(
-                    {"kind": registry.kind, "name": name, "plugin": entry.plugin,
-                     "origin": origin.origin, "version": origin.version}
+                    {
+                        "kind": registry.kind,
+                        "name": name,
+                        "plugin": entry.plugin,
+                        "origin": origin.origin,
+                        "version": origin.version,
+                    }
                 )
         for plugin_name, origin in sorted(self.origins.items()):
             plugin = self._pm.get_plugin(plugin_name)
             hooks = [e for e in _EVENTS if hasattr(plugin, e)]
             if hooks:
                 rows.append(
-                    {"kind": "observer", "name": plugin_name, "plugin": plugin_name,
-                     "origin": origin.origin, "version": origin.version}
+                    {
+                        "kind": "observer",
+                        "name": plugin_name,
+                        "plugin": plugin_name,
+                        "origin": origin.origin,
+                        "version": origin.version,
+                    }
                 )
         return rows
 
@@ -225,8 +234,13 @@ class PluginHost:
             try:
                 impl.function(**{k: kwargs[k] for k in impl.argnames})
             except Exception as exc:
-                log.warning("observer plugin '%s' failed in %s and was skipped: %s: %s",
-                            impl.plugin_name, event, type(exc).__name__, exc)
+                log.warning(
+                    "observer plugin '%s' failed in %s and was skipped: %s: %s",
+                    impl.plugin_name,
+                    event,
+                    type(exc).__name__,
+                    exc,
+                )
 
 
 def _check_contract(plugin: Any, name: str, origin: str) -> None:
@@ -241,5 +255,7 @@ def _check_contract(plugin: Any, name: str, origin: str) -> None:
         ok = False
     if not ok:
         version = ".".join(map(str, hookspecs.CONTRACT_VERSION))
-        raise PluginError(f"plugin '{name}' ({origin}) was written for plugin contract {wanted}; this graftflow "
-                          f"implements contract {version}: update the plugin or graftflow")
+        raise PluginError(
+            f"plugin '{name}' ({origin}) was written for plugin contract {wanted}; this graftflow "
+            f"implements contract {version}: update the plugin or graftflow"
+        )

@@ -46,12 +46,20 @@ class Run:
         run = cls(config, run_id or new_run_id())
         try:
             if not storage.exists(run.summary_url):
-                storage.write_json(run.summary_url, {
-                    "name": config.name, "run_id": run.run_id, "config": config.model_dump(mode="json"),
-                    "stages": {}, "metrics": {},
-                })
+                storage.write_json(
+                    run.summary_url,
+                    {
+                        "name": config.name,
+                        "run_id": run.run_id,
+                        "config": config.model_dump(mode="json"),
+                        "stages": {},
+                        "metrics": {},
+                    },
+                )
         except OSError as exc:
-            raise GraftError(f"artifact_root: cannot write to '{config.artifact_root}': {exc.strerror or exc}") from None
+            raise GraftError(
+                f"artifact_root: cannot write to '{config.artifact_root}': {exc.strerror or exc}"
+            ) from None
         return run
 
     def info(self) -> RunInfo:

@@ -42,7 +42,9 @@ def validate_params(params_model: type[BaseModel], params: Mapping[str, Any]) ->
 
 def unknown_variant(family: str, variant: str, variants: Mapping[str, str]) -> ConfigError:
     """The same message the core gives, for builds called without it."""
-    return ConfigError(f"model.variant: unknown variant '{variant}' of family '{family}'; available: {', '.join(variants)}")
+    return ConfigError(
+        f"model.variant: unknown variant '{variant}' of family '{family}'; available: {', '.join(variants)}"
+    )
 
 
 def classifier_param_names(model: nn.Module) -> list[str]:

@@ -44,8 +44,9 @@ class PlannedAugmentation:
     has_sample_form: bool
 
 
-def augmentation_plan(host: PluginHost, refs: Sequence[PluginRef], section: str, device_type: str = "cpu",
-                      training: bool = True) -> list[PlannedAugmentation]:
+def augmentation_plan(
+    host: PluginHost, refs: Sequence[PluginRef], section: str, device_type: str = "cpu", training: bool = True
+) -> list[PlannedAugmentation]:
     """Where each entry of `section` runs, or a ConfigError naming the entry that cannot.
 
     An entry may say `placement: sample|batch|auto` (default auto). auto runs an op on the
@@ -74,18 +75,25 @@ def augmentation_plan(host: PluginHost, refs: Sequence[PluginRef], section: str,
     for j in range(len(resolved) - 1, -1, -1):
         _, _, want, can_sample, can_batch, _ = resolved[j]
         if want == "auto":
-            want = "batch" if not can_sample or (can_batch and device_type == "cuda" and batch_tail and training) \
+            want = (
+                "batch"
+                if not can_sample or (can_batch and device_type == "cuda" and batch_tail and training)
                 else "sample"
+            )
         places[j] = want
         batch_tail = batch_tail and want == "batch"
     first_batch = next((j for j, place in enumerate(places) if place == "batch"), len(places))
     for j in range(first_batch + 1, len(places)):
         if places[j] == "sample":
             field, spec = resolved[j][:2]
-            raise ConfigError(f"{field}: '{spec.name}' runs per sample after batch op '{resolved[first_batch][1].name}'; "
-                              f"batch ops run after every per-sample op: move it before them, or run it batched")
-    return [PlannedAugmentation(field, spec, params, place, can_sample)
-            for (field, spec, _, can_sample, _, params), place in zip(resolved, places, strict=True)]
+            raise ConfigError(
+                f"{field}: '{spec.name}' runs per sample after batch op '{resolved[first_batch][1].name}'; "
+                f"batch ops run after every per-sample op: move it before them, or run it batched"
+            )
+    return [
+        PlannedAugmentation(field, spec, params, place, can_sample)
+        for (field, spec, _, can_sample, _, params), place in zip(resolved, places, strict=True)
+    ]
 
 
 def check_source(source: Any, params: dict[str, Any], field: str) -> None:
@@ -104,11 +112,12 @@ def check_loss(host: PluginHost, ref: PluginRef, field: str, kind: str | None, h
     if kind is not None and loss.kind != kind:
         fitting = ", ".join(n for n, e in host.losses.entries() if e.spec.kind == kind) or "none registered"
         article = "an" if loss.kind[0] in "aeiou" else "a"
-        raise ConfigError(f"{field}.name: '{loss.name}' is {article} {loss.kind} loss; {field} needs a {kind} loss "
-                          f"({fitting}){hint}")
+        raise ConfigError(
+            f"{field}.name: '{loss.name}' is {article} {loss.kind} loss; {field} needs a {kind} loss ({fitting}){hint}"
+        )
     params = plugin_params(loss, ref.params, field)
     model = getattr(loss, "params_model", None)
-    for name, info in (model.model_fields.items() if model is not None else ()):
+    for name, info in model.model_fields.items() if model is not None else ():
         types = get_args(info.annotation) or (info.annotation,)
         if any(isinstance(t, type) and issubclass(t, LossRef) for t in types) and params.get(name):
             check_loss(host, LossRef.model_validate(params[name]), f"{field}.{name}", kind)
@@ -147,8 +156,14 @@ def validate_config(config: PipelineConfig, host: PluginHost, stages: list[str] 
 
     soft_targets = None
     for section in ("augment.train", "augment.eval"):
-        plan = check(augmentation_plan, host, getattr(config.augment, section.split(".")[1]), section,
-                     "cpu", section == "augment.train")
+        plan = check(
+            augmentation_plan,
+            host,
+            getattr(config.augment, section.split(".")[1]),
+            section,
+            "cpu",
+            section == "augment.train",
+        )
         soft_targets = soft_targets or next((s.spec.name for s in plan or () if s.spec.soft_targets), None)
 
     pretext = check(host.pretexts.get, config.pretrain.pretext.name, "pretrain.pretext")
@@ -163,12 +178,20 @@ def validate_config(config: PipelineConfig, host: PluginHost, stages: list[str] 
     if pretext is not None:
         ref = config.pretrain.loss
         if pretext.loss_kind is None and ref is not None:
-            problems.append(f"pretrain.loss: pretext '{pretext.name}' computes its own objective and takes no loss; "
-                            f"remove pretrain.loss")
+            problems.append(
+                f"pretrain.loss: pretext '{pretext.name}' computes its own objective and takes no loss; "
+                f"remove pretrain.loss"
+            )
         elif pretext.loss_kind is not None:
             ref = ref or PluginRef(name=pretext.default_loss or "")
-            check(check_loss, host, ref, "pretrain.loss", pretext.loss_kind,
-                  f", or leave it unset for {pretext.name}'s default" if pretext.default_loss else "")
+            check(
+                check_loss,
+                host,
+                ref,
+                "pretrain.loss",
+                pretext.loss_kind,
+                f", or leave it unset for {pretext.name}'s default" if pretext.default_loss else "",
+            )
     check(check_loss, host, config.finetune.loss, "finetune.loss", "classification")
     if soft_targets is not None:
         refs = [("finetune.loss", config.finetune.loss)]
@@ -177,10 +200,13 @@ def validate_config(config: PipelineConfig, host: PluginHost, stages: list[str] 
         for field, ref in refs:
             loss = check(host.losses.get, ref.name, f"{field}.name")
             if loss is not None and not loss.soft_targets:
-                problems.append(f"{field}.name: '{loss.name}' takes class indices only, but augment.train has "
-                                f"'{soft_targets}', which makes soft targets; use a loss that accepts them "
-                                f"(" + (", ".join(n for n, e in host.losses.entries() if e.spec.soft_targets)
-                                        or "none registered") + ")")
+                problems.append(
+                    f"{field}.name: '{loss.name}' takes class indices only, but augment.train has "
+                    f"'{soft_targets}', which makes soft targets; use a loss that accepts them "
+                    f"("
+                    + (", ".join(n for n, e in host.losses.entries() if e.spec.soft_targets) or "none registered")
+                    + ")"
+                )
 
     for i, fmt in enumerate(config.export.formats):
         check(host.exporters.get, fmt, f"export.formats[{i}]")

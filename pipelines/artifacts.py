@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import base64
+import logging
 import re
 
-import logging
-
-from prefect.artifacts import (create_markdown_artifact, create_progress_artifact, create_table_artifact,
-                               update_progress_artifact)
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 
 from graftflow.core import stage_table, storage
 from graftflow.core.config import PipelineConfig
@@ -34,8 +37,11 @@ def publish(pipeline: str, stage_url: str, artifacts: list[Artifact]) -> None:
             fs, path = storage.filesystem(storage.join(stage_url, art.path))
             data = base64.b64encode(fs.cat_file(path)).decode()
             create_markdown_artifact(
-                markdown=f"### {art.description}\n\n![{art.key}](data:image/png;base64,{data})\n\n`{stage_url}/{art.path}`",
-                key=key, description=art.description)
+                markdown=f"### {art.description}\n\n![{art.key}](data:image/png;base64,{data})\n\n"
+                f"`{stage_url}/{art.path}`",
+                key=key,
+                description=art.description,
+            )
         elif art.kind == "markdown" and art.markdown:
             create_markdown_artifact(markdown=art.markdown, key=key, description=art.description)
 
@@ -51,10 +57,11 @@ class TrainingProgress:
         self.stage, self.total = stage, max(total_epochs, 1)
         self.description = f"{pipeline}: {stage} epochs done"
         self.artifact_id = create_progress_artifact(
-            progress=0.0, key=_key(pipeline, stage, "progress"), description=f"{self.description}: 0/{self.total}")
+            progress=0.0, key=_key(pipeline, stage, "progress"), description=f"{self.description}: 0/{self.total}"
+        )
 
     @classmethod
-    def attach(cls, host: PluginHost, stage: str, config: PipelineConfig) -> "TrainingProgress | None":
+    def attach(cls, host: PluginHost, stage: str, config: PipelineConfig) -> TrainingProgress | None:
         declared = stage_table.stage(stage)
         epochs = declared.epochs(config) if declared.epochs is not None else 0
         if not epochs:
@@ -70,5 +77,8 @@ class TrainingProgress:
     @hookimpl
     def graft_on_epoch_end(self, run, stage, epoch, metrics):
         done = min(epoch, self.total)
-        update_progress_artifact(self.artifact_id, progress=round(100.0 * done / self.total, 1),
-                                 description=f"{self.description}: {done}/{self.total}")
+        update_progress_artifact(
+            self.artifact_id,
+            progress=round(100.0 * done / self.total, 1),
+            description=f"{self.description}: {done}/{self.total}",
+        )

@@ -42,9 +42,9 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from graftflow.core.config import load_config
-    from graftflow.core.stage_table import parse_stages
     from graftflow.core.plugin_manager import PluginHost
     from graftflow.core.runs import Run
+    from graftflow.core.stage_table import parse_stages
     from graftflow.core.validation import validate_config
 
     config = load_config(args.config, args.set or [])
@@ -74,8 +74,10 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
 
     result = lr_find(config=config, run_id=run.run_id)
     found = run.summary()["lr_find"]
-    print(f"suggested head LR: {found['suggested_lr']:.3g}  (steepest descent; min-loss/10: "
-          f"{found.get('min_loss_div10', float('nan')):.3g}; from {found['start_weights']} weights)")
+    print(
+        f"suggested head LR: {found['suggested_lr']:.3g}  (steepest descent; min-loss/10: "
+        f"{found.get('min_loss_div10', float('nan')):.3g}; from {found['start_weights']} weights)"
+    )
     print(f"plot: {result['url']}/lr_find.png")
     return 0
 
@@ -104,12 +106,15 @@ def _print_summary(summary: dict[str, Any], path: str) -> None:
     console.print(table)
     data = summary.get("data")
     if data and "acquire" in summary.get("stages", {}):
-        console.print(f"data: {data['rows']} images, {data['classes']} classes ({data.get('target', 'single')})"
-                      f"{', cache hit' if data.get('cache_hit') else ''} → {data['path']}")
+        console.print(
+            f"data: {data['rows']} images, {data['classes']} classes ({data.get('target', 'single')})"
+            f"{', cache hit' if data.get('cache_hit') else ''} → {data['path']}"
+        )
     test = summary.get("metrics", {}).get("test")
     if test:
-        console.print(f"test accuracy: {test['accuracy']:.4f}   macro-F1: {test['macro_f1']:.4f}"
-                      f"   ({test['images']} images)")
+        console.print(
+            f"test accuracy: {test['accuracy']:.4f}   macro-F1: {test['macro_f1']:.4f}   ({test['images']} images)"
+        )
     for exp in summary.get("exports", []):
         console.print(f"export {exp['format']}: max |diff| vs eager {exp['max_abs_diff']:.2e}")
     console.print(f"summary: {path}")

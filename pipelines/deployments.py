@@ -46,8 +46,14 @@ HEADER = """\
 
 
 def _deployment(flow: str, description: str, tags: list[str], config: dict[str, Any]) -> dict[str, Any]:
-    entry = {"name": "digits", "description": description, "entrypoint": f"{FLOWS_MODULE}:{flow.replace('-', '_')}",
-             "tags": tags, "parameters": {"config": config}, "work_pool": POOL}
+    entry = {
+        "name": "digits",
+        "description": description,
+        "entrypoint": f"{FLOWS_MODULE}:{flow.replace('-', '_')}",
+        "tags": tags,
+        "parameters": {"config": config},
+        "work_pool": POOL,
+    }
     if flow in SCHEDULES:
         entry["schedules"] = SCHEDULES[flow]
     return entry
@@ -56,8 +62,15 @@ def _deployment(flow: str, description: str, tags: list[str], config: dict[str, 
 def deployments(config: dict[str, Any]) -> list[dict[str, Any]]:
     """`transfer`, then every stage of the table: stage flows continue a run (`run_id`)."""
     chain = " → ".join(stage_table.CHAIN)
-    out = [_deployment("transfer", f"The demo transfer (digits 0–4 → 5–9): {chain}; a same-parameters re-run "
-                                   "reuses the finished run unless force.", ["graftflow", "demo"], config)]
+    out = [
+        _deployment(
+            "transfer",
+            f"The demo transfer (digits 0–4 → 5–9): {chain}; a same-parameters re-run "
+            "reuses the finished run unless force.",
+            ["graftflow", "demo"],
+            config,
+        )
+    ]
     for stage in stage_table.STAGES:
         tags = ["graftflow", "stage" if stage.chain else "tool", *(["gpu"] if stage.gpu else [])]
         out.append(_deployment(stage.name, stage.description, tags, config))

@@ -18,10 +18,10 @@ from prefect.concurrency.sync import concurrency
 
 from graftflow.core import cache, secrets, stage_table, storage
 from graftflow.core.config import PipelineConfig
-from graftflow.core.stage_table import Stage
 from graftflow.core.errors import DataError, GraftError, TransientDataError
 from graftflow.core.plugin_manager import PluginHost
 from graftflow.core.runs import Run
+from graftflow.core.stage_table import Stage
 from graftflow.core.stages.base import device_policy, execute_stage
 from graftflow.core.validation import validate_config
 from graftflow.pipelines.artifacts import TrainingProgress, publish
@@ -58,8 +58,10 @@ def _source_secrets(stage: str, config: PipelineConfig) -> Iterator[None]:
             try:
                 value = Secret.load(name).get()
             except ValueError:
-                raise DataError(f"data.source.secret_block: there is no Prefect Secret block named '{name}' "
-                                f"(create one: Secret(value=...).save('{name}'))") from None
+                raise DataError(
+                    f"data.source.secret_block: there is no Prefect Secret block named '{name}' "
+                    f"(create one: Secret(value=...).save('{name}'))"
+                ) from None
             stack.enter_context(secrets.supplied(secrets.secret_ref(name), value))
         yield
 
@@ -111,8 +113,10 @@ def _run_stage_flow(stage: Stage, config: PipelineConfig, run_id: str | None) ->
     runner = run_stage
     if stage.retry_transient and config.data.retries:  # downloads: retried with exponential back-off
         runner = run_stage.with_options(
-            retries=config.data.retries, retry_condition_fn=_transient,
-            retry_delay_seconds=[config.data.retry_delay * 2 ** i for i in range(config.data.retries)])
+            retries=config.data.retries,
+            retry_condition_fn=_transient,
+            retry_delay_seconds=[config.data.retry_delay * 2**i for i in range(config.data.retries)],
+        )
     return runner(stage.name, config, run.run_id)
 
 
@@ -124,12 +128,14 @@ def _name(stage: str):
         config = params.get("config")
         pipeline = getattr(config, "name", None) or (config or {}).get("name", "transfer")
         return f"{pipeline}/{stage}/{params.get('run_id') or 'new'}"
+
     return name
 
 
 def _stage_flow(stage: Stage):
     """The Prefect flow of one stage: `config` (the UI's parameter form) and the `run_id` it continues."""
-    def run(config: PipelineConfig = PipelineConfig(), run_id: str | None = None) -> dict[str, Any]:
+
+    def run(config: PipelineConfig = PipelineConfig(), run_id: str | None = None) -> dict[str, Any]:  # noqa: B008
         return _run_stage_flow(stage, config, run_id)
 
     run.__name__ = run.__qualname__ = stage.python_name
@@ -158,8 +164,13 @@ def _transfer_name() -> str:
     stages = params.get("stages")
     ft = config.finetune
     lr = "–".join(f"{v:g}" for v in ft.lr) if isinstance(ft.lr, list) else f"{ft.lr:g}"
-    parts = [config.name, "+".join(stages) if stages else "all stages", f"{config.model.family}-{config.model.variant}",
-             f"ft {ft.freeze_epochs}+{ft.epochs} ep", f"lr {lr}"]
+    parts = [
+        config.name,
+        "+".join(stages) if stages else "all stages",
+        f"{config.model.family}-{config.model.variant}",
+        f"ft {ft.freeze_epochs}+{ft.epochs} ep",
+        f"lr {lr}",
+    ]
     if params.get("run_id"):
         parts.append(f"run {params['run_id']}")
     if params.get("force"):
@@ -168,8 +179,12 @@ def _transfer_name() -> str:
 
 
 @flow(name="transfer", flow_run_name=_transfer_name)
-def transfer(config: PipelineConfig = PipelineConfig(), stages: list[str] | None = None,
-             run_id: str | None = None, force: bool = False) -> dict[str, Any]:
+def transfer(
+    config: PipelineConfig = PipelineConfig(),  # noqa: B008 (the UI form shows these defaults)
+    stages: list[str] | None = None,
+    run_id: str | None = None,
+    force: bool = False,
+) -> dict[str, Any]:
     """The whole transfer pipeline: acquire → augment → pretrain → finetune → evaluate → export.
 
     Continuing a run (`run_id`) skips the stages it already completed, unless `force`;
@@ -184,8 +199,11 @@ def transfer(config: PipelineConfig = PipelineConfig(), stages: list[str] | None
     if run_id is None and not force:
         reused = run_id = cache.cached_run(config, selected)
         if reused:
-            logger.info("cache hit: run %s completed %s with the same inputs and code; reusing it "
-                        "(force: true computes again)", reused, ", ".join(selected))
+            logger.info(
+                "cache hit: run %s completed %s with the same inputs and code; reusing it (force: true computes again)",
+                reused,
+                ", ".join(selected),
+            )
     run = Run.open(config, run_id)
     logger.info("run %s → %s", run.run_id, run.url)
     # Pointers are recorded only when every stage of this run ran with this very config.
@@ -199,5 +217,10 @@ def transfer(config: PipelineConfig = PipelineConfig(), stages: list[str] | None
         STAGE_FLOWS[stage](config=config, run_id=run.run_id)
         if same_config:
             cache.record(config, stage, run.run_id)
-    return {"run_id": run.run_id, "url": run.url, "summary": storage.join(run.url, "summary.json"),
-            "skipped": skipped, "reused_run": reused}
+    return {
+        "run_id": run.run_id,
+        "url": run.url,
+        "summary": storage.join(run.url, "summary.json"),
+        "skipped": skipped,
+        "reused_run": reused,
+    }

@@ -86,7 +86,9 @@ class RandAugmentParams(_Params):
     @model_validator(mode="after")
     def _in_bins(self) -> RandAugmentParams:
         if self.magnitude >= self.num_magnitude_bins:
-            raise ValueError(f"magnitude must be < num_magnitude_bins ({self.num_magnitude_bins}), got {self.magnitude}")
+            raise ValueError(
+                f"magnitude must be < num_magnitude_bins ({self.num_magnitude_bins}), got {self.magnitude}"
+            )
         return self
 
 
@@ -159,8 +161,12 @@ class BatchErasing:
         left = (torch.rand(n, device=device) * (w - bw + 1)).floor()
         rows = torch.arange(h, device=device).view(1, h, 1)
         cols = torch.arange(w, device=device).view(1, 1, w)
-        inside = ((rows >= top.view(-1, 1, 1)) & (rows < (top + bh).view(-1, 1, 1))
-                  & (cols >= left.view(-1, 1, 1)) & (cols < (left + bw).view(-1, 1, 1)))
+        inside = (
+            (rows >= top.view(-1, 1, 1))
+            & (rows < (top + bh).view(-1, 1, 1))
+            & (cols >= left.view(-1, 1, 1))
+            & (cols < (left + bw).view(-1, 1, 1))
+        )
         return inside & _draw(n, self.p, device).view(-1, 1, 1)
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor):
@@ -225,8 +231,9 @@ class BatchResizedCrop:
         base = (torch.arange(self.size, device=device, dtype=images.dtype) * 2 + 1) / self.size - 1
         gx = (w[:, None] * base + cx[:, None]).to(images.dtype)  # (n, size)
         gy = (h[:, None] * base + cy[:, None]).to(images.dtype)
-        grid = torch.stack([gx[:, None, :].expand(n, self.size, self.size),
-                            gy[:, :, None].expand(n, self.size, self.size)], dim=-1)
+        grid = torch.stack(
+            [gx[:, None, :].expand(n, self.size, self.size), gy[:, :, None].expand(n, self.size, self.size)], dim=-1
+        )
         return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False), labels
 
 
@@ -248,48 +255,108 @@ class Mix:
 def _mix(kind: type):
     def factory(alpha: float, p: float, context: AugmentContext) -> Mix:
         return Mix(kind, alpha, p, context.num_classes)
+
     return factory
 
 
 @hookimpl
 def graft_augmentations():
     return [
-        AugmentationSpec("horizontal-flip", lambda p: v2.RandomHorizontalFlip(p), params_model=FlipParams,
-                         batch_factory=lambda p: BatchFlip(p, -1), description="mirror left-right"),
-        AugmentationSpec("vertical-flip", lambda p: v2.RandomVerticalFlip(p), params_model=FlipParams,
-                         batch_factory=lambda p: BatchFlip(p, -2), description="mirror top-bottom"),
-        AugmentationSpec("random-rotation", lambda degrees: v2.RandomRotation(degrees),
-                         params_model=RotationParams, description="rotate by up to ±degrees"),
+        AugmentationSpec(
+            "horizontal-flip",
+            lambda p: v2.RandomHorizontalFlip(p),
+            params_model=FlipParams,
+            batch_factory=lambda p: BatchFlip(p, -1),
+            description="mirror left-right",
+        ),
+        AugmentationSpec(
+            "vertical-flip",
+            lambda p: v2.RandomVerticalFlip(p),
+            params_model=FlipParams,
+            batch_factory=lambda p: BatchFlip(p, -2),
+            description="mirror top-bottom",
+        ),
+        AugmentationSpec(
+            "random-rotation",
+            lambda degrees: v2.RandomRotation(degrees),
+            params_model=RotationParams,
+            description="rotate by up to ±degrees",
+        ),
         AugmentationSpec(
             "random-affine",
             lambda degrees, translate, scale_min, scale_max: v2.RandomAffine(
-                degrees, translate=(translate, translate), scale=(scale_min, scale_max)),
-            params_model=AffineParams, description="small rotations, shifts and zooms"),
-        AugmentationSpec("random-resized-crop",
-                         lambda size, scale_min: v2.RandomResizedCrop(size, scale=(scale_min, 1.0), antialias=True),
-                         batch_factory=lambda size, scale_min: BatchResizedCrop(size, scale_min),
-                         params_model=CropParams, description="crop a random area and resize it"),
-        AugmentationSpec("color-jitter", lambda **p: v2.ColorJitter(**p), params_model=JitterParams,
-                         batch_factory=lambda **p: BatchJitter(**p),
-                         description="random brightness, contrast, saturation and hue"),
-        AugmentationSpec("gaussian-noise", lambda sigma, p: GaussianNoise(sigma, p), params_model=NoiseParams,
-                         batch_factory=lambda sigma, p: BatchNoise(sigma, p),
-                         description="additive Gaussian pixel noise"),
-        AugmentationSpec("random-erasing",
-                         lambda p, scale_min, scale_max, value: v2.RandomErasing(
-                             p, scale=(scale_min, scale_max), value=round(value * 255)),
-                         batch_factory=lambda **kw: BatchErasing(**kw), params_model=ErasingParams,
-                         description="cutout: fill a random box"),
-        AugmentationSpec("autocontrast", lambda p: v2.RandomAutocontrast(p), params_model=ProbParams,
-                         description="stretch each channel to the full range"),
-        AugmentationSpec("equalize", lambda p: v2.RandomEqualize(p), params_model=ProbParams,
-                         description="histogram equalisation"),
-        AugmentationSpec("rand-augment", lambda **kw: v2.RandAugment(**kw), params_model=RandAugmentParams,
-                         description="RandAugment: num_ops random ops at a fixed magnitude"),
-        AugmentationSpec("trivial-augment", lambda **kw: v2.TrivialAugmentWide(**kw),
-                         params_model=TrivialAugmentParams, description="TrivialAugment: one random op per image"),
-        AugmentationSpec("mixup", _mix(v2.MixUp), placement="batch", params_model=MixParams, uses_context=True,
-                         soft_targets=True, description="blend image pairs and their labels (soft targets)"),
-        AugmentationSpec("cutmix", _mix(v2.CutMix), placement="batch", params_model=MixParams, uses_context=True,
-                         soft_targets=True, description="paste a box from another image; labels by area (soft targets)"),
+                degrees, translate=(translate, translate), scale=(scale_min, scale_max)
+            ),
+            params_model=AffineParams,
+            description="small rotations, shifts and zooms",
+        ),
+        AugmentationSpec(
+            "random-resized-crop",
+            lambda size, scale_min: v2.RandomResizedCrop(size, scale=(scale_min, 1.0), antialias=True),
+            batch_factory=lambda size, scale_min: BatchResizedCrop(size, scale_min),
+            params_model=CropParams,
+            description="crop a random area and resize it",
+        ),
+        AugmentationSpec(
+            "color-jitter",
+            lambda **p: v2.ColorJitter(**p),
+            params_model=JitterParams,
+            batch_factory=lambda **p: BatchJitter(**p),
+            description="random brightness, contrast, saturation and hue",
+        ),
+        AugmentationSpec(
+            "gaussian-noise",
+            lambda sigma, p: GaussianNoise(sigma, p),
+            params_model=NoiseParams,
+            batch_factory=lambda sigma, p: BatchNoise(sigma, p),
+            description="additive Gaussian pixel noise",
+        ),
+        AugmentationSpec(
+            "random-erasing",
+            lambda p, scale_min, scale_max, value: v2.RandomErasing(
+                p, scale=(scale_min, scale_max), value=round(value * 255)
+            ),
+            batch_factory=lambda **kw: BatchErasing(**kw),
+            params_model=ErasingParams,
+            description="cutout: fill a random box",
+        ),
+        AugmentationSpec(
+            "autocontrast",
+            lambda p: v2.RandomAutocontrast(p),
+            params_model=ProbParams,
+            description="stretch each channel to the full range",
+        ),
+        AugmentationSpec(
+            "equalize", lambda p: v2.RandomEqualize(p), params_model=ProbParams, description="histogram equalisation"
+        ),
+        AugmentationSpec(
+            "rand-augment",
+            lambda **kw: v2.RandAugment(**kw),
+            params_model=RandAugmentParams,
+            description="RandAugment: num_ops random ops at a fixed magnitude",
+        ),
+        AugmentationSpec(
+            "trivial-augment",
+            lambda **kw: v2.TrivialAugmentWide(**kw),
+            params_model=TrivialAugmentParams,
+            description="TrivialAugment: one random op per image",
+        ),
+        AugmentationSpec(
+            "mixup",
+            _mix(v2.MixUp),
+            placement="batch",
+            params_model=MixParams,
+            uses_context=True,
+            soft_targets=True,
+            description="blend image pairs and their labels (soft targets)",
+        ),
+        AugmentationSpec(
+            "cutmix",
+            _mix(v2.CutMix),
+            placement="batch",
+            params_model=MixParams,
+            uses_context=True,
+            soft_targets=True,
+            description="paste a box from another image; labels by area (soft targets)",
+        ),
     ]

@@ -76,8 +76,13 @@ def onnx_export(model: nn.Module, example: torch.Tensor, dest: Path) -> list[Pat
     path.parent.mkdir(parents=True, exist_ok=True)
     with _eval_mode(model):
         torch.onnx.export(
-            model, (example,), str(path), dynamo=True, verbose=False,
-            input_names=["images"], output_names=["logits"],
+            model,
+            (example,),
+            str(path),
+            dynamo=True,
+            verbose=False,
+            input_names=["images"],
+            output_names=["logits"],
             dynamic_shapes=({0: torch.export.Dim("batch")},),
         )
     onnx.checker.check_model(str(path), full_check=True)  # by path, so external data is checked too
@@ -134,12 +139,24 @@ def safetensors_verify(files: Sequence[Path], example: torch.Tensor, rebuild: Ca
 
 
 EXPORTERS = [
-    Exporter("torchscript", torchscript_export, torchscript_verify,
-             "Traced TorchScript module (model.torchscript.pt), loadable without Python model code."),
-    Exporter("onnx", onnx_export, onnx_verify,
-             "ONNX graph (model.onnx + model.onnx.data), dynamic batch, input 'images' → output 'logits'."),
-    Exporter("safetensors", safetensors_export, safetensors_verify,
-             "state_dict as model.safetensors; needs the model family to rebuild the architecture."),
+    Exporter(
+        "torchscript",
+        torchscript_export,
+        torchscript_verify,
+        "Traced TorchScript module (model.torchscript.pt), loadable without Python model code.",
+    ),
+    Exporter(
+        "onnx",
+        onnx_export,
+        onnx_verify,
+        "ONNX graph (model.onnx + model.onnx.data), dynamic batch, input 'images' → output 'logits'.",
+    ),
+    Exporter(
+        "safetensors",
+        safetensors_export,
+        safetensors_verify,
+        "state_dict as model.safetensors; needs the model family to rebuild the architecture.",
+    ),
 ]
 
 

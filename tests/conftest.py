@@ -52,4 +52,3 @@ def tiny_overrides(tmp_path):
         "finetune.schedule=constant",
         "augment.preview=4",
     ]
-

@@ -20,10 +20,19 @@ TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 def tiny_config(tmp_path: Path, *extra: str) -> dict:
     """The demo config at 8 px and one epoch per phase: seconds per stage."""
-    overrides = [f"artifact_root={tmp_path / 'runs'}", f"data.cache_dir={tmp_path / 'datasets'}",
-                 "data.image_size=8", "pretrain.epochs=1", "pretrain.schedule=constant", "finetune.freeze_epochs=1",
-                 "finetune.epochs=1", "finetune.schedule=constant", "augment.preview=4",
-                 "export.formats=[safetensors]", *extra]
+    overrides = [
+        f"artifact_root={tmp_path / 'runs'}",
+        f"data.cache_dir={tmp_path / 'datasets'}",
+        "data.image_size=8",
+        "pretrain.epochs=1",
+        "pretrain.schedule=constant",
+        "finetune.freeze_epochs=1",
+        "finetune.epochs=1",
+        "finetune.schedule=constant",
+        "augment.preview=4",
+        "export.formats=[safetensors]",
+        *extra,
+    ]
     return load_config(DIGITS, overrides).model_dump(mode="json")
 
 
@@ -48,9 +57,15 @@ class Server:
         response.raise_for_status()
         return response
 
-    def deployment_runs(self, deployment_id: str, *, timeout: float, state: str | None = None,
-                        where: Callable[[dict], bool] | None = None,
-                        pause: Callable[[], None] = lambda: time.sleep(1)) -> list[dict]:
+    def deployment_runs(
+        self,
+        deployment_id: str,
+        *,
+        timeout: float,
+        state: str | None = None,
+        where: Callable[[dict], bool] | None = None,
+        pause: Callable[[], None] = lambda: time.sleep(1),
+    ) -> list[dict]:
         """The deployment's flow runs (in `state`, passing `where`), oldest first, polled until one exists.
 
         An empty list once `timeout` has passed. `pause` waits between polls (a browser test passes one
@@ -109,12 +124,24 @@ def deployed_server(workdir: Path) -> Iterator[Server]:
         for args in (["work-pool", "create", "local", "--type", "process"], ["gcl", "create", "gpu", "--limit", "1"]):
             proc = prefect(*args, env=env)
             assert proc.returncode == 0, proc.stdout + proc.stderr
-        proc = subprocess.run([str(BIN / "prefect"), "--no-prompt", "deploy", "--all", "--prefect-file",
-                               "deploy/prefect.yaml"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=180)
+        proc = subprocess.run(
+            [str(BIN / "prefect"), "--no-prompt", "deploy", "--all", "--prefect-file", "deploy/prefect.yaml"],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         log = open(workdir / "worker.log", "w")
-        worker = subprocess.Popen([str(BIN / "prefect"), "worker", "start", "--pool", "local"], env=env,
-                                  cwd=workdir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        worker = subprocess.Popen(
+            [str(BIN / "prefect"), "worker", "start", "--pool", "local"],
+            env=env,
+            cwd=workdir,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             yield Server(env)
         finally:

@@ -25,7 +25,7 @@ import socket
 import threading
 import zipfile
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import quote, unquote, urlsplit
@@ -85,19 +85,37 @@ class KaggleStandIn:
     # -- content ---------------------------------------------------------------------------
     @staticmethod
     def _when(days_ago: float) -> datetime:
-        return (datetime.now(timezone.utc) - timedelta(days=days_ago)).replace(microsecond=0)
+        return (datetime.now(UTC) - timedelta(days=days_ago)).replace(microsecond=0)
 
-    def add_competition(self, name: str, files: dict[str, bytes], archive: bytes | None = None,
-                        rules_accepted: bool = True, days_ago: float = 30) -> None:
+    def add_competition(
+        self,
+        name: str,
+        files: dict[str, bytes],
+        archive: bytes | None = None,
+        rules_accepted: bool = True,
+        days_ago: float = 30,
+    ) -> None:
         when = self._when(days_ago)
-        self.competitions[name] = Remote({n: Blob(d, when) for n, d in files.items()},
-                                         Blob(zip_of(files) if archive is None else archive, when), rules_accepted)
+        self.competitions[name] = Remote(
+            {n: Blob(d, when) for n, d in files.items()},
+            Blob(zip_of(files) if archive is None else archive, when),
+            rules_accepted,
+        )
 
-    def add_dataset(self, ref: str, files: dict[str, bytes], archive: bytes | None = None, days_ago: float = 30,
-                    private: bool = False) -> None:
+    def add_dataset(
+        self,
+        ref: str,
+        files: dict[str, bytes],
+        archive: bytes | None = None,
+        days_ago: float = 30,
+        private: bool = False,
+    ) -> None:
         when = self._when(days_ago)
-        self.datasets[ref] = Remote({n: Blob(d, when) for n, d in files.items()},
-                                    Blob(zip_of(files) if archive is None else archive, when), not private)
+        self.datasets[ref] = Remote(
+            {n: Blob(d, when) for n, d in files.items()},
+            Blob(zip_of(files) if archive is None else archive, when),
+            not private,
+        )
 
     def update_competition_file(self, name: str, file: str, data: bytes) -> None:
         """A new version of one file, published now: the listing, the blob and the archive change."""
@@ -137,8 +155,13 @@ class KaggleStandIn:
     def env(self, auth: str = "basic") -> dict[str, str]:
         """What a process needs to reach this stand-in with the real client (and these credentials)."""
         proxy = f"http://127.0.0.1:{self.port}"
-        env = {"KAGGLE_API_ENVIRONMENT": "LOCALHOST", "HTTP_PROXY": proxy, "http_proxy": proxy,
-               "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}
+        env = {
+            "KAGGLE_API_ENVIRONMENT": "LOCALHOST",
+            "HTTP_PROXY": proxy,
+            "http_proxy": proxy,
+            "NO_PROXY": "127.0.0.1",
+            "no_proxy": "127.0.0.1",
+        }
         if auth == "basic":
             env.update(KAGGLE_USERNAME=self.username, KAGGLE_KEY=self.key)
         elif auth == "token":
@@ -243,8 +266,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     @staticmethod
     def _listing(remote: Remote) -> list[dict]:
-        return [{"name": n, "totalBytes": len(b.data), "creationDate": b.modified.strftime("%Y-%m-%dT%H:%M:%S.000Z")}
-                for n, b in sorted(remote.files.items())]
+        return [
+            {"name": n, "totalBytes": len(b.data), "creationDate": b.modified.strftime("%Y-%m-%dT%H:%M:%S.000Z")}
+            for n, b in sorted(remote.files.items())
+        ]
 
     def _ListDataFiles(self, body: dict) -> None:
         found = self._competition(body)
@@ -345,7 +370,7 @@ class _Handler(BaseHTTPRequestHandler):
             cut = s.truncate_once.pop(path, None)
             hang = s.stall.pop(path, None)
         if cut is not None or hang is not None:
-            self.wfile.write(body[:cut if cut is not None else hang])
+            self.wfile.write(body[: cut if cut is not None else hang])
             self.wfile.flush()
             if hang is not None:
                 s.stalled.set()

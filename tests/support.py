@@ -9,8 +9,9 @@ ROOT = Path(__file__).resolve().parents[1]
 DIGITS = ROOT / "pipelines" / "configs" / "digits.yaml"
 
 
-def graft(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: int = 600,
-          ephemeral: bool = False) -> subprocess.CompletedProcess:
+def graft(
+    *args: str, env: dict | None = None, cwd: Path | None = None, timeout: int = 600, ephemeral: bool = False
+) -> subprocess.CompletedProcess:
     """Run the real `graft` console script in a subprocess.
 
     It talks to the server in PREFECT_API_URL when the test uses the `prefect_api` fixture;
@@ -20,8 +21,9 @@ def graft(*args: str, env: dict | None = None, cwd: Path | None = None, timeout:
     full_env = {**os.environ, **(env or {})}
     if ephemeral:
         full_env.pop("PREFECT_API_URL", None)
-    return subprocess.run([str(exe), *args], capture_output=True, text=True, env=full_env, cwd=cwd or ROOT,
-                          timeout=timeout)
+    return subprocess.run(
+        [str(exe), *args], capture_output=True, text=True, env=full_env, cwd=cwd or ROOT, timeout=timeout
+    )
 
 
 def run_dirs(pipeline_dir: Path) -> list[Path]:

@@ -18,7 +18,7 @@ def make_zip(path, members: dict[str, bytes], symlinks: dict[str, str] = ()):
             zf.writestr(name, data)
         for name, target in dict(symlinks).items():
             info = zipfile.ZipInfo(name)
-            info.external_attr = (0o120777 << 16)
+            info.external_attr = 0o120777 << 16
             zf.writestr(info, target)
     return path
 
@@ -48,21 +48,27 @@ def test_zip_and_tar_extract_whole(tmp_path):
     got = safe_extract(make_zip(tmp_path / "a.zip", files), tmp_path / "out-zip")
     assert sorted(got) == sorted(files)
     assert (tmp_path / "out-zip" / "imgs" / "cat" / "1.png").read_bytes() == b"x" * 100
-    tar = make_tar(tmp_path / "a.tar.gz", files, links={"imgs/link.png": (tarfile.SYMTYPE, "dog/2.png"),
-                                                        "copy.png": (tarfile.LNKTYPE, "imgs/cat/1.png")})
+    tar = make_tar(
+        tmp_path / "a.tar.gz",
+        files,
+        links={"imgs/link.png": (tarfile.SYMTYPE, "dog/2.png"), "copy.png": (tarfile.LNKTYPE, "imgs/cat/1.png")},
+    )
     safe_extract(tar, tmp_path / "out-tar")
     assert (tmp_path / "out-tar" / "imgs" / "link.png").read_bytes() == b"y"  # a link inside stays inside
     assert (tmp_path / "out-tar" / "copy.png").read_bytes() == b"x" * 100
     assert not (tmp_path / "out-tar" / "copy.png").is_symlink()
 
 
-@pytest.mark.parametrize("name, message", [
-    ("../evil.txt", "points outside the extraction folder"),
-    ("safe/../../evil.txt", "points outside the extraction folder"),
-    ("/tmp/evil.txt", "has an absolute path"),
-    ("C:/evil.txt", "has an absolute path"),
-    ("..\\evil.txt", "points outside the extraction folder"),
-])
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("../evil.txt", "points outside the extraction folder"),
+        ("safe/../../evil.txt", "points outside the extraction folder"),
+        ("/tmp/evil.txt", "has an absolute path"),
+        ("C:/evil.txt", "has an absolute path"),
+        ("..\\evil.txt", "points outside the extraction folder"),
+    ],
+)
 def test_zip_slip_is_refused_before_anything_is_written(tmp_path, name, message):
     archive = make_zip(tmp_path / "slip.zip", {"ok/first.png": b"fine", name: b"pwned"})
     dest = tmp_path / "deep" / "out"
@@ -71,12 +77,15 @@ def test_zip_slip_is_refused_before_anything_is_written(tmp_path, name, message)
     nothing_left(tmp_path, dest)
 
 
-@pytest.mark.parametrize("links, message", [
-    ({"evil": (tarfile.SYMTYPE, "/etc")}, "link 'evil' -> '/etc' escapes"),
-    ({"evil": (tarfile.SYMTYPE, "../../outside")}, "link 'evil' -> '../../outside' escapes"),
-    ({"evil": (tarfile.LNKTYPE, "/etc/passwd")}, "link 'evil' -> '/etc/passwd' escapes"),
-    ({"d/s": (tarfile.SYMTYPE, "sub"), "d/s/evil.png": (tarfile.REGTYPE, "")}, "written through link 'd/s'"),
-])
+@pytest.mark.parametrize(
+    "links, message",
+    [
+        ({"evil": (tarfile.SYMTYPE, "/etc")}, "link 'evil' -> '/etc' escapes"),
+        ({"evil": (tarfile.SYMTYPE, "../../outside")}, "link 'evil' -> '../../outside' escapes"),
+        ({"evil": (tarfile.LNKTYPE, "/etc/passwd")}, "link 'evil' -> '/etc/passwd' escapes"),
+        ({"d/s": (tarfile.SYMTYPE, "sub"), "d/s/evil.png": (tarfile.REGTYPE, "")}, "written through link 'd/s'"),
+    ],
+)
 def test_tar_links_escaping_are_refused(tmp_path, links, message):
     archive = tmp_path / "links.tar"
     with tarfile.open(archive, "w") as tf:
@@ -131,7 +140,7 @@ def test_headers_that_lie_about_size_are_caught(tmp_path):
         info = zf.infolist()[0]
     # Shrink the declared size in the central directory: the member now claims 10 bytes.
     central = raw.rfind(b"PK\x01\x02")
-    raw[central + 24:central + 28] = (10).to_bytes(4, "little")
+    raw[central + 24 : central + 28] = (10).to_bytes(4, "little")
     archive.write_bytes(bytes(raw))
     assert info.file_size == 3000
     # Never more than the declared bytes are read, so the member fails its CRC instead of overflowing the cap.

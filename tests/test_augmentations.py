@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from graftflow.core.config import PipelineConfig, PluginRef
+from graftflow.core.data.augmentation import augment_policy, compose_batch
 from graftflow.core.errors import ConfigError
 from graftflow.core.plugin_manager import PluginHost
 from graftflow.core.specs import AugmentContext
-from graftflow.core.data.augmentation import augment_policy, compose_batch
 from graftflow.core.validation import validate_config
 
 
@@ -40,10 +40,18 @@ def seeded(fn, seed=0):
 
 
 SAMPLE_OPS = [
-    ("horizontal-flip", {"p": 1.0}), ("vertical-flip", {"p": 1.0}), ("random-rotation", {"degrees": 45}),
-    ("random-affine", {}), ("random-resized-crop", {"size": 8}), ("color-jitter", {"brightness": 0.5, "hue": 0.1}),
-    ("gaussian-noise", {"sigma": 0.1}), ("random-erasing", {"p": 1.0}), ("autocontrast", {"p": 1.0}),
-    ("equalize", {"p": 1.0}), ("rand-augment", {"num_ops": 3, "magnitude": 15}), ("trivial-augment", {}),
+    ("horizontal-flip", {"p": 1.0}),
+    ("vertical-flip", {"p": 1.0}),
+    ("random-rotation", {"degrees": 45}),
+    ("random-affine", {}),
+    ("random-resized-crop", {"size": 8}),
+    ("color-jitter", {"brightness": 0.5, "hue": 0.1}),
+    ("gaussian-noise", {"sigma": 0.1}),
+    ("random-erasing", {"p": 1.0}),
+    ("autocontrast", {"p": 1.0}),
+    ("equalize", {"p": 1.0}),
+    ("rand-augment", {"num_ops": 3, "magnitude": 15}),
+    ("trivial-augment", {}),
 ]
 
 
@@ -83,9 +91,12 @@ def test_noise_has_the_configured_spread(host):
 # --- batch forms: per-sample randomness, float [0, 1] in and out ----------------------------------
 
 BATCH_OPS = [
-    ("horizontal-flip", {"p": 0.5}), ("vertical-flip", {"p": 0.5}), ("random-resized-crop", {"size": 8}),
+    ("horizontal-flip", {"p": 0.5}),
+    ("vertical-flip", {"p": 0.5}),
+    ("random-resized-crop", {"size": 8}),
     ("color-jitter", {"brightness": 0.4, "contrast": 0.4, "saturation": 0.4, "hue": 0.1}),
-    ("gaussian-noise", {"sigma": 0.1}), ("random-erasing", {"p": 1.0}),
+    ("gaussian-noise", {"sigma": 0.1}),
+    ("random-erasing", {"p": 1.0}),
 ]
 
 
@@ -108,13 +119,16 @@ def test_batch_flip_flips_a_p_fraction_exactly(host):
     out, _ = seeded(lambda: build(host, "horizontal-flip", placement="batch", p=0.5)(x, labels))
     flipped = [torch.equal(out[i], x[i].flip(-1)) for i in range(256)]
     kept = [torch.equal(out[i], x[i]) for i in range(256)]
-    assert all(f or k for f, k in zip(flipped, kept)) and 90 < sum(flipped) < 166
+    assert all(f or k for f, k in zip(flipped, kept, strict=False)) and 90 < sum(flipped) < 166
 
 
 def test_batch_erasing_fills_one_box_per_image(host):
     x = torch.ones(8, 3, 16, 16)
-    out, _ = seeded(lambda: build(host, "random-erasing", placement="batch", p=1.0, scale_min=0.1,
-                                  scale_max=0.2)(x, torch.zeros(8, dtype=torch.long)))
+    out, _ = seeded(
+        lambda: build(host, "random-erasing", placement="batch", p=1.0, scale_min=0.1, scale_max=0.2)(
+            x, torch.zeros(8, dtype=torch.long)
+        )
+    )
     erased = (out == 0).all(1).float().mean(dim=(1, 2))
     assert ((erased > 0.05) & (erased < 0.3)).all()
 
@@ -192,16 +206,25 @@ def test_auto_placement_moves_a_batchable_tail_to_cuda_only(host):
 # --- one-line errors naming the op and the field ------------------------------------------------
 
 
-@pytest.mark.parametrize("entry,message", [
-    ({"name": "horizontal-flip", "p": 2}, "augment.train[0].p: Input should be less than or equal to 1"),
-    ({"name": "random-erasing", "scale_min": 0.5, "scale_max": 0.1}, "augment.train[0]: scale_min must be <= scale_max, got 0.5 > 0.1"),
-    ({"name": "gaussian-noise", "sigmaa": 0.1}, "augment.train[0].sigmaa: unknown field"),
-    ({"name": "rand-augment", "magnitude": 31}, "augment.train[0].magnitude:"),
-    ({"name": "mixup", "alpha": 0}, "augment.train[0].alpha: Input should be greater than 0"),
-    ({"name": "random-rotation", "placement": "batch"}, "augment.train[0].placement: 'random-rotation' has no batch form"),
-    ({"name": "mixup", "placement": "sample"}, "augment.train[0].placement: 'mixup' runs on whole batches only"),
-    ({"name": "horizontal-flip", "placement": "gpu"}, "augment.train[0].placement: expected auto, sample or batch"),
-])
+@pytest.mark.parametrize(
+    "entry,message",
+    [
+        ({"name": "horizontal-flip", "p": 2}, "augment.train[0].p: Input should be less than or equal to 1"),
+        (
+            {"name": "random-erasing", "scale_min": 0.5, "scale_max": 0.1},
+            "augment.train[0]: scale_min must be <= scale_max, got 0.5 > 0.1",
+        ),
+        ({"name": "gaussian-noise", "sigmaa": 0.1}, "augment.train[0].sigmaa: unknown field"),
+        ({"name": "rand-augment", "magnitude": 31}, "augment.train[0].magnitude:"),
+        ({"name": "mixup", "alpha": 0}, "augment.train[0].alpha: Input should be greater than 0"),
+        (
+            {"name": "random-rotation", "placement": "batch"},
+            "augment.train[0].placement: 'random-rotation' has no batch form",
+        ),
+        ({"name": "mixup", "placement": "sample"}, "augment.train[0].placement: 'mixup' runs on whole batches only"),
+        ({"name": "horizontal-flip", "placement": "gpu"}, "augment.train[0].placement: expected auto, sample or batch"),
+    ],
+)
 def test_bad_parameters_are_one_line_errors(host, entry, message):
     with pytest.raises(ConfigError) as info:
         augment_policy(host, [PluginRef.model_validate(entry)], "augment.train")
@@ -210,17 +233,23 @@ def test_bad_parameters_are_one_line_errors(host, entry, message):
 
 def test_sample_op_after_a_batch_op_and_batch_ops_in_eval_are_refused(host):
     refs = [PluginRef.model_validate(r) for r in ({"name": "horizontal-flip", "placement": "batch"}, "random-rotation")]
-    with pytest.raises(ConfigError, match=r"augment.train\[1\]: 'random-rotation' runs per sample after batch op 'horizontal-flip'"):
+    with pytest.raises(
+        ConfigError, match=r"augment.train\[1\]: 'random-rotation' runs per sample after batch op 'horizontal-flip'"
+    ):
         augment_policy(host, refs, "augment.train")
     with pytest.raises(ConfigError, match=r"augment.eval\[0\]: 'cutmix' runs on training batches only"):
         augment_policy(host, [PluginRef(name="cutmix")], "augment.eval", training=False)
 
 
 def test_config_check_refuses_a_loss_without_soft_targets_next_to_mixup(host):
-    config = PipelineConfig.model_validate({"augment": {"train": ["mixup"]}, "finetune": {"loss": {"name": "focal"}},
-                                            "pretrain": {"enabled": False}})
-    with pytest.raises(ConfigError, match=r"finetune.loss.name: 'focal' takes class indices only, but augment.train "
-                                          r"has 'mixup'.*cross-entropy"):
+    config = PipelineConfig.model_validate(
+        {"augment": {"train": ["mixup"]}, "finetune": {"loss": {"name": "focal"}}, "pretrain": {"enabled": False}}
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"finetune.loss.name: 'focal' takes class indices only, but augment.train "
+        r"has 'mixup'.*cross-entropy",
+    ):
         validate_config(config, host, ["finetune"])
     ok = PipelineConfig.model_validate({"augment": {"train": ["cutmix"]}, "pretrain": {"enabled": False}})
     validate_config(ok, host, ["finetune"])

@@ -1,7 +1,5 @@
 """Cross-run cache keys, the training-curves image, and the TensorBoard tracker (no Prefect)."""
 
-import json
-
 import pytest
 
 from graftflow.core import cache
@@ -33,14 +31,18 @@ def test_pointer_names_a_run_only_while_it_has_the_stages(tmp_path):
     cache.record(config, "acquire", run.run_id)
     assert cache.cached_run(config, ["acquire"]) == run.run_id
     assert cache.cached_run(config, ["acquire", "augment"]) is None  # augment never completed
-    assert cache.cached_run(load_config(DIGITS, [f"artifact_root={tmp_path}", "data.image_size=8"]), ["acquire"]) is None
+    assert (
+        cache.cached_run(load_config(DIGITS, [f"artifact_root={tmp_path}", "data.image_size=8"]), ["acquire"]) is None
+    )
     (tmp_path / config.name / run.run_id / "summary.json").unlink()
     assert cache.cached_run(config, ["acquire"]) is None  # the run is gone: a miss
 
 
 def test_training_curves_png(tmp_path):
-    rows = [{"epoch": 1, "phase": "finetune-head", "train_loss": 1.2, "val_loss": 1.0, "val_accuracy": 0.5},
-            {"epoch": 2, "phase": "finetune-all", "train_loss": 0.7, "val_loss": 0.6, "val_accuracy": 0.8}]
+    rows = [
+        {"epoch": 1, "phase": "finetune-head", "train_loss": 1.2, "val_loss": 1.0, "val_accuracy": 0.5},
+        {"epoch": 2, "phase": "finetune-all", "train_loss": 0.7, "val_loss": 0.6, "val_accuracy": 0.8},
+    ]
     path = save_training_curves(rows, tmp_path / "curves.png", "fine-tuning")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
 
@@ -53,7 +55,8 @@ def test_tensorboard_tracker_is_off_by_default_and_writes_scalars_when_named(tmp
     assert "graftflow.plugins.trackers.tensorboard" not in {r["plugin"] for r in default.listing()}
     host = PluginHost(["graftflow.plugins.trackers.tensorboard"], env={})
     assert {"kind": "observer", "name": "graftflow.plugins.trackers.tensorboard"}.items() <= next(
-        r for r in host.listing() if r["plugin"] == "graftflow.plugins.trackers.tensorboard").items()
+        r for r in host.listing() if r["plugin"] == "graftflow.plugins.trackers.tensorboard"
+    ).items()
     run = RunInfo("demo", "r1", str(tmp_path / "demo" / "r1"), {})
     for epoch, acc in ((1, 0.5), (2, 0.75)):
         host.epoch_ended(run, "finetune", epoch, {"val_accuracy": acc, "train_loss": 1.0 / epoch})

@@ -2,24 +2,41 @@
 
 import pytest
 
-from tests.support import DIGITS, graft, run_dirs
 from graftflow.pipelines.cli import main
+from tests.support import DIGITS, graft, run_dirs
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--set", "model.family=resnt"], "error: model.family: unknown model family 'resnt'; available: resnet, vit"),
-    (["--set", "finetune.lr=-0.01"], "error: finetune.lr: learning rate must be > 0, got -0.01"),
-    (["--set", "data.source={kind: folder, path: /no/such/images}"],
-     "error: data.source.path: folder '/no/such/images' does not exist"),
-    (["--set", "model.variant=huge"], "error: model.variant: unknown variant 'huge' of family 'resnet'"),
-    (["--set", "finetune.loss.name=nope"], "error: finetune.loss.name: unknown loss 'nope'; available: class-balanced, cross-entropy, distillation"),
-    (["--set", "finetune.loss.label_smothing=0.1"], "error: finetune.loss.label_smothing: unknown field"),
-    (["--set", "export.formats=[onnx, tflite]"], "error: export.formats[1]: unknown exporter 'tflite'"),
-    (["--stages", "acquire,train"], "error: --stages: unknown stage 'train'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--set", "model.family=resnt"], "error: model.family: unknown model family 'resnt'; available: resnet, vit"),
+        (["--set", "finetune.lr=-0.01"], "error: finetune.lr: learning rate must be > 0, got -0.01"),
+        (
+            ["--set", "data.source={kind: folder, path: /no/such/images}"],
+            "error: data.source.path: folder '/no/such/images' does not exist",
+        ),
+        (["--set", "model.variant=huge"], "error: model.variant: unknown variant 'huge' of family 'resnet'"),
+        (
+            ["--set", "finetune.loss.name=nope"],
+            "error: finetune.loss.name: unknown loss 'nope'; available: class-balanced, cross-entropy, distillation",
+        ),
+        (["--set", "finetune.loss.label_smothing=0.1"], "error: finetune.loss.label_smothing: unknown field"),
+        (["--set", "export.formats=[onnx, tflite]"], "error: export.formats[1]: unknown exporter 'tflite'"),
+        (["--stages", "acquire,train"], "error: --stages: unknown stage 'train'"),
+    ],
+)
 def test_bad_config_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, args, message):
-    code = main(["run", str(DIGITS), "--set", f"artifact_root={tmp_path / 'runs'}",
-                 "--set", f"data.cache_dir={tmp_path / 'ds'}", *args])
+    code = main(
+        [
+            "run",
+            str(DIGITS),
+            "--set",
+            f"artifact_root={tmp_path / 'runs'}",
+            "--set",
+            f"data.cache_dir={tmp_path / 'ds'}",
+            *args,
+        ]
+    )
     out = capsys.readouterr()
     assert code == 2, out.err
     assert out.err.startswith(message), out.err
@@ -64,13 +81,27 @@ def test_single_class_data_fails_the_run_in_one_line(prefect_api, tmp_path):
         buf = io.BytesIO()
         Image.fromarray(np.full((8, 8), i * 20, np.uint8)).save(buf, format="PNG")
         (tmp_path / "imgs" / "only" / f"{i}.png").write_bytes(buf.getvalue())
-    proc = graft("run", str(DIGITS), "--set", f"artifact_root={tmp_path / 'runs'}",
-                 "--set", f"data.cache_dir={tmp_path / 'ds'}",
-                 "--set", f"data.source={{kind: folder, path: {tmp_path / 'imgs'}}}",
-                 "--set", "pretrain.enabled=false", "--set", "finetune.classes=null", "--stages", "acquire,finetune")
+    proc = graft(
+        "run",
+        str(DIGITS),
+        "--set",
+        f"artifact_root={tmp_path / 'runs'}",
+        "--set",
+        f"data.cache_dir={tmp_path / 'ds'}",
+        "--set",
+        f"data.source={{kind: folder, path: {tmp_path / 'imgs'}}}",
+        "--set",
+        "pretrain.enabled=false",
+        "--set",
+        "finetune.classes=null",
+        "--stages",
+        "acquire,finetune",
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert errors == ["error: finetune.classes: the train split has 1 class(es); training a classifier needs at least 2"]
+    assert errors == [
+        "error: finetune.classes: the train split has 1 class(es); training a classifier needs at least 2"
+    ]
     assert "Traceback" not in proc.stderr
     run_dir = run_dirs(tmp_path / "runs" / "digits-transfer")[0]
     assert not (run_dir / "finetune").exists() and not list(run_dir.glob(".finetune*"))

@@ -1,8 +1,8 @@
 import pytest
 
 from graftflow.core.config import apply_override, load_config, parse_config
-from graftflow.core.stage_table import CHAIN, parse_stages
 from graftflow.core.errors import ConfigError
+from graftflow.core.stage_table import CHAIN, parse_stages
 from tests.support import DIGITS
 
 
@@ -14,8 +14,10 @@ def test_demo_config_loads_with_every_section():
 
 
 def test_set_overrides_parse_yaml_values():
-    cfg = load_config(DIGITS, ["finetune.epochs=7", "finetune.lr=[1e-4, 1e-2]", "model.variant=small",
-                               "finetune.loss.label_smoothing=0.2"])
+    cfg = load_config(
+        DIGITS,
+        ["finetune.epochs=7", "finetune.lr=[1e-4, 1e-2]", "model.variant=small", "finetune.loss.label_smoothing=0.2"],
+    )
     assert cfg.finetune.epochs == 7 and cfg.finetune.lr == [1e-4, 1e-2] and cfg.model.variant == "small"
     assert cfg.finetune.loss.name == "cross-entropy" and cfg.finetune.loss.params == {"label_smoothing": 0.2}
 
@@ -32,7 +34,9 @@ def test_a_name_that_is_not_a_plugin_reference_is_just_a_value():
     cfg = load_config(DIGITS, ["name=other", "gpu_slot.hold=always", "gpu_slot.name=gpu-big"])
     assert cfg.name == "other" and cfg.finetune.lr == [0.0003, 0.003]  # the rest of the file is kept
     assert (cfg.gpu_slot.name, cfg.gpu_slot.hold) == ("gpu-big", "always")
-    pretext = load_config(DIGITS, ["pretrain.pretext.name=simclr", "pretrain.source.kind=folder", "pretrain.source.path=/x"])
+    pretext = load_config(
+        DIGITS, ["pretrain.pretext.name=simclr", "pretrain.source.kind=folder", "pretrain.source.path=/x"]
+    )
     assert pretext.pretrain.pretext.name == "simclr" and pretext.pretrain.source.params == {"path": "/x"}
 
 
@@ -42,14 +46,17 @@ def test_set_on_a_string_loss_turns_it_into_a_mapping():
     assert parse_config(data).finetune.loss.params == {"label_smoothing": 0.2}
 
 
-@pytest.mark.parametrize("data, expected", [
-    ({"finetune": {"lr": -0.1}}, "finetune.lr: learning rate must be > 0, got -0.1"),
-    ({"finetune": {"lr": [0.01, 0.001]}}, "finetune.lr: [lo, hi] needs lo <= hi"),
-    ({"finetune": {"epochs": "many"}}, "finetune.epochs: Input should be a valid integer"),
-    ({"finetune": {"epoch": 3}}, "finetune.epoch: unknown field"),
-    ({"device": "gpu"}, "device: String should match pattern"),
-    ({"data": {"split": {"val": 0.5, "test": 0.5}}}, "data.split: val + test must be < 1"),
-])
+@pytest.mark.parametrize(
+    "data, expected",
+    [
+        ({"finetune": {"lr": -0.1}}, "finetune.lr: learning rate must be > 0, got -0.1"),
+        ({"finetune": {"lr": [0.01, 0.001]}}, "finetune.lr: [lo, hi] needs lo <= hi"),
+        ({"finetune": {"epochs": "many"}}, "finetune.epochs: Input should be a valid integer"),
+        ({"finetune": {"epoch": 3}}, "finetune.epoch: unknown field"),
+        ({"device": "gpu"}, "device: String should match pattern"),
+        ({"data": {"split": {"val": 0.5, "test": 0.5}}}, "data.split: val + test must be < 1"),
+    ],
+)
 def test_each_problem_is_one_line_naming_the_field(data, expected):
     with pytest.raises(ConfigError) as err:
         parse_config(data)

@@ -10,7 +10,7 @@ from PIL import Image
 
 from graftflow.core.data.dataset import ArrowImageDataset, select
 from graftflow.core.data.splits import stratified_split
-from graftflow.core.data.store import SUCCESS, build_store, is_complete, read_info, store_key
+from graftflow.core.data.store import build_store, is_complete, read_info, store_key
 from graftflow.core.errors import DataError
 from graftflow.core.plugin_manager import PluginHost
 from graftflow.core.specs import ImageRecord
@@ -23,8 +23,11 @@ def png(value: int, size=(6, 5)) -> bytes:
 
 
 def records(n_per_class=20, classes=("cat", "dog", "10", "2")):
-    return [ImageRecord(png(i * 7 % 256 + c), label, f"mem://{label}/{i}.png")
-            for c, label in enumerate(classes) for i in range(n_per_class)]
+    return [
+        ImageRecord(png(i * 7 % 256 + c), label, f"mem://{label}/{i}.png")
+        for c, label in enumerate(classes)
+        for i in range(n_per_class)
+    ]
 
 
 SPLIT = {"val": 0.1, "test": 0.2, "seed": 0}
@@ -34,12 +37,12 @@ def test_stratified_split_is_per_class_and_order_independent():
     labels = [i % 3 for i in range(300)]
     keys = [f"k{i:04d}" for i in range(300)]
     a = stratified_split(labels, keys, 0.1, 0.2, seed=1)
-    counts = Counter(zip(labels, a))
+    counts = Counter(zip(labels, a, strict=False))
     for c in range(3):
         assert (counts[(c, "test")], counts[(c, "val")], counts[(c, "train")]) == (20, 10, 70)
     perm = np.random.default_rng(0).permutation(300)
     b = stratified_split([labels[i] for i in perm], [keys[i] for i in perm], 0.1, 0.2, seed=1)
-    assert {keys[i]: b[j] for j, i in enumerate(perm)} == dict(zip(keys, a))
+    assert {keys[i]: b[j] for j, i in enumerate(perm)} == dict(zip(keys, a, strict=False))
     assert stratified_split(labels, keys, 0.1, 0.2, seed=2) != a
 
 
@@ -72,6 +75,7 @@ def test_crash_mid_write_leaves_no_store(tmp_path):
     def exploding():
         yield from records(3)
         raise RuntimeError("connection reset")
+
     with pytest.raises(RuntimeError):
         build_store(exploding(), str(tmp_path / "s"), SPLIT, {}, stratified_split)
     assert list(tmp_path.iterdir()) == []
@@ -80,7 +84,9 @@ def test_crash_mid_write_leaves_no_store(tmp_path):
 def test_unknown_class_filter_is_a_clear_error(tmp_path):
     url = str(tmp_path / "store")
     build_store(records(), url, SPLIT, {}, stratified_split)
-    with pytest.raises(DataError, match="finetune.classes: class 'cow' is not in the data; classes are 2, 10, cat, dog"):
+    with pytest.raises(
+        DataError, match="finetune.classes: class 'cow' is not in the data; classes are 2, 10, cat, dog"
+    ):
         select(url, "train", ["cat", "cow"], "finetune.classes")
 
 

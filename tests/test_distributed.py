@@ -14,10 +14,20 @@ pytestmark = pytest.mark.slow
 
 def test_pretrain_and_finetune_run_as_two_gloo_processes(tmp_path):
     host = PluginHost()
-    config = load_config(DIGITS, [
-        f"artifact_root={tmp_path / 'runs'}", f"data.cache_dir={tmp_path / 'ds'}", "data.image_size=8",
-        "pretrain.epochs=2", "pretrain.schedule=constant", "finetune.freeze_epochs=1", "finetune.epochs=2",
-        "finetune.schedule=constant", "distributed.nproc_per_node=2"])
+    config = load_config(
+        DIGITS,
+        [
+            f"artifact_root={tmp_path / 'runs'}",
+            f"data.cache_dir={tmp_path / 'ds'}",
+            "data.image_size=8",
+            "pretrain.epochs=2",
+            "pretrain.schedule=constant",
+            "finetune.freeze_epochs=1",
+            "finetune.epochs=2",
+            "finetune.schedule=constant",
+            "distributed.nproc_per_node=2",
+        ],
+    )
     run = Run.open(config)
     for stage in ("acquire", "pretrain", "finetune", "evaluate"):
         execute_stage(stage, config, run, host)

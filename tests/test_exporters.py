@@ -45,9 +45,15 @@ def export_once(model_name: str, exporter_name: str, tmp_path_factory) -> Simple
         example = torch.randn(MODELS[model_name][2], 3, IMAGE, IMAGE)
         dest = tmp_path_factory.mktemp(f"{model_name}-{exporter_name}")
         files = EXPORTERS[exporter_name].export(model, example, dest)
-        _EXPORTS[key] = SimpleNamespace(exporter=EXPORTERS[exporter_name], files=files, example=example,
-                                        rebuild=rebuild, dest=dest, left_training=model.training,
-                                        model=model.eval())
+        _EXPORTS[key] = SimpleNamespace(
+            exporter=EXPORTERS[exporter_name],
+            files=files,
+            example=example,
+            rebuild=rebuild,
+            dest=dest,
+            left_training=model.training,
+            model=model.eval(),
+        )
     return _EXPORTS[key]
 
 
@@ -106,7 +112,9 @@ def test_safetensors_rejects_another_architecture(tmp_path):
     files = EXPORTERS["safetensors"].export(rebuilder("resnet-tiny")(), torch.randn(1, 3, IMAGE, IMAGE), tmp_path)
     example = torch.randn(1, 3, IMAGE, IMAGE)
     with pytest.raises(RuntimeError, match="state_dict"):
-        EXPORTERS["safetensors"].verify(files, example, lambda: resnet.build("small", num_classes=5, in_chans=3, image_size=IMAGE))
+        EXPORTERS["safetensors"].verify(
+            files, example, lambda: resnet.build("small", num_classes=5, in_chans=3, image_size=IMAGE)
+        )
 
 
 class Tied(nn.Module):

@@ -29,13 +29,16 @@ def test_layer_decay_scales_equal_timms_for_a_vit(host):
     model = family.build("micro", num_classes=5, in_chans=1, image_size=16)
     groups = family.layer_groups(model)
     ours = {}
-    for group, lr in zip(groups, group_lrs(1.0, len(groups), layer_decay=0.65)):
+    for group, lr in zip(groups, group_lrs(1.0, len(groups), layer_decay=0.65), strict=False):
         ours.update({name: lr for name in group.params})
     by_id = {id(p): n for n, p in model.named_parameters()}
-    theirs = {by_id[id(p)]: g["lr_scale"] for g in param_groups_layer_decay(model, layer_decay=0.65) for p in g["params"]}
+    theirs = {
+        by_id[id(p)]: g["lr_scale"] for g in param_groups_layer_decay(model, layer_decay=0.65) for p in g["params"]
+    }
     assert ours.keys() == theirs.keys()
-    assert all(ours[n] == pytest.approx(theirs[n], rel=1e-12) for n in ours), \
-        {n: (ours[n], theirs[n]) for n in ours if ours[n] != pytest.approx(theirs[n])}
+    assert all(ours[n] == pytest.approx(theirs[n], rel=1e-12) for n in ours), {
+        n: (ours[n], theirs[n]) for n in ours if ours[n] != pytest.approx(theirs[n])
+    }
     assert len(set(theirs.values())) == len(groups)  # one distinct scale per group: no collapsed layers
 
 
@@ -48,7 +51,11 @@ def test_layer_decay_and_lo_hi_are_exclusive():
 def test_gradual_unfreezing_adds_one_group_per_epoch_from_the_head():
     groups = [LayerGroup(n, ()) for n in ("stem", "l1", "l2", "head")]
     assert [sorted(unfrozen_groups(groups, e, head_only_done=True)) for e in range(4)] == [
-        ["head", "l2"], ["head", "l1", "l2"], ["head", "l1", "l2", "stem"], ["head", "l1", "l2", "stem"]]
+        ["head", "l2"],
+        ["head", "l1", "l2"],
+        ["head", "l1", "l2", "stem"],
+        ["head", "l1", "l2", "stem"],
+    ]
     assert unfrozen_groups(groups, 0, head_only_done=False) == {"head"}
 
 
@@ -61,11 +68,15 @@ class Net(nn.Module):
         return self.fc(self.bn(self.conv(x)).mean((2, 3)))
 
 
-GROUPS = [LayerGroup("body", ("conv.weight", "conv.bias", "bn.weight", "bn.bias")), LayerGroup("head", ("fc.weight", "fc.bias"))]
+GROUPS = [
+    LayerGroup("body", ("conv.weight", "conv.bias", "bn.weight", "bn.bias")),
+    LayerGroup("head", ("fc.weight", "fc.bias")),
+]
 
 
-@pytest.mark.parametrize("bn, stats_move, weights_train", [("train", True, True), ("freeze-stats", False, True),
-                                                           ("freeze", False, False)])
+@pytest.mark.parametrize(
+    "bn, stats_move, weights_train", [("train", True, True), ("freeze-stats", False, True), ("freeze", False, False)]
+)
 def test_batchnorm_policy(bn, stats_move, weights_train):
     torch.manual_seed(0)
     model = Net()
@@ -88,8 +99,9 @@ def test_plateau_reduces_every_group_by_the_same_factor():
     model = Net()
     opt_groups, _ = build_param_groups(model, GROUPS, [1e-3, 1e-2], 0.0)
     opt = torch.optim.SGD(opt_groups)
-    sched = GroupScheduler(opt, "plateau", total_steps=100, warmup=0.0, monitor="val_loss",
-                           plateau_patience=1, plateau_factor=0.5)
+    sched = GroupScheduler(
+        opt, "plateau", total_steps=100, warmup=0.0, monitor="val_loss", plateau_patience=1, plateau_factor=0.5
+    )
     for loss in (1.0, 0.9, 0.95, 0.97):  # improves, then two epochs without improvement (> patience 1)
         sched.epoch_end({"val_loss": loss})
     assert [g["lr"] for g in opt.param_groups] == pytest.approx([g["base_lr"] * 0.5 for g in opt.param_groups])
@@ -118,8 +130,14 @@ def test_best_tracker_and_ema_formula():
 @pytest.fixture(scope="module")
 def pretrained_run(tmp_path_factory, host):
     root = tmp_path_factory.mktemp("strategies")
-    base = [f"artifact_root={root / 'runs'}", f"data.cache_dir={root / 'ds'}", "data.image_size=8",
-            "pretrain.epochs=2", "pretrain.schedule=constant", "augment.train=[]"]
+    base = [
+        f"artifact_root={root / 'runs'}",
+        f"data.cache_dir={root / 'ds'}",
+        "data.image_size=8",
+        "pretrain.epochs=2",
+        "pretrain.schedule=constant",
+        "augment.train=[]",
+    ]
     config = load_config(DIGITS, base)
     run = Run.open(config)
     for stage in ("acquire", "pretrain"):
@@ -139,8 +157,9 @@ def finetune_with(pretrained_run, host, *overrides):
 
 def test_head_only_leaves_the_body_bit_identical(pretrained_run, host):
     _, _, backbone = pretrained_run
-    summary, weights = finetune_with(pretrained_run, host, "finetune.freeze_epochs=1", "finetune.epochs=0",
-                                     "finetune.bn=freeze-stats")
+    summary, weights = finetune_with(
+        pretrained_run, host, "finetune.freeze_epochs=1", "finetune.epochs=0", "finetune.bn=freeze-stats"
+    )
     body = [k for k in weights if not k.startswith("fc.")]
     assert body and all(torch.equal(weights[k], backbone[k]) for k in body)  # incl. BN running stats
     assert not torch.equal(weights["fc.weight"][:1], torch.zeros_like(weights["fc.weight"][:1]))
@@ -149,19 +168,38 @@ def test_head_only_leaves_the_body_bit_identical(pretrained_run, host):
 
 def test_bn_stats_fixed_under_freeze_stats_while_weights_train(pretrained_run, host):
     _, _, backbone = pretrained_run
-    _, weights = finetune_with(pretrained_run, host, "finetune.freeze_epochs=0", "finetune.epochs=1",
-                               "finetune.bn=freeze-stats", "finetune.restore_best=false")
+    _, weights = finetune_with(
+        pretrained_run,
+        host,
+        "finetune.freeze_epochs=0",
+        "finetune.epochs=1",
+        "finetune.bn=freeze-stats",
+        "finetune.restore_best=false",
+    )
     stats = [k for k in weights if k.endswith(("running_mean", "running_var"))]
     assert stats and all(torch.equal(weights[k], backbone[k]) for k in stats)
     assert not torch.equal(weights["conv1.weight"], backbone["conv1.weight"])
-    _, trained = finetune_with(pretrained_run, host, "finetune.freeze_epochs=0", "finetune.epochs=1",
-                               "finetune.bn=train", "finetune.restore_best=false")
+    _, trained = finetune_with(
+        pretrained_run,
+        host,
+        "finetune.freeze_epochs=0",
+        "finetune.epochs=1",
+        "finetune.bn=train",
+        "finetune.restore_best=false",
+    )
     assert not all(torch.equal(trained[k], backbone[k]) for k in stats)
 
 
 def test_gradual_unfreezing_and_layer_decay_in_the_stage(pretrained_run, host):
-    summary, _ = finetune_with(pretrained_run, host, "finetune.freeze_epochs=1", "finetune.epochs=3",
-                               "finetune.unfreeze=gradual", "finetune.lr=0.004", "finetune.layer_decay=0.5")
+    summary, _ = finetune_with(
+        pretrained_run,
+        host,
+        "finetune.freeze_epochs=1",
+        "finetune.epochs=3",
+        "finetune.unfreeze=gradual",
+        "finetune.lr=0.004",
+        "finetune.layer_decay=0.5",
+    )
     lrs = [g["lr"] for g in summary["param_groups"]]
     assert lrs == pytest.approx([0.004 * 0.5 ** (len(lrs) - 1 - i) for i in range(len(lrs))])
     history_path = summary["stages"]["finetune"]["outputs"]["history"]
@@ -170,9 +208,17 @@ def test_gradual_unfreezing_and_layer_decay_in_the_stage(pretrained_run, host):
 
 def test_early_stopping_restores_the_best_epoch(pretrained_run, host):
     # An absurd LR makes validation worse after the first epoch; patience 1 stops the run early.
-    summary, _ = finetune_with(pretrained_run, host, "finetune.freeze_epochs=1", "finetune.epochs=6",
-                               "finetune.lr=3.0", "finetune.schedule=constant", "finetune.optimizer=sgd",
-                               "finetune.early_stopping=1", "finetune.monitor=val_accuracy")
+    summary, _ = finetune_with(
+        pretrained_run,
+        host,
+        "finetune.freeze_epochs=1",
+        "finetune.epochs=6",
+        "finetune.lr=3.0",
+        "finetune.schedule=constant",
+        "finetune.optimizer=sgd",
+        "finetune.early_stopping=1",
+        "finetune.monitor=val_accuracy",
+    )
     ft = summary["finetune"]
     assert ft["stopped_early"] and ft["epochs_run"] < 7
     assert ft["best_epoch"] is not None and ft["epochs_run"] - ft["best_epoch"] == 1
@@ -190,11 +236,12 @@ def test_ema_model_is_what_gets_saved(pretrained_run, host):
 
     def moved(weights):
         return sum(float((weights[k] - backbone[k]).norm()) for k in ("conv1.weight", "layer4.0.conv2.weight"))
+
     assert moved(averaged) < 0.5 * moved(plain)  # an average over ~20 steps at 0.99 lags far behind
 
 
 def test_lr_range_test_restores_weights_and_finds_a_sane_lr(pretrained_run, host):
-    from graftflow.core.stages.lr_find import run as _  # noqa: F401  (the stage imports cleanly)
+    from graftflow.core.stages.lr_find import run as _lr_find  # noqa: F401  (the stage imports cleanly)
 
     base, run_id, _ = pretrained_run
     config = load_config(DIGITS, base + ["finetune.lr_find.steps=60", "finetune.lr=0.003"])
@@ -213,9 +260,10 @@ def test_lr_range_test_restores_weights_and_finds_a_sane_lr(pretrained_run, host
 
 
 def test_range_test_leaves_model_and_optimizer_as_they_were():
+    from torch.utils.data import DataLoader, TensorDataset
+
     from graftflow.core.device import Hardware, resolve_policy
     from graftflow.core.training.lr_finder import lr_range_test
-    from torch.utils.data import DataLoader, TensorDataset
 
     torch.manual_seed(0)
     model = Net()
@@ -224,8 +272,11 @@ def test_range_test_leaves_model_and_optimizer_as_they_were():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     data = DataLoader(TensorDataset(torch.randn(32, 1, 6, 6), torch.randint(0, 2, (32,))), batch_size=8)
     policy = resolve_policy("cpu", "fp32", Hardware(0, None, None, None, False))
-    result = lr_range_test(model, lambda x, y: nn.functional.cross_entropy(model(x), y), data, opt, policy,
-                           start=1e-5, end=10, steps=30)
+    result = lr_range_test(
+        model, lambda x, y: nn.functional.cross_entropy(model(x), y), data, opt, policy, start=1e-5, end=10, steps=30
+    )
     assert len(result.lrs) >= 5 and result.lrs == sorted(result.lrs)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-    assert opt.state_dict()["state"] == {} and [g["lr"] for g in opt.param_groups] == [g["base_lr"] for g in opt.param_groups]
+    assert opt.state_dict()["state"] == {} and [g["lr"] for g in opt.param_groups] == [
+        g["base_lr"] for g in opt.param_groups
+    ]

@@ -1,4 +1,4 @@
-"""Against a real Prefect server (the session's shared one): with a GPU limit of 1, two runs' training never overlaps."""
+"""Against the session's shared Prefect server: with a GPU limit of 1, two runs' training never overlaps."""
 
 import json
 import os
@@ -18,8 +18,11 @@ TRAINING = ("pretrain", "finetune", "evaluate", "export")
 
 
 def intervals(summary: dict) -> list[tuple[datetime, datetime]]:
-    return [(datetime.fromisoformat(e["started"]), datetime.fromisoformat(e["ended"]))
-            for s, e in summary["stages"].items() if s in TRAINING]
+    return [
+        (datetime.fromisoformat(e["started"]), datetime.fromisoformat(e["ended"]))
+        for s, e in summary["stages"].items()
+        if s in TRAINING
+    ]
 
 
 def test_two_runs_queue_for_the_gpu_slot(prefect_api, tmp_path):
@@ -29,13 +32,38 @@ def test_two_runs_queue_for_the_gpu_slot(prefect_api, tmp_path):
     assert created.returncode == 0, created.stdout + created.stderr
     procs = []
     for name in ("a", "b"):
-        args = ["run", str(DIGITS), "--set", f"artifact_root={tmp_path / name}",
-                "--set", f"data.cache_dir={tmp_path / name / 'ds'}", "--set", "data.image_size=8",
-                "--set", "pretrain.epochs=2", "--set", "finetune.epochs=1", "--set", "augment.preview=0",
-                "--set", "export.formats=[safetensors]", "--set", "gpu_slot.hold=always",
-                "--set", f"gpu_slot.name={limit}"]
-        procs.append(subprocess.Popen([str(BIN / "graft"), *args], env=env, cwd=ROOT, text=True,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+        args = [
+            "run",
+            str(DIGITS),
+            "--set",
+            f"artifact_root={tmp_path / name}",
+            "--set",
+            f"data.cache_dir={tmp_path / name / 'ds'}",
+            "--set",
+            "data.image_size=8",
+            "--set",
+            "pretrain.epochs=2",
+            "--set",
+            "finetune.epochs=1",
+            "--set",
+            "augment.preview=0",
+            "--set",
+            "export.formats=[safetensors]",
+            "--set",
+            "gpu_slot.hold=always",
+            "--set",
+            f"gpu_slot.name={limit}",
+        ]
+        procs.append(
+            subprocess.Popen(
+                [str(BIN / "graft"), *args],
+                env=env,
+                cwd=ROOT,
+                text=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )
+        )
     outputs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-3000:] for o in outputs)
     summaries = [json.loads(next(Path(tmp_path / n).glob("*/*/summary.json")).read_text()) for n in ("a", "b")]

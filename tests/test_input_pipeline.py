@@ -11,7 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from graftflow.core.config import PipelineConfig
+from graftflow.core.config import PipelineConfig, PluginRef
+from graftflow.core.data.augmentation import augment_policy
 from graftflow.core.data.dataset import ArrowImageDataset, auto_workers, cache_fits, make_loader, normalizer, select
 from graftflow.core.data.splits import stratified_split
 from graftflow.core.data.store import build_store, read_info
@@ -19,8 +20,6 @@ from graftflow.core.plugin_manager import PluginHost
 from graftflow.core.runs import Run
 from graftflow.core.specs import ImageRecord
 from graftflow.core.stages.base import execute_stage
-from graftflow.core.data.augmentation import augment_policy
-from graftflow.core.config import PluginRef
 
 
 def _png(seed: int, size: int = 12) -> bytes:
@@ -49,14 +48,20 @@ def test_decoded_cache_equals_decoding_each_image(store):
     a = ArrowImageDataset(sel, 3, 8, normalize=norm)
     b = ArrowImageDataset(sel, 3, 8, normalize=norm, cache=True)
     batch = b.__getitems__([3, 0, 5])
-    for (image, label), i in zip(batch, [3, 0, 5]):
+    for (image, label), i in zip(batch, [3, 0, 5], strict=False):
         assert torch.equal(image, a[i][0]) and label == a[i][1]
 
 
 def _batches(store: str, seed: int, workers: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     host = PluginHost()
-    refs = [PluginRef.model_validate(r) for r in ({"name": "random-resized-crop", "size": 8}, "horizontal-flip",
-                                                  {"name": "gaussian-noise", "sigma": 0.1})]
+    refs = [
+        PluginRef.model_validate(r)
+        for r in (
+            {"name": "random-resized-crop", "size": 8},
+            "horizontal-flip",
+            {"name": "gaussian-noise", "sigma": 0.1},
+        )
+    ]
     ops = augment_policy(host, refs, "augment.train").sample
     ds = ArrowImageDataset(select(store, "train", None, "test"), 3, 12, ops, cache=True)
     loader = make_loader(ds, 8, True, workers, seed, prefetch_factor=2, persistent_workers=False)
@@ -66,8 +71,8 @@ def _batches(store: str, seed: int, workers: int) -> list[tuple[torch.Tensor, to
 def test_two_runs_with_the_same_seed_give_the_same_augmented_batches_with_workers(store):
     first, again, other = _batches(store, 7, 2), _batches(store, 7, 2), _batches(store, 8, 2)
     assert len(first) == len(again) > 1
-    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(first, again))
-    assert not all(torch.equal(a[0], b[0]) for a, b in zip(first, other))
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(first, again, strict=False))
+    assert not all(torch.equal(a[0], b[0]) for a, b in zip(first, other, strict=False))
 
 
 def test_loader_settings_and_automatic_defaults():
@@ -78,8 +83,9 @@ def test_loader_settings_and_automatic_defaults():
     loader = make_loader(list(range(10)), 2, False, 1, 0, prefetch_factor=4, persistent_workers=False)
     assert loader.prefetch_factor == 4 and not loader.persistent_workers
     assert make_loader(list(range(10)), 2, False, 1, 0).persistent_workers
-    config = PipelineConfig.model_validate({"data": {"num_workers": "auto", "cache_decoded": False,
-                                                     "prefetch_factor": 3}})
+    config = PipelineConfig.model_validate(
+        {"data": {"num_workers": "auto", "cache_decoded": False, "prefetch_factor": 3}}
+    )
     assert config.data.num_workers == "auto" and config.data.cache_decoded is False
 
 
@@ -89,15 +95,24 @@ def test_materialize_writes_k_augmented_copies_that_later_stages_train_on(tmp_pa
         path = root / f"c{i % 3}" / f"{i}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(_png(i, 10))
-    config = PipelineConfig.model_validate({
-        "artifact_root": str(tmp_path / "runs"),
-        "data": {"source": {"kind": "folder", "path": str(root)}, "cache_dir": str(tmp_path / "datasets"),
-                 "image_size": 8, "batch_size": 8},
-        "augment": {"train": [{"name": "horizontal-flip"}, {"name": "gaussian-noise", "sigma": 0.1}, "mixup"],
-                    "materialize": 2, "preview": 4},
-        "pretrain": {"enabled": False},
-        "finetune": {"freeze_epochs": 0, "epochs": 1, "schedule": "constant"},
-    })
+    config = PipelineConfig.model_validate(
+        {
+            "artifact_root": str(tmp_path / "runs"),
+            "data": {
+                "source": {"kind": "folder", "path": str(root)},
+                "cache_dir": str(tmp_path / "datasets"),
+                "image_size": 8,
+                "batch_size": 8,
+            },
+            "augment": {
+                "train": [{"name": "horizontal-flip"}, {"name": "gaussian-noise", "sigma": 0.1}, "mixup"],
+                "materialize": 2,
+                "preview": 4,
+            },
+            "pretrain": {"enabled": False},
+            "finetune": {"freeze_epochs": 0, "epochs": 1, "schedule": "constant"},
+        }
+    )
     host = PluginHost()
     run = Run.open(config)
     for stage in ("acquire", "augment", "finetune"):
@@ -123,8 +138,8 @@ def test_materialize_writes_k_augmented_copies_that_later_stages_train_on(tmp_pa
 
 def test_batch_ops_in_the_workers_are_seeded_and_normalised(store):
     """On a CPU device task_loaders runs batch ops in the workers (BatchCollate): same seed, same batches."""
-    from graftflow.core.data.dataset import BatchCollate
     from graftflow.core.data.augmentation import batch_normalizer, compose_batch
+    from graftflow.core.data.dataset import BatchCollate
 
     host = PluginHost()
     refs = [PluginRef.model_validate({"name": n, "placement": "batch"}) for n in ("horizontal-flip", "random-erasing")]
@@ -136,5 +151,5 @@ def test_batch_ops_in_the_workers_are_seeded_and_normalised(store):
         return [x for x, _ in make_loader(ds, 8, True, 2, seed, collate_fn=collate, persistent_workers=False)]
 
     first, again = batches(3), batches(3)
-    assert all(a.dtype == torch.float32 and torch.equal(a, b) for a, b in zip(first, again))
+    assert all(a.dtype == torch.float32 and torch.equal(a, b) for a, b in zip(first, again, strict=False))
     assert float(torch.cat(first).min()) >= -1 and float(torch.cat(first).max()) <= 1

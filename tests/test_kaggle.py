@@ -90,9 +90,16 @@ def severstal(n: int = 14) -> tuple[dict[str, bytes], dict[str, set[str]]]:
     return files, expected
 
 
-SEVERSTAL_LAYOUT = {"kind": "table", "table": "train.csv", "image_column": "ImageId", "label_column": "ClassId",
-                    "images": "train_images", "target": "multi", "require_column": "EncodedPixels",
-                    "unlisted": "include"}
+SEVERSTAL_LAYOUT = {
+    "kind": "table",
+    "table": "train.csv",
+    "image_column": "ImageId",
+    "label_column": "ClassId",
+    "images": "train_images",
+    "target": "multi",
+    "require_column": "EncodedPixels",
+    "unlisted": "include",
+}
 
 
 def acquire(source, params: dict, tmp_path: Path, name: str = "store"):
@@ -111,9 +118,12 @@ def labels_by_image(info) -> dict[str, set[str]]:
     table = read_table(info.url)
     names = info.class_names
     if info.target == "multi":
-        return {s.rsplit("/", 1)[1]: {names[i] for i in ids}
-                for s, ids in zip(table["source"].to_pylist(), table["labels"].to_pylist())}
-    return {s.rsplit("/", 1)[1]: names[i] for s, i in zip(table["source"].to_pylist(), table["label"].to_pylist())}
+        return {
+            s.rsplit("/", 1)[1]: {names[i] for i in ids}
+            for s, ids in zip(table["source"].to_pylist(), table["labels"].to_pylist(), strict=False)
+        }
+    sources, labels = table["source"].to_pylist(), table["label"].to_pylist()
+    return {s.rsplit("/", 1)[1]: names[i] for s, i in zip(sources, labels, strict=True)}
 
 
 # --- in-process: the data source through the real client ---------------------------------------
@@ -123,8 +133,14 @@ def test_competition_all_files(source, standin, tmp_path):
     standin.add_competition("cats-dogs", class_folders())
     info, _ = acquire(source, {"competition": "cats-dogs"}, tmp_path)
     assert info.class_counts == {"cat": 3, "dog": 3} and info.rows == 6
-    assert info.report["downloads"] == [{"file": "cats-dogs", "saved_as": "cats-dogs.zip", "status": "downloaded",
-                                         "bytes": len(standin.competitions["cats-dogs"].archive.data)}]
+    assert info.report["downloads"] == [
+        {
+            "file": "cats-dogs",
+            "saved_as": "cats-dogs.zip",
+            "status": "downloaded",
+            "bytes": len(standin.competitions["cats-dogs"].archive.data),
+        }
+    ]
     assert [c["method"] for c in standin.calls()] == ["ListDataFiles", "DownloadDataFiles", "GET"]
     assert all(c["auth"] == "basic" for c in standin.calls() if c["method"] != "GET")
 
@@ -135,24 +151,40 @@ def test_severstal_competition_labels_per_image(source, standin, tmp_path):
     info, _ = acquire(source, {"competition": COMP, "layout": SEVERSTAL_LAYOUT}, tmp_path)
     assert info.target == "multi" and info.class_names == ["1", "2", "3", "4"]
     assert labels_by_image(info) == expected  # test_images/ and sample_submission.csv are not training data
-    any_info, _ = acquire(source, {"competition": COMP, "layout": {**SEVERSTAL_LAYOUT, "target": "any",
-                                                                  "positive": "defect", "negative": "no_defect"}},
-                          tmp_path, "store-any")
+    any_info, _ = acquire(
+        source,
+        {
+            "competition": COMP,
+            "layout": {**SEVERSTAL_LAYOUT, "target": "any", "positive": "defect", "negative": "no_defect"},
+        },
+        tmp_path,
+        "store-any",
+    )
     assert labels_by_image(any_info) == {n: "defect" if s else "no_defect" for n, s in expected.items()}
 
 
 def test_one_file_of_a_competition(source, standin, tmp_path):
     images = {f"pics/{i}.jpg": jpeg(i) for i in range(4)}
-    standin.add_competition("tabular", {"labels.csv": b"file,kind\n0.jpg,a\n1.jpg,b\n2.jpg,a\n3.jpg,b\n",
-                                        "pics.zip": zip_of(images), "sample_submission.csv": b"x\n"})
+    standin.add_competition(
+        "tabular",
+        {
+            "labels.csv": b"file,kind\n0.jpg,a\n1.jpg,b\n2.jpg,a\n3.jpg,b\n",
+            "pics.zip": zip_of(images),
+            "sample_submission.csv": b"x\n",
+        },
+    )
     layout = {"kind": "table", "table": "labels.csv", "image_column": "file", "label_column": "kind", "images": "pics"}
-    info, _ = acquire(source, {"competition": "tabular", "files": ["labels.csv", "pics.zip"], "layout": layout},
-                      tmp_path)
+    info, _ = acquire(
+        source, {"competition": "tabular", "files": ["labels.csv", "pics.zip"], "layout": layout}, tmp_path
+    )
     assert labels_by_image(info) == {"0.jpg": "a", "1.jpg": "b", "2.jpg": "a", "3.jpg": "b"}
     asked = [c["body"].get("fileName") for c in standin.calls("DownloadDataFile")]
     assert asked == ["labels.csv", "pics.zip"] and not standin.calls("DownloadDataFiles")
-    with pytest.raises(DataError, match="data.source.files: 'train.csv' is not a file of competition 'tabular'; "
-                                        "files are labels.csv, pics.zip, sample_submission.csv"):
+    with pytest.raises(
+        DataError,
+        match="data.source.files: 'train.csv' is not a file of competition 'tabular'; "
+        "files are labels.csv, pics.zip, sample_submission.csv",
+    ):
         acquire(source, {"competition": "tabular", "files": ["train.csv"]}, tmp_path, "other")
 
 
@@ -180,15 +212,24 @@ def test_unchanged_remote_files_are_not_downloaded_again(source, standin, tmp_pa
     assert third.class_counts == {"cat": 3, "dog": 4}
 
 
-@pytest.mark.parametrize("scenario, message", [
-    ("bad-key", r"data.source: Kaggle rejected the credentials from KAGGLE_USERNAME/KAGGLE_KEY \(HTTP 401\)"),
-    ("rules", r"data.source.competition: accept the competition rules at "
-              r"https://www.kaggle.com/competitions/cats-dogs/rules and run again \(HTTP 403\)"),
-    ("unknown", r"data.source.competition: unknown competition 'no-such-comp' on Kaggle \(HTTP 404\)"),
-    ("unknown-dataset", r"data.source.dataset: unknown dataset 'nobody/nothing' on Kaggle \(HTTP 404\)"),
-    ("private-dataset", r"data.source.dataset: no access to dataset 'someone/secret' \(HTTP 403\): it is private, "
-                        r"or its terms must be accepted at https://www.kaggle.com/datasets/someone/secret"),
-])
+@pytest.mark.parametrize(
+    "scenario, message",
+    [
+        ("bad-key", r"data.source: Kaggle rejected the credentials from KAGGLE_USERNAME/KAGGLE_KEY \(HTTP 401\)"),
+        (
+            "rules",
+            r"data.source.competition: accept the competition rules at "
+            r"https://www.kaggle.com/competitions/cats-dogs/rules and run again \(HTTP 403\)",
+        ),
+        ("unknown", r"data.source.competition: unknown competition 'no-such-comp' on Kaggle \(HTTP 404\)"),
+        ("unknown-dataset", r"data.source.dataset: unknown dataset 'nobody/nothing' on Kaggle \(HTTP 404\)"),
+        (
+            "private-dataset",
+            r"data.source.dataset: no access to dataset 'someone/secret' \(HTTP 403\): it is private, "
+            r"or its terms must be accepted at https://www.kaggle.com/datasets/someone/secret",
+        ),
+    ],
+)
 def test_http_errors_are_one_line_data_errors(source, standin, tmp_path, monkeypatch, scenario, message):
     standin.add_competition("cats-dogs", class_folders(), rules_accepted=scenario != "rules")
     params = {"competition": "no-such-comp" if scenario == "unknown" else "cats-dogs"}
@@ -250,9 +291,13 @@ def test_a_download_killed_midway_resumes_on_the_next_run(source, standin, tmp_p
     standin.stall["/blobs/c/big/big.zip"] = 2**21  # 2 MiB, then the server hangs
     params = {"competition": "big", "download_dir": str(tmp_path / "downloads")}
     (tmp_path / "w").mkdir()
-    proc = subprocess.Popen([sys.executable, "-c", KILLABLE, json.dumps(params), str(tmp_path / "w")],
-                            cwd=ROOT, env={**os.environ, **standin.env()},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILLABLE, json.dumps(params), str(tmp_path / "w")],
+        cwd=ROOT,
+        env={**os.environ, **standin.env()},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     saved = tmp_path / "downloads" / "competitions" / "big" / "all" / "big.zip"
     try:
         assert standin.stalled.wait(120), "the client never started the download"
@@ -272,8 +317,11 @@ def test_a_download_killed_midway_resumes_on_the_next_run(source, standin, tmp_p
 
 
 def test_zip_slip_archive_is_refused(source, standin, tmp_path):
-    standin.add_competition("slip", {"cat/1.jpg": b""},
-                            archive=zip_of({"cat/1.jpg": jpeg(1), "dog/2.jpg": jpeg(2), "../../evil.sh": b"rm -rf"}))
+    standin.add_competition(
+        "slip",
+        {"cat/1.jpg": b""},
+        archive=zip_of({"cat/1.jpg": jpeg(1), "dog/2.jpg": jpeg(2), "../../evil.sh": b"rm -rf"}),
+    )
     with pytest.raises(DataError, match=r"archive slip.zip: member '../../evil.sh' points outside the extraction"):
         acquire(source, {"competition": "slip"}, tmp_path)
     assert not list(tmp_path.rglob("evil.sh"))
@@ -306,8 +354,9 @@ def test_credentials_from_kaggle_json_a_token_or_nowhere(source, standin, tmp_pa
         source.check(params)
     secret_params = {**params, "secret_block": "kaggle-creds"}
     source.check(secret_params)  # resolved by the flows, not here
-    with pytest.raises(DataError, match="data.source.secret_block: Prefect Secret block 'kaggle-creds' was not "
-                                        "resolved here"):
+    with pytest.raises(
+        DataError, match="data.source.secret_block: Prefect Secret block 'kaggle-creds' was not resolved here"
+    ):
         source.fingerprint(secret_params)
 
 
@@ -360,10 +409,22 @@ def test_secret_block_credentials_through_the_acquire_flow(prefect_harness, sour
     monkeypatch.delenv("KAGGLE_KEY")
     Secret(value={"username": standin.username, "key": standin.key}).save("graft-kaggle-test", overwrite=True)
     standin.add_competition("cats-dogs", class_folders())
-    config = parse_config({"name": "secret", "artifact_root": str(tmp_path / "runs"), "data": {
-        "cache_dir": str(tmp_path / "datasets"), "image_size": 8,
-        "source": {"kind": "kaggle", "competition": "cats-dogs", "secret_block": "graft-kaggle-test",
-                   "download_dir": str(tmp_path / "downloads")}}})
+    config = parse_config(
+        {
+            "name": "secret",
+            "artifact_root": str(tmp_path / "runs"),
+            "data": {
+                "cache_dir": str(tmp_path / "datasets"),
+                "image_size": 8,
+                "source": {
+                    "kind": "kaggle",
+                    "competition": "cats-dogs",
+                    "secret_block": "graft-kaggle-test",
+                    "download_dir": str(tmp_path / "downloads"),
+                },
+            },
+        }
+    )
     result = acquire_flow(config=config)
     summary = json.loads((Path(result["url"]).parent / "summary.json").read_text())
     assert summary["data"]["rows"] == 6 and summary["config"]["data"]["source"]["secret_block"] == "graft-kaggle-test"
@@ -372,19 +433,37 @@ def test_secret_block_credentials_through_the_acquire_flow(prefect_harness, sour
     assert any(a.key == "secret-dataset-card" and "cats-dogs" in str(a.data) for a in prefect_artifacts())
     missing = config.model_copy(deep=True)
     missing.data.source = type(config.data.source).model_validate(
-        {**config.data.source.model_dump(), "secret_block": "no-such-block"})
-    with pytest.raises(DataError, match="data.source.secret_block: there is no Prefect Secret block named "
-                                        "'no-such-block'"):
+        {**config.data.source.model_dump(), "secret_block": "no-such-block"}
+    )
+    with pytest.raises(
+        DataError, match="data.source.secret_block: there is no Prefect Secret block named 'no-such-block'"
+    ):
         acquire_flow(config=missing)
 
 
 def steel_config(tmp_path: Path, **layout) -> Path:
     path = tmp_path / "steel.yaml"
-    path.write_text(yaml.safe_dump({
-        "name": "steel", "artifact_root": str(tmp_path / "runs"),
-        "data": {"cache_dir": str(tmp_path / "datasets"), "image_size": 16, "retries": 2, "retry_delay": 0.2,
-                 "source": {"kind": "kaggle", "competition": COMP, "download_dir": str(tmp_path / "downloads"),
-                            "on_bad_image": "skip", "layout": {**SEVERSTAL_LAYOUT, **layout}}}}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "steel",
+                "artifact_root": str(tmp_path / "runs"),
+                "data": {
+                    "cache_dir": str(tmp_path / "datasets"),
+                    "image_size": 16,
+                    "retries": 2,
+                    "retry_delay": 0.2,
+                    "source": {
+                        "kind": "kaggle",
+                        "competition": COMP,
+                        "download_dir": str(tmp_path / "downloads"),
+                        "on_bad_image": "skip",
+                        "layout": {**SEVERSTAL_LAYOUT, **layout},
+                    },
+                },
+            }
+        )
+    )
     return path
 
 
@@ -417,9 +496,14 @@ def test_severstal_through_graft_run(prefect_api, standin, tmp_path):
     assert data["report"]["bad_images"] == {"missing": 0, "unreadable": 1, "first": ["0bad.jpg"]}
     assert data["report"]["downloads"][0]["status"] == "downloaded"
     from graftflow.core.data.store import read_info
+
     assert labels_by_image(read_info(data["path"])) == expected
     run_dir = Path(data["path"])
-    card = next(p for p in (tmp_path / "runs" / "steel").iterdir() if not p.name.startswith("_")) / "acquire" / "dataset_card.md"
+    card = (
+        next(p for p in (tmp_path / "runs" / "steel").iterdir() if not p.name.startswith("_"))
+        / "acquire"
+        / "dataset_card.md"
+    )
     text = card.read_text()
     assert all(f"| {name} | {n} |" in text for name, n in data["class_counts"].items()) and "16×8" in text
     assert "1 unreadable; first: 0bad.jpg" in text and "![samples](samples.png)" in text
@@ -429,7 +513,9 @@ def test_severstal_through_graft_run(prefect_api, standin, tmp_path):
     assert second.returncode == 0, second.stderr[-3000:]
     data = newest_summary(tmp_path)["data"]
     assert data["cache_hit"] is False and data["class_counts"] == {
-        "negative": sum(not s for s in expected.values()), "positive": sum(bool(s) for s in expected.values())}
+        "negative": sum(not s for s in expected.values()),
+        "positive": sum(bool(s) for s in expected.values()),
+    }
     assert data["report"]["downloads"][0]["status"] == "unchanged"
     assert "is unchanged since the last download" in second.stderr + second.stdout
 
@@ -444,10 +530,16 @@ def test_severstal_through_graft_run(prefect_api, standin, tmp_path):
 
 
 USER_ERRORS = [
-    ("bad-key", "error: data.source: Kaggle rejected the credentials from KAGGLE_USERNAME/KAGGLE_KEY (HTTP 401); "
-                "check the username and key (or the API token)"),
-    ("rules", f"error: data.source.competition: accept the competition rules at "
-              f"https://www.kaggle.com/competitions/{COMP}/rules and run again (HTTP 403)"),
+    (
+        "bad-key",
+        "error: data.source: Kaggle rejected the credentials from KAGGLE_USERNAME/KAGGLE_KEY (HTTP 401); "
+        "check the username and key (or the API token)",
+    ),
+    (
+        "rules",
+        f"error: data.source.competition: accept the competition rules at "
+        f"https://www.kaggle.com/competitions/{COMP}/rules and run again (HTTP 403)",
+    ),
     ("unknown", f"error: data.source.competition: unknown competition '{COMP}' on Kaggle (HTTP 404)"),
 ]
 
@@ -472,8 +564,9 @@ class _Records(logging.Handler):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("scenario, message", USER_ERRORS)
-def test_user_errors_exit_2_without_traceback(prefect_harness, standin, tmp_path, monkeypatch, capsys,
-                                              scenario, message):
+def test_user_errors_exit_2_without_traceback(
+    prefect_harness, standin, tmp_path, monkeypatch, capsys, scenario, message
+):
     """`graft run` in this process (the session's Prefect test server): exit 2, one `error:` line, and Prefect's
     task and flow loggers get the failure without a traceback (the console script is checked below)."""
     import graftflow.pipelines.flows  # noqa: F401  (its import finishes Prefect's logging set-up, which resets handlers)
@@ -504,8 +597,9 @@ def test_user_errors_exit_2_without_traceback(prefect_harness, standin, tmp_path
 @pytest.mark.slow
 def test_the_console_script_reports_a_user_error_in_one_line(prefect_api, standin, tmp_path):
     scenario, message = USER_ERRORS[1]
-    proc = graft("run", str(steel_config(tmp_path)), "--stages", "acquire",
-                 env=user_error_setup(standin, tmp_path, scenario))
+    proc = graft(
+        "run", str(steel_config(tmp_path)), "--stages", "acquire", env=user_error_setup(standin, tmp_path, scenario)
+    )
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert [line for line in proc.stderr.splitlines() if line.startswith("error: ")] == [message]
     assert "Traceback" not in proc.stderr + proc.stdout

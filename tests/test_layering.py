@@ -19,6 +19,14 @@ def test_import_linter_contracts_hold():
     assert "core layers" in proc.stdout and "KEPT" in proc.stdout
 
 
+def test_ruff_lint_and_format_pass():
+    """`make lint`'s ruff half: the configuration in pyproject.toml, on the whole tree."""
+    ruff = Path(sys.executable).parent / "ruff"
+    for args in (["check", "."], ["format", "--check", "."]):
+        proc = subprocess.run([str(ruff), *args], cwd=ROOT, capture_output=True, text=True)
+        assert proc.returncode == 0, f"ruff {' '.join(args)}:\n{proc.stdout}{proc.stderr}"
+
+
 def _imports(path: Path) -> list[str]:
     names = []
     for node in ast.walk(ast.parse(path.read_text())):
@@ -40,15 +48,24 @@ def test_plugins_use_only_the_public_api():
 
 
 def test_core_never_imports_prefect_even_lazily():
-    offenders = [f"{p.relative_to(ROOT)}: {n}" for p in (ROOT / "core").rglob("*.py") for n in _imports(p)
-                 if n.split(".")[0] == "prefect" or n.startswith(("graftflow.plugins", "graftflow.pipelines"))]
+    offenders = [
+        f"{p.relative_to(ROOT)}: {n}"
+        for p in (ROOT / "core").rglob("*.py")
+        for n in _imports(p)
+        if n.split(".")[0] == "prefect" or n.startswith(("graftflow.plugins", "graftflow.pipelines"))
+    ]
     assert not offenders, offenders
 
 
 def test_nothing_imports_the_folders_by_their_old_top_level_names():
     """`core`, `plugins`, `pipelines` are folders, not packages: from the repo root they would import a second copy."""
-    offenders = [f"{p.relative_to(ROOT)}: {n}" for folder in SOURCES for p in (ROOT / folder).rglob("*.py")
-                 for n in _imports(p) if n.split(".")[0] in ("core", "plugins", "pipelines")]
+    offenders = [
+        f"{p.relative_to(ROOT)}: {n}"
+        for folder in SOURCES
+        for p in (ROOT / folder).rglob("*.py")
+        for n in _imports(p)
+        if n.split(".")[0] in ("core", "plugins", "pipelines")
+    ]
     assert not offenders, offenders
 
 

@@ -55,15 +55,30 @@ d.jpg,2,8 1
 IMAGES = {f"train_images/{n}.jpg": jpeg(i * 40) for i, n in enumerate("abcde")}
 
 
-@pytest.mark.parametrize("target, expected", [
-    ("multi", {"a.jpg": ("1",), "b.jpg": ("3", "4"), "c.jpg": (), "d.jpg": ("2",)}),
-    ("any", {"a.jpg": "defect", "b.jpg": "defect", "c.jpg": "no_defect", "d.jpg": "defect"}),
-])
+@pytest.mark.parametrize(
+    "target, expected",
+    [
+        ("multi", {"a.jpg": ("1",), "b.jpg": ("3", "4"), "c.jpg": (), "d.jpg": ("2",)}),
+        ("any", {"a.jpg": "defect", "b.jpg": "defect", "c.jpg": "no_defect", "d.jpg": "defect"}),
+    ],
+)
 def test_label_table_groups_rows_into_label_sets(tmp_path, target, expected):
     fs, root = local(tmp_path, {"train.csv": SEVERSTAL_CSV, **IMAGES})
-    recs = records(fs, root, table_params(table="train.csv", image_column="ImageId", label_column="ClassId",
-                                          images="train_images", target=target, require_column="EncodedPixels",
-                                          positive="defect", negative="no_defect"), "test")
+    recs = records(
+        fs,
+        root,
+        table_params(
+            table="train.csv",
+            image_column="ImageId",
+            label_column="ClassId",
+            images="train_images",
+            target=target,
+            require_column="EncodedPixels",
+            positive="defect",
+            negative="no_defect",
+        ),
+        "test",
+    )
     got = {r.source.rsplit("/", 1)[1]: (r.labels if target == "multi" else r.label) for r in recs}
     assert got == expected  # e.jpg is not in the table: ignored by default
     assert recs.report["rows"] == 6 and recs.report["target"] == target
@@ -71,23 +86,53 @@ def test_label_table_groups_rows_into_label_sets(tmp_path, target, expected):
 
 def test_unlisted_images_can_count_as_unlabelled(tmp_path):
     fs, root = local(tmp_path, {"train.csv": SEVERSTAL_CSV, **IMAGES})
-    recs = list(records(fs, root, table_params(
-        table="train.csv", image_column="ImageId", label_column="ClassId", images="train_images", target="any",
-        require_column="EncodedPixels", unlisted="include"), "test"))
+    recs = list(
+        records(
+            fs,
+            root,
+            table_params(
+                table="train.csv",
+                image_column="ImageId",
+                label_column="ClassId",
+                images="train_images",
+                target="any",
+                require_column="EncodedPixels",
+                unlisted="include",
+            ),
+            "test",
+        )
+    )
     assert {r.source.rsplit("/", 1)[1]: r.label for r in recs}["e.jpg"] == "negative"
     assert len(recs) == 5
 
 
 def test_single_target_refuses_several_labels_and_leaves_out_unlabelled(tmp_path):
     fs, root = local(tmp_path, {"train.csv": SEVERSTAL_CSV, **IMAGES})
-    with pytest.raises(DataError, match="data.source.layout.target: image 'b.jpg' has labels 3, 4 in train.csv; "
-                                        "use target: multi"):
-        list(records(fs, root, table_params(table="train.csv", image_column="ImageId", label_column="ClassId",
-                                            images="train_images", require_column="EncodedPixels"), "test"))
+    with pytest.raises(
+        DataError, match="data.source.layout.target: image 'b.jpg' has labels 3, 4 in train.csv; use target: multi"
+    ):
+        list(
+            records(
+                fs,
+                root,
+                table_params(
+                    table="train.csv",
+                    image_column="ImageId",
+                    label_column="ClassId",
+                    images="train_images",
+                    require_column="EncodedPixels",
+                ),
+                "test",
+            )
+        )
     csv = "ImageId,ClassId\na.jpg,1\nc.jpg,\nd.jpg,2\n"
     fs, root = local(tmp_path, {"single.csv": csv})
-    recs = records(fs, root, table_params(table="single.csv", image_column="ImageId", label_column="ClassId",
-                                          images="train_images"), "test")
+    recs = records(
+        fs,
+        root,
+        table_params(table="single.csv", image_column="ImageId", label_column="ClassId", images="train_images"),
+        "test",
+    )
     assert sorted(r.label for r in recs) == ["1", "2"]
     assert recs.report["unlabelled_skipped"] == {"count": 1, "first": ["c.jpg"]}
 
@@ -95,17 +140,34 @@ def test_single_target_refuses_several_labels_and_leaves_out_unlabelled(tmp_path
 def test_parquet_table_with_ids_without_suffix_and_separator(tmp_path):
     fs, root = local(tmp_path, IMAGES)
     pq.write_table(pa.table({"id": ["a", "b", "d"], "tags": ["1 2", "3", "2"]}), tmp_path / "labels.parquet")
-    recs = records(fs, root, table_params(table="labels.parquet", image_column="id", label_column="tags",
-                                          images="train_images", image_suffix=".jpg", target="multi",
-                                          label_separator=" "), "test")
-    assert {r.source.rsplit("/", 1)[1]: r.labels for r in recs} == \
-        {"a.jpg": ("1", "2"), "b.jpg": ("3",), "d.jpg": ("2",)}
+    recs = records(
+        fs,
+        root,
+        table_params(
+            table="labels.parquet",
+            image_column="id",
+            label_column="tags",
+            images="train_images",
+            image_suffix=".jpg",
+            target="multi",
+            label_separator=" ",
+        ),
+        "test",
+    )
+    assert {r.source.rsplit("/", 1)[1]: r.labels for r in recs} == {
+        "a.jpg": ("1", "2"),
+        "b.jpg": ("3",),
+        "d.jpg": ("2",),
+    }
 
 
 def test_table_errors_name_the_field(tmp_path):
     fs, root = local(tmp_path, {"train.csv": SEVERSTAL_CSV, **IMAGES})
-    with pytest.raises(DataError, match="data.source.layout.label_column: column 'Label' is not in train.csv; "
-                                        "columns are ImageId, ClassId, EncodedPixels"):
+    with pytest.raises(
+        DataError,
+        match="data.source.layout.label_column: column 'Label' is not in train.csv; "
+        "columns are ImageId, ClassId, EncodedPixels",
+    ):
         list(records(fs, root, table_params(table="train.csv", image_column="ImageId", label_column="Label"), "t"))
     with pytest.raises(DataError, match="data.source.layout.table: 'nope.csv' does not exist"):
         list(records(fs, root, table_params(table="nope.csv"), "t"))
@@ -114,14 +176,20 @@ def test_table_errors_name_the_field(tmp_path):
 
 
 def test_bad_images_skip_with_counts_or_fail_naming_the_first(tmp_path):
-    files = {"train.csv": "ImageId,ClassId\na.jpg,1\nb.jpg,2\ngone.jpg,1\nbroken.jpg,2\ntext.jpg,1\n",
-             "train_images/a.jpg": jpeg(10), "train_images/b.jpg": jpeg(200),
-             "train_images/broken.jpg": jpeg(90)[:60],  # a truncated JPEG: the header reads, the data does not
-             "train_images/text.jpg": b"not an image"}
+    files = {
+        "train.csv": "ImageId,ClassId\na.jpg,1\nb.jpg,2\ngone.jpg,1\nbroken.jpg,2\ntext.jpg,1\n",
+        "train_images/a.jpg": jpeg(10),
+        "train_images/b.jpg": jpeg(200),
+        "train_images/broken.jpg": jpeg(90)[:60],  # a truncated JPEG: the header reads, the data does not
+        "train_images/text.jpg": b"not an image",
+    }
     fs, root = local(tmp_path, files)
     layout = dict(table="train.csv", image_column="ImageId", label_column="ClassId", images="train_images")
-    with pytest.raises(DataError, match="data.source: image 'gone.jpg' is named in train.csv but not in "
-                                        "'train_images'; set data.source.on_bad_image: skip"):
+    with pytest.raises(
+        DataError,
+        match="data.source: image 'gone.jpg' is named in train.csv but not in "
+        "'train_images'; set data.source.on_bad_image: skip",
+    ):
         list(records(fs, root, table_params(**layout), "t"))
     recs = records(fs, root, {**table_params(**layout), "on_bad_image": "skip"}, "t")
     assert sorted(r.source.rsplit("/", 1)[1] for r in recs) == ["a.jpg", "b.jpg"]
@@ -134,9 +202,22 @@ def test_bad_images_skip_with_counts_or_fail_naming_the_first(tmp_path):
 
 def test_multi_label_store_holds_label_sets(tmp_path):
     fs, root = local(tmp_path, {"train.csv": SEVERSTAL_CSV, **IMAGES})
-    recs = records(fs, root, {**table_params(table="train.csv", image_column="ImageId", label_column="ClassId",
-                                             images="train_images", target="multi", require_column="EncodedPixels",
-                                             unlisted="include")}, "test")
+    recs = records(
+        fs,
+        root,
+        {
+            **table_params(
+                table="train.csv",
+                image_column="ImageId",
+                label_column="ClassId",
+                images="train_images",
+                target="multi",
+                require_column="EncodedPixels",
+                unlisted="include",
+            )
+        },
+        "test",
+    )
     url = str(tmp_path / "store")
     info = build_store(recs, url, SPLIT, {"source": "t"}, stratified_split)
     assert info.target == "multi" and info.class_names == ["1", "2", "3", "4"]
@@ -145,8 +226,10 @@ def test_multi_label_store_holds_label_sets(tmp_path):
     assert info.image_sizes["min"] == [12, 8] and info.image_sizes["most_common"] == [[12, 8, 5]]
     table = read_table(url)
     names = info.class_names
-    by_image = {s.rsplit("/", 1)[1]: sorted(names[i] for i in ids)
-                for s, ids in zip(table["source"].to_pylist(), table["labels"].to_pylist())}
+    by_image = {
+        s.rsplit("/", 1)[1]: sorted(names[i] for i in ids)
+        for s, ids in zip(table["source"].to_pylist(), table["labels"].to_pylist(), strict=False)
+    }
     assert by_image == {"a.jpg": ["1"], "b.jpg": ["3", "4"], "c.jpg": [], "d.jpg": ["2"], "e.jpg": []}
     assert set(table["label"].to_pylist()) == {-1}
     with pytest.raises(DataError, match="finetune.classes: the data store holds multi-label targets"):
@@ -184,9 +267,17 @@ def test_folder_source_reads_a_zip_over_http(tmp_path):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         source = PluginHost(env={}).sources.get("folder")
-        params = {"path": f"http://127.0.0.1:{server.server_address[1]}/steel.zip",
-                  **table_params(table="train.csv", image_column="ImageId", label_column="ClassId",
-                                 images="train_images", target="any", require_column="EncodedPixels")}
+        params = {
+            "path": f"http://127.0.0.1:{server.server_address[1]}/steel.zip",
+            **table_params(
+                table="train.csv",
+                image_column="ImageId",
+                label_column="ClassId",
+                images="train_images",
+                target="any",
+                require_column="EncodedPixels",
+            ),
+        }
         source.check(params)
         first = source.fingerprint(params)
         work = tmp_path / "work"

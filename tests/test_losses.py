@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from graftflow.core.models.weights import save_model
 from graftflow.core.config import load_config
 from graftflow.core.errors import ConfigError
+from graftflow.core.models.weights import save_model
 from graftflow.core.plugin_manager import PluginHost
 from graftflow.core.training.losses import build_loss
 from graftflow.core.validation import validate_config
@@ -68,7 +68,7 @@ def test_class_balanced_loss_reweights_each_sample_by_its_class(host):
     reference = (w[y] * F.cross_entropy(logits, y, reduction="none")).mean()
     loss = build_loss(host, {"name": "class-balanced", "beta": 0.999}, "finetune.loss", list("abcd"), counts)
     assert loss(logits, y).item() == pytest.approx(reference.item(), rel=1e-6)
-    per_sample_focal = torch.stack([FocalLoss(2.0)(logits[i:i + 1], y[i:i + 1]) for i in range(len(y))])
+    per_sample_focal = torch.stack([FocalLoss(2.0)(logits[i : i + 1], y[i : i + 1]) for i in range(len(y))])
     focal = ClassBalancedLoss(w, "focal", 2.0)(logits, y)
     assert focal.item() == pytest.approx((w[y] * per_sample_focal).mean().item(), rel=1e-5)
     with pytest.raises(ConfigError, match="finetune.loss: class-balanced needs labelled training data"):
@@ -79,16 +79,20 @@ def test_flooding_wraps_a_registered_loss_and_ascends_below_the_flood_level(host
     logits, y = batch()
     logits.requires_grad_(True)
     inner = F.cross_entropy(logits, y, label_smoothing=0.2)
-    high = build_loss(host, {"name": "flooding", "b": 0.01, "inner": {"name": "cross-entropy", "label_smoothing": 0.2}},
-                      "finetune.loss")
+    high = build_loss(
+        host,
+        {"name": "flooding", "b": 0.01, "inner": {"name": "cross-entropy", "label_smoothing": 0.2}},
+        "finetune.loss",
+    )
     assert high(logits, y, inputs=torch.zeros(1)).item() == pytest.approx(inner.item(), rel=1e-6)  # L > b: unchanged
     b = inner.item() + 1.0
-    low = build_loss(host, {"name": "flooding", "b": b, "inner": {"name": "cross-entropy", "label_smoothing": 0.2}},
-                     "finetune.loss")
+    low = build_loss(
+        host, {"name": "flooding", "b": b, "inner": {"name": "cross-entropy", "label_smoothing": 0.2}}, "finetune.loss"
+    )
     flooded = low(logits, y, inputs=torch.zeros(1))
     assert flooded.item() == pytest.approx(abs(inner.item() - b) + b, rel=1e-6)
-    g_inner, = torch.autograd.grad(inner, logits, retain_graph=True)
-    g_flood, = torch.autograd.grad(flooded, logits)
+    (g_inner,) = torch.autograd.grad(inner, logits, retain_graph=True)
+    (g_flood,) = torch.autograd.grad(flooded, logits)
     assert torch.allclose(g_flood, -g_inner)  # below b the gradient points the other way
 
 
@@ -115,9 +119,16 @@ def test_infonce_with_a_negative_bank_is_moco_cross_entropy():
     g = torch.Generator().manual_seed(2)
     q, k, bank = torch.randn(4, 8, generator=g), torch.randn(4, 8, generator=g), torch.randn(10, 8, generator=g)
     qn, kn, bn = F.normalize(q, dim=1), F.normalize(k, dim=1), F.normalize(bank, dim=1)
-    reference = sum(-math.log(math.exp(float(qn[i] @ kn[i]) / 0.2) /
-                              (math.exp(float(qn[i] @ kn[i]) / 0.2) + sum(math.exp(float(qn[i] @ x) / 0.2) for x in bn)))
-                    for i in range(4)) / 4
+    reference = (
+        sum(
+            -math.log(
+                math.exp(float(qn[i] @ kn[i]) / 0.2)
+                / (math.exp(float(qn[i] @ kn[i]) / 0.2) + sum(math.exp(float(qn[i] @ x) / 0.2) for x in bn))
+            )
+            for i in range(4)
+        )
+        / 4
+    )
     assert InfoNCE(0.2)(q, k, negatives=bank).item() == pytest.approx(reference, rel=1e-5)
 
 
@@ -134,12 +145,27 @@ def test_distillation_matches_the_hinton_formula():
 def test_distillation_runs_a_frozen_teacher_checkpoint_on_the_inputs(host, tmp_path):
     family = host.families.get("resnet")
     teacher = family.build("tiny", num_classes=3, in_chans=1, image_size=8).eval()
-    meta = {"family": "resnet", "variant": "tiny", "params": {}, "num_classes": 3, "class_names": ["a", "b", "c"],
-            "in_chans": 1, "image_size": 8, "mean": [0.5], "std": [0.5]}
+    meta = {
+        "family": "resnet",
+        "variant": "tiny",
+        "params": {},
+        "num_classes": 3,
+        "class_names": ["a", "b", "c"],
+        "in_chans": 1,
+        "image_size": 8,
+        "mean": [0.5],
+        "std": [0.5],
+    }
     save_model(teacher, tmp_path / "teacher", meta)
     ref = {"name": "distillation", "teacher": str(tmp_path / "teacher"), "temperature": 2.0, "alpha": 0.5}
-    loss = build_loss(host, ref, "finetune.loss", ["a", "b", "c"], [4, 4, 4],
-                      {"in_chans": 1, "image_size": 8, "mean": [0.5], "std": [0.5]})
+    loss = build_loss(
+        host,
+        ref,
+        "finetune.loss",
+        ["a", "b", "c"],
+        [4, 4, 4],
+        {"in_chans": 1, "image_size": 8, "mean": [0.5], "std": [0.5]},
+    )
     images = torch.randn(5, 1, 8, 8)
     logits, y = torch.randn(5, 3, requires_grad=True), torch.tensor([0, 1, 2, 0, 1])
     loss.train()
@@ -150,8 +176,9 @@ def test_distillation_runs_a_frozen_teacher_checkpoint_on_the_inputs(host, tmp_p
     value.backward()
     assert logits.grad is not None and not any(p.requires_grad for p in loss.inner.teacher.parameters())
     assert not loss.inner.teacher.training  # BatchNorm keeps its running statistics
-    also_file = build_loss(host, {**ref, "teacher": str(tmp_path / "teacher" / "model.safetensors")}, "finetune.loss",
-                           ["a", "b", "c"])
+    also_file = build_loss(
+        host, {**ref, "teacher": str(tmp_path / "teacher" / "model.safetensors")}, "finetune.loss", ["a", "b", "c"]
+    )
     assert also_file(logits, y, inputs=images).item() == pytest.approx(value.item(), rel=1e-6)
     with pytest.raises(ConfigError, match=r"^finetune.loss.teacher: the teacher predicts 3 classes, the task has 2$"):
         build_loss(host, ref, "finetune.loss", ["a", "b"])
@@ -166,6 +193,7 @@ def test_distillation_runs_a_frozen_teacher_checkpoint_on_the_inputs(host, tmp_p
 def mmd_reference(x, y, sigmas):
     def k(a, b):
         return sum(math.exp(-float((a - b).pow(2).sum()) / (2 * s * s)) for s in sigmas)
+
     kxx = sum(k(a, b) for a in x for b in x) / len(x) ** 2
     kyy = sum(k(a, b) for a in y for b in y) / len(y) ** 2
     kxy = sum(k(a, b) for a in x for b in y) / (len(x) * len(y))
@@ -206,13 +234,26 @@ def test_config_checks_loss_kinds_and_nested_losses(host):
         return str(err.value)
 
     assert problems("finetune.loss.name=mmd").startswith(
-        "finetune.loss.name: 'mmd' is an auxiliary loss; finetune.loss needs a classification loss (class-balanced, ")
+        "finetune.loss.name: 'mmd' is an auxiliary loss; finetune.loss needs a classification loss (class-balanced, "
+    )
     assert "finetune.loss.inner.gama: unknown field" in problems(
-        "finetune.loss={name: flooding, inner: {name: focal, gama: 2}}")
+        "finetune.loss={name: flooding, inner: {name: focal, gama: 2}}"
+    )
     assert "finetune.loss.inner.name: unknown loss 'nope'" in problems("finetune.loss={name: flooding, inner: nope}")
     assert problems("pretrain.pretext=simclr").startswith(
-        "pretrain.loss.name: 'cross-entropy' is a classification loss; pretrain.loss needs a pretext loss (infonce)")
+        "pretrain.loss.name: 'cross-entropy' is a classification loss; pretrain.loss needs a pretext loss (infonce)"
+    )
     assert problems("pretrain.pretext=simmim") == (
-        "pretrain.loss: pretext 'simmim' computes its own objective and takes no loss; remove pretrain.loss")
-    validate_config(load_config(DIGITS, ["pretrain.pretext=simclr", "pretrain.loss={name: infonce, temperature: 0.5}",
-                                         "finetune.loss={name: flooding, b: 0.05, inner: {name: focal}}"]), host)
+        "pretrain.loss: pretext 'simmim' computes its own objective and takes no loss; remove pretrain.loss"
+    )
+    validate_config(
+        load_config(
+            DIGITS,
+            [
+                "pretrain.pretext=simclr",
+                "pretrain.loss={name: infonce, temperature: 0.5}",
+                "finetune.loss={name: flooding, b: 0.05, inner: {name: focal}}",
+            ],
+        ),
+        host,
+    )

@@ -6,9 +6,8 @@ import pytest
 import timm
 import torch
 
-from graftflow.core import ConfigError, ModelFamily
+from graftflow.core import ConfigError, ModelFamily, classifier_param_names, timm_layer_groups
 from graftflow.plugins.models import resnet, vit
-from graftflow.core import classifier_param_names, timm_layer_groups
 
 FAMILIES = {f.name: f for mod in (resnet, vit) for f in mod.graft_model_families()}
 SMALL = [("resnet", "tiny"), ("resnet", "small"), ("vit", "micro"), ("vit", "tiny")]
@@ -98,8 +97,11 @@ def test_params_reach_the_model():
 @pytest.mark.parametrize("family,variant", [("resnet", "tiny"), ("vit", "micro")])
 @pytest.mark.parametrize(
     "params,field",
-    [({"drop_rate": 1.5}, "model.drop_rate"), ({"drop_path_rate": -0.1}, "model.drop_path_rate"),
-     ({"dropout": 0.1}, "model.dropout: unknown field")],
+    [
+        ({"drop_rate": 1.5}, "model.drop_rate"),
+        ({"drop_path_rate": -0.1}, "model.drop_path_rate"),
+        ({"dropout": 0.1}, "model.dropout: unknown field"),
+    ],
 )
 def test_bad_params_are_config_errors(family, variant, params, field):
     with pytest.raises(ConfigError, match=field):

@@ -24,8 +24,14 @@ def test_transfer_flow_writes_the_run_record(prefect_harness, tiny_overrides, tm
     result = transfer(config=config)
     run_dir = Path(result["url"])
     summary = summary_of(run_dir)
-    assert [s for s, e in summary["stages"].items() if e["status"] == "completed"] == \
-        ["acquire", "augment", "pretrain", "finetune", "evaluate", "export"]
+    assert [s for s, e in summary["stages"].items() if e["status"] == "completed"] == [
+        "acquire",
+        "augment",
+        "pretrain",
+        "finetune",
+        "evaluate",
+        "export",
+    ]
     assert all(e["seconds"] > 0 for e in summary["stages"].values())
     assert summary["config"]["finetune"]["lr"] == [0.0003, 0.003]
     test = summary["metrics"]["test"]
@@ -88,8 +94,13 @@ def test_cli_stages_then_resume_same_run(prefect_api, tmp_path, tiny_overrides):
     assert second.returncode == 0, second.stderr[-3000:]
     assert "test accuracy:" in second.stdout and f"summary: {runs[0]}/summary.json" in second.stdout
     summary = summary_of(runs[0])
-    assert {s for s, e in summary["stages"].items() if e["status"] == "completed"} == \
-        {"acquire", "augment", "pretrain", "finetune", "evaluate"}
+    assert {s for s, e in summary["stages"].items() if e["status"] == "completed"} == {
+        "acquire",
+        "augment",
+        "pretrain",
+        "finetune",
+        "evaluate",
+    }
     assert summary["data"]["cache_hit"] is False
     third = graft("run", str(DIGITS), *sets, "--stages", "acquire")  # unchanged inputs: the store is reused
     assert third.returncode == 0
@@ -103,9 +114,17 @@ def test_external_loss_plugin_is_used_by_graft_run(tmp_path, tiny_overrides):
     plugin.write_text(EXTERNAL_LOSS)
     marker = tmp_path / "marker.txt"
     sets = [a for o in tiny_overrides for a in ("--set", o)]
-    proc = graft("run", str(DIGITS), *sets, "--set", "finetune.loss.name=squared-error",
-                 "--stages", "acquire,finetune,evaluate", ephemeral=True,  # `make run`'s mode: its own temporary server
-                 env={"GRAFT_PLUGINS": str(plugin), "SQUARED_LOSS_MARKER": str(marker)})
+    proc = graft(
+        "run",
+        str(DIGITS),
+        *sets,
+        "--set",
+        "finetune.loss.name=squared-error",
+        "--stages",
+        "acquire,finetune,evaluate",
+        ephemeral=True,  # `make run`'s mode: its own temporary server
+        env={"GRAFT_PLUGINS": str(plugin), "SQUARED_LOSS_MARKER": str(marker)},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert marker.read_text() == "built\n"
     run_dir = run_dirs(tmp_path / "runs" / "digits-transfer")[0]

@@ -57,13 +57,19 @@ def test_builtins_come_through_entry_points():
 def test_env_plugin_file_is_registered_with_its_origin(external_plugin):
     host = PluginHost(env={"GRAFT_PLUGINS": str(external_plugin)})
     row = next(r for r in host.listing() if r["name"] == "squared-error")
-    assert row == {"kind": "loss", "name": "squared-error", "plugin": "graft_plugin_squared_loss",
-                   "origin": "GRAFT_PLUGINS", "version": "0.3"}
+    assert row == {
+        "kind": "loss",
+        "name": "squared-error",
+        "plugin": "graft_plugin_squared_loss",
+        "origin": "GRAFT_PLUGINS",
+        "version": "0.3",
+    }
 
 
 def test_duplicate_name_names_both_plugins(tmp_path):
     clash = tmp_path / "clash.py"
-    clash.write_text(textwrap.dedent('''
+    clash.write_text(
+        textwrap.dedent("""
         import pluggy
         from torch import nn
         from graftflow.core import LossSpec
@@ -71,11 +77,14 @@ def test_duplicate_name_names_both_plugins(tmp_path):
         @hookimpl
         def graft_losses():
             return [LossSpec(name="cross-entropy", kind="classification", factory=nn.CrossEntropyLoss)]
-    '''))
+    """)
+    )
     with pytest.raises(PluginError) as err:
         PluginHost(env={"GRAFT_PLUGINS": str(clash)})
-    assert str(err.value) == ("loss 'cross-entropy' is registered twice: by plugin 'graftflow.plugins.losses.classification' "
-                              "and by plugin 'graft_plugin_clash'")
+    assert str(err.value) == (
+        "loss 'cross-entropy' is registered twice: by plugin 'graftflow.plugins.losses.classification' "
+        "and by plugin 'graft_plugin_clash'"
+    )
 
 
 def test_unknown_name_lists_available():
@@ -92,20 +101,24 @@ def test_bad_plugins_are_clear_errors(tmp_path):
     with pytest.raises(PluginError, match="plugin file 'nope.py' does not exist"):
         PluginHost(env={"GRAFT_PLUGINS": "nope.py"})
     typo = tmp_path / "typo.py"
-    typo.write_text("import pluggy\nhookimpl = pluggy.HookimplMarker('graft')\n"
-                    "@hookimpl\ndef graft_lossess():\n    return []\n")
+    typo.write_text(
+        "import pluggy\nhookimpl = pluggy.HookimplMarker('graft')\n@hookimpl\ndef graft_lossess():\n    return []\n"
+    )
     with pytest.raises(PluginError, match="graft_lossess"):
         PluginHost(env={"GRAFT_PLUGINS": str(typo)})
     wrong = tmp_path / "wrong.py"
-    wrong.write_text("import pluggy\nhookimpl = pluggy.HookimplMarker('graft')\n"
-                     "@hookimpl\ndef graft_losses():\n    return ['not a spec']\n")
+    wrong.write_text(
+        "import pluggy\nhookimpl = pluggy.HookimplMarker('graft')\n"
+        "@hookimpl\ndef graft_losses():\n    return ['not a spec']\n"
+    )
     with pytest.raises(PluginError, match="returned str from graft_losses; expected LossSpec"):
         PluginHost(env={"GRAFT_PLUGINS": str(wrong)})
 
 
 def test_failing_observer_is_logged_and_skipped(tmp_path, caplog):
     obs = tmp_path / "observers.py"
-    obs.write_text(textwrap.dedent('''
+    obs.write_text(
+        textwrap.dedent("""
         import pluggy
         hookimpl = pluggy.HookimplMarker("graft")
         seen = []
@@ -121,7 +134,8 @@ def test_failing_observer_is_logged_and_skipped(tmp_path, caplog):
         @hookimpl
         def graft_on_stage_start(run, stage):
             seen.append(("start", stage))
-    '''))
+    """)
+    )
     host = PluginHost(env={"GRAFT_PLUGINS": str(obs)})
     import graft_plugin_observers as module
 
@@ -160,12 +174,18 @@ def test_a_plugin_written_for_another_contract_major_is_refused_by_name(tmp_path
     from graftflow.core import CONTRACT_VERSION
 
     old = tmp_path / "old_plugin.py"
-    old.write_text("from graftflow.core import hookimpl\ngraft_contract = 1\n"
-                   "@hookimpl\ndef graft_losses():\n    return []\n")
-    with pytest.raises(PluginError, match=r"plugin 'graft_plugin_old_plugin' \(GRAFT_PLUGINS\) was written for plugin "
-                                          r"contract 1; this graftflow implements contract 2\.0"):
+    old.write_text(
+        "from graftflow.core import hookimpl\ngraft_contract = 1\n@hookimpl\ndef graft_losses():\n    return []\n"
+    )
+    with pytest.raises(
+        PluginError,
+        match=r"plugin 'graft_plugin_old_plugin' \(GRAFT_PLUGINS\) was written for plugin "
+        r"contract 1; this graftflow implements contract 2\.0",
+    ):
         PluginHost(env={"GRAFT_PLUGINS": str(old)})
     current = tmp_path / "current_plugin.py"
-    current.write_text(f"from graftflow.core import hookimpl\ngraft_contract = {CONTRACT_VERSION[0]}\n"
-                       "@hookimpl\ndef graft_losses():\n    return []\n")
+    current.write_text(
+        f"from graftflow.core import hookimpl\ngraft_contract = {CONTRACT_VERSION[0]}\n"
+        "@hookimpl\ndef graft_losses():\n    return []\n"
+    )
     PluginHost(env={"GRAFT_PLUGINS": str(current)})  # the same major: accepted

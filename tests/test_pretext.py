@@ -34,7 +34,7 @@ def train(module, images, steps, lr=3e-3, batch=48):
     torch.manual_seed(0)
     opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=lr)
     losses = []
-    for i in range(steps):
+    for _ in range(steps):
         idx = torch.randperm(len(images))[:batch]
         loss = module.step(images[idx], torch.zeros(batch, dtype=torch.long))
         opt.zero_grad()
@@ -143,14 +143,15 @@ def test_moco_key_encoder_is_a_frozen_moving_average_and_the_queue_fills(host, d
         for p in module.backbone.parameters():
             p.add_(1.0)  # e.g. weights loaded after build: the first step copies them
     module.step(digits[:16], None)
-    assert all(torch.equal(p, k) for p, k in zip(module.backbone.parameters(), module.key_backbone.parameters()))
+    pairs = zip(module.backbone.parameters(), module.key_backbone.parameters(), strict=True)
+    assert all(torch.equal(p, k) for p, k in pairs)
     before = [k.clone() for k in module.key_backbone.parameters()]
     online = [p.detach().clone() for p in module.backbone.parameters()]
     with torch.no_grad():
         for p in module.backbone.parameters():
             p.mul_(2)
     module.step(digits[16:32], None)
-    for k, k0, p0 in zip(module.key_backbone.parameters(), before, online):
+    for k, k0, p0 in zip(module.key_backbone.parameters(), before, online, strict=False):
         assert torch.allclose(k, 0.9 * k0 + 0.1 * 2 * p0, atol=1e-6)
     assert int(module.queue_ptr) == 32
     assert torch.allclose(module.queue.norm(dim=1), torch.ones(64), atol=1e-5)

@@ -26,10 +26,21 @@ def summary_of(run_dir: Path) -> dict:
 def test_simclr_ignores_labels_and_its_backbone_reaches_finetuning(prefect_harness, tiny_overrides):
     from graftflow.pipelines.flows import transfer
 
-    config = load_config(DIGITS, tiny_overrides + [
-        "pretrain.pretext={name: simclr, proj_dim: 32}", "pretrain.loss={name: infonce, temperature: 0.3}",
-        "pretrain.classes=null", "pretrain.epochs=2", "pretrain.batch_size=128",
-        "finetune.classes=null", "finetune.labels_per_class=10", "evaluate.probe=knn", "evaluate.probe_k=5"])
+    config = load_config(
+        DIGITS,
+        tiny_overrides
+        + [
+            "pretrain.pretext={name: simclr, proj_dim: 32}",
+            "pretrain.loss={name: infonce, temperature: 0.3}",
+            "pretrain.classes=null",
+            "pretrain.epochs=2",
+            "pretrain.batch_size=128",
+            "finetune.classes=null",
+            "finetune.labels_per_class=10",
+            "evaluate.probe=knn",
+            "evaluate.probe_k=5",
+        ],
+    )
     result = transfer(config=config, stages=["acquire", "pretrain", "finetune", "evaluate"])
     run_dir = Path(result["url"])
     summary = summary_of(run_dir)
@@ -60,10 +71,20 @@ def test_simmim_pretrains_a_vit_on_a_separate_unlabelled_folder(prefect_harness,
         buffer = io.BytesIO()
         Image.fromarray(np.uint8(image * 255 / 16), mode="L").save(buffer, format="PNG")
         (unlabelled / f"{i}.png").write_bytes(buffer.getvalue())
-    config = load_config(DIGITS, tiny_overrides + [
-        "model.family=vit", "model.variant=micro", "pretrain.pretext={name: simmim, mask_ratio: 0.5}",
-        "pretrain.loss=null", "pretrain.classes=null", f"pretrain.source={{kind: folder, path: {tmp_path / 'unlabelled'}}}",
-        "pretrain.epochs=2", "pretrain.batch_size=16"])
+    config = load_config(
+        DIGITS,
+        tiny_overrides
+        + [
+            "model.family=vit",
+            "model.variant=micro",
+            "pretrain.pretext={name: simmim, mask_ratio: 0.5}",
+            "pretrain.loss=null",
+            "pretrain.classes=null",
+            f"pretrain.source={{kind: folder, path: {tmp_path / 'unlabelled'}}}",
+            "pretrain.epochs=2",
+            "pretrain.batch_size=16",
+        ],
+    )
     result = transfer(config=config, stages=["acquire", "pretrain", "finetune"])
     summary = summary_of(Path(result["url"]))
     assert summary["pretrain_data"]["rows"] == 60 and summary["data"]["rows"] > 1000
@@ -75,8 +96,8 @@ def test_simmim_pretrains_a_vit_on_a_separate_unlabelled_folder(prefect_harness,
 
 
 def test_model_weights_from_a_file_report_the_load_and_refuse_other_shapes(tiny_overrides, tmp_path):
-    from graftflow.core.models.weights import save_model
     from graftflow.core.models.build import build_model
+    from graftflow.core.models.weights import save_model
 
     host = PluginHost()
     meta = {"family": "resnet", "variant": "small", "params": {}, "num_classes": 3, "in_chans": 1, "image_size": 8}

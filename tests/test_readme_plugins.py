@@ -38,12 +38,27 @@ def test_readme_plugins_run_through_graft_run(prefect_api, tmp_path):
     assert listing.returncode == 0, listing.stderr
     names = {(r["kind"], r["name"]) for r in json.loads(listing.stdout)}
     assert {("loss", "poly1"), ("model_family", "mobilenet")} <= names
-    sets = [f"artifact_root={tmp_path / 'runs'}", f"data.cache_dir={tmp_path / 'ds'}", "model.family=mobilenet",
-            "model.variant=mobilenetv3_small_050", "data.image_size=32", "finetune.loss={name: poly1, epsilon: 2.0}",
-            "finetune.lr=[0.001, 0.01]", "pretrain.enabled=false", "finetune.freeze_epochs=0", "finetune.epochs=4",
-            "export.formats=[onnx]"]
-    proc = graft("run", str(DIGITS), *[a for s in sets for a in ("--set", s)], "--stages",
-                 "acquire,finetune,evaluate,export", env=env)
+    sets = [
+        f"artifact_root={tmp_path / 'runs'}",
+        f"data.cache_dir={tmp_path / 'ds'}",
+        "model.family=mobilenet",
+        "model.variant=mobilenetv3_small_050",
+        "data.image_size=32",
+        "finetune.loss={name: poly1, epsilon: 2.0}",
+        "finetune.lr=[0.001, 0.01]",
+        "pretrain.enabled=false",
+        "finetune.freeze_epochs=0",
+        "finetune.epochs=4",
+        "export.formats=[onnx]",
+    ]
+    proc = graft(
+        "run",
+        str(DIGITS),
+        *[a for s in sets for a in ("--set", s)],
+        "--stages",
+        "acquire,finetune,evaluate,export",
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = run_dirs(tmp_path / "runs" / "digits-transfer")[0]
     summary = json.loads((run / "summary.json").read_text())

@@ -20,8 +20,14 @@ from graftflow.core.training.checkpointing import COMPLETE, Checkpointer
 from tests.prefect_server import BIN
 from tests.support import DIGITS, ROOT
 
-BASE = ["data.image_size=8", "pretrain.enabled=false", "finetune.freeze_epochs=1", "finetune.epochs=2",
-        "finetune.ema=0.9", "checkpoints.every_steps=5"]  # digits.yaml keeps its random-affine augmentation
+BASE = [
+    "data.image_size=8",
+    "pretrain.enabled=false",
+    "finetune.freeze_epochs=1",
+    "finetune.epochs=2",
+    "finetune.ema=0.9",
+    "checkpoints.every_steps=5",
+]  # digits.yaml keeps its random-affine augmentation
 
 
 def config_for(root: Path, *extra: str):
@@ -91,14 +97,18 @@ def test_incomplete_checkpoints_are_never_loaded(tmp_path):
 def test_sigkill_at_random_points_then_resume(prefect_api, tmp_path, reference):
     """The real CLI, killed with SIGKILL while it trains, resumed with --run-id, three times."""
     rng = random.Random(int(os.environ.get("GRAFT_KILL_SEED", "0")))
-    sets = [a for o in [f"artifact_root={tmp_path / 'runs'}", f"data.cache_dir={tmp_path / 'ds'}", *BASE]
-            for a in ("--set", o)]
+    sets = [
+        a
+        for o in [f"artifact_root={tmp_path / 'runs'}", f"data.cache_dir={tmp_path / 'ds'}", *BASE]
+        for a in ("--set", o)
+    ]
     cmd = [str(BIN / "graft"), "run", str(DIGITS), *sets, "--stages", "acquire,finetune", "--run-id", "killed"]
     ckpt_dir = tmp_path / "runs" / "digits-transfer" / "killed" / "_checkpoints" / "finetune"
     kills = 0
     for target in sorted(rng.sample(range(6, 50), 3)):
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
         deadline = time.monotonic() + 300
         while proc.poll() is None and time.monotonic() < deadline:
             steps = [int(p.name.split("-")[1]) for p in ckpt_dir.glob("step-*")] if ckpt_dir.exists() else []
@@ -123,13 +133,20 @@ def test_sigkill_at_random_points_then_resume(prefect_api, tmp_path, reference):
 
 PRETEXTS = {"simclr": "pretrain.pretext=simclr", "moco": "pretrain.pretext={name: moco, queue: 48, momentum: 0.9}"}
 # digits.yaml pretrains supervised with cross-entropy; the contrastive pretexts take infonce.
-PRE_BASE = ["data.image_size=8", "pretrain.epochs=2", "pretrain.loss=infonce", "checkpoints.every_steps=5", "finetune.epochs=0",
-            "finetune.freeze_epochs=0"]
+PRE_BASE = [
+    "data.image_size=8",
+    "pretrain.epochs=2",
+    "pretrain.loss=infonce",
+    "checkpoints.every_steps=5",
+    "finetune.epochs=0",
+    "finetune.freeze_epochs=0",
+]
 
 
 def pretrain_config(root: Path, pretext: str):
-    return load_config(DIGITS, [f"artifact_root={root / 'runs'}", f"data.cache_dir={root / 'ds'}", *PRE_BASE,
-                                PRETEXTS[pretext]])
+    return load_config(
+        DIGITS, [f"artifact_root={root / 'runs'}", f"data.cache_dir={root / 'ds'}", *PRE_BASE, PRETEXTS[pretext]]
+    )
 
 
 def backbone(run) -> dict[str, torch.Tensor]:
@@ -150,6 +167,7 @@ def pretrained_reference(tmp_path_factory):
                 execute_stage(stage, config, run, host)
             done[pretext] = backbone(run), run.summary()
         return done[pretext]
+
     return reference
 
 
@@ -179,8 +197,9 @@ def test_pretraining_resumes_after_a_crash_to_identical_weights(tmp_path, monkey
     assert untimed(summary["metrics"]["pretrain"]) == untimed(reference_summary["metrics"]["pretrain"])
 
 
-def test_without_the_queue_in_the_checkpoint_moco_would_not_resume_identically(tmp_path, monkeypatch,
-                                                                                pretrained_reference):
+def test_without_the_queue_in_the_checkpoint_moco_would_not_resume_identically(
+    tmp_path, monkeypatch, pretrained_reference
+):
     """Negative control: the same crash and resume, but the queue and key encoder start afresh → other weights."""
     from graftflow.core.training import resume
 
@@ -219,8 +238,16 @@ def test_without_the_queue_in_the_checkpoint_moco_would_not_resume_identically(t
 def test_sigkill_during_ssl_pretraining_then_resume(prefect_api, tmp_path, pretext, pretrained_reference):
     """The real CLI, killed with SIGKILL while SimCLR / MoCo pretrains, resumed with --run-id."""
     expected, reference_summary = pretrained_reference(pretext)
-    sets = [a for o in [f"artifact_root={tmp_path / 'runs'}", f"data.cache_dir={tmp_path / 'ds'}", *PRE_BASE,
-                        PRETEXTS[pretext]] for a in ("--set", o)]
+    sets = [
+        a
+        for o in [
+            f"artifact_root={tmp_path / 'runs'}",
+            f"data.cache_dir={tmp_path / 'ds'}",
+            *PRE_BASE,
+            PRETEXTS[pretext],
+        ]
+        for a in ("--set", o)
+    ]
     cmd = [str(BIN / "graft"), "run", str(DIGITS), *sets, "--stages", "acquire,pretrain", "--run-id", "killed"]
     ckpt_dir = tmp_path / "runs" / "digits-transfer" / "killed" / "_checkpoints" / "pretrain"
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)

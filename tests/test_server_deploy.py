@@ -21,8 +21,15 @@ from tests.deploy_support import deployed_server, tiny_config
 pytestmark = pytest.mark.slow
 
 CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--no-first-run", "--disable-sync", "--disable-quic"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+    "--disable-quic",
+]
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +43,10 @@ def run_dirs(root: Path) -> list[Path]:
 
 
 def test_deploy_worker_runs_artifacts_and_cache(server, tmp_path):
-    deployments = {f: server.deployment(f) for f in
-                   ("transfer", "acquire", "augment", "pretrain", "finetune", "evaluate", "export", "lr-find")}
+    deployments = {
+        f: server.deployment(f)
+        for f in ("transfer", "acquire", "augment", "pretrain", "finetune", "evaluate", "export", "lr-find")
+    }
     assert all(d["work_pool_name"] == "local" for d in deployments.values())
     assert [s["schedule"]["cron"] for s in deployments["transfer"]["schedules"]] == ["0 3 * * *"]
     # the nightly cron makes scheduled runs at 03:00 UTC (Prefect's scheduler service); then it is paused,
@@ -65,18 +74,27 @@ def test_deploy_worker_runs_artifacts_and_cache(server, tmp_path):
     assert first["name"].startswith("digits-transfer · all stages · resnet-tiny · ft 1+1 ep")
     [run] = run_dirs(tmp_path / "runs")
     summary = json.loads((run / "summary.json").read_text())
-    assert all(summary["stages"][s]["status"] == "completed" for s in
-               ("acquire", "augment", "pretrain", "finetune", "evaluate", "export"))
+    assert all(
+        summary["stages"][s]["status"] == "completed"
+        for s in ("acquire", "augment", "pretrain", "finetune", "evaluate", "export")
+    )
     assert summary["metrics"]["test"]["accuracy"] > 0.5
 
     children = server.subflow_runs(first["id"])
     assert sorted(c["name"].split("/")[1] for c in children) == sorted(
-        ["acquire", "augment", "pretrain", "finetune", "evaluate", "export"])
+        ["acquire", "augment", "pretrain", "finetune", "evaluate", "export"]
+    )
     artifacts = server.artifacts([c["id"] for c in children])
     by_key = {a["key"]: a for a in artifacts if a["key"]}
-    for key in ("digits-transfer-evaluation", "digits-transfer-param-groups", "digits-transfer-exports",
-                "digits-transfer-confusion-matrix", "digits-transfer-finetune-curves",
-                "digits-transfer-augmentation-preview", "digits-transfer-export-files"):
+    for key in (
+        "digits-transfer-evaluation",
+        "digits-transfer-param-groups",
+        "digits-transfer-exports",
+        "digits-transfer-confusion-matrix",
+        "digits-transfer-finetune-curves",
+        "digits-transfer-augmentation-preview",
+        "digits-transfer-export-files",
+    ):
         assert key in by_key, sorted(by_key)
     assert by_key["digits-transfer-confusion-matrix"]["data"].count("data:image/png;base64,") == 1
     assert "data:image/png;base64," in by_key["digits-transfer-finetune-curves"]["data"]
@@ -126,10 +144,12 @@ def custom_run_in_ui(server, tmp_path: Path) -> None:
             # Every section of the pydantic config is in the form, with its description.
             expect(page.get_by_text("FinetuneConfig (Optional)", exact=True)).to_be_visible(timeout=30_000)
             expect(page.get_by_text("Head-only epochs with the body frozen, before the rest.")).to_be_visible()
-            label = page.locator("xpath=//label[normalize-space()='FinetuneConfig (Optional)']"
-                                 "/ancestor::div[.//label[normalize-space()='Epochs (Optional)']][1]"
-                                 "//label[normalize-space()='Epochs (Optional)']").first
-            epochs = page.locator(f"[id=\"{label.get_attribute('for')}\"]")
+            label = page.locator(
+                "xpath=//label[normalize-space()='FinetuneConfig (Optional)']"
+                "/ancestor::div[.//label[normalize-space()='Epochs (Optional)']][1]"
+                "//label[normalize-space()='Epochs (Optional)']"
+            ).first
+            epochs = page.locator(f'[id="{label.get_attribute("for")}"]')
             expect(epochs).to_have_value("1")
             epochs.fill("2")
             epochs.press("Tab")  # leave the field, so the form has committed the value before Submit
@@ -143,8 +163,12 @@ def custom_run_in_ui(server, tmp_path: Path) -> None:
             for attempt in range(3):
                 if attempt == 0 or submit.is_visible():
                     submit.click()
-                runs = server.deployment_runs(deployment["id"], timeout=40 + 40 * attempt, where=with_two_epochs,
-                                              pause=lambda: page.wait_for_timeout(1000))  # playwright's loop turns
+                runs = server.deployment_runs(
+                    deployment["id"],
+                    timeout=40 + 40 * attempt,
+                    where=with_two_epochs,
+                    pause=lambda: page.wait_for_timeout(1000),
+                )  # playwright's loop turns
                 if runs:
                     created = runs[0]
                     break

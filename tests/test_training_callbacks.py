@@ -4,13 +4,12 @@ import textwrap
 
 import pytest
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 from graftflow.core.config import load_config
 from graftflow.core.data.dataset import ArrowImageDataset, normalizer, select
-from graftflow.core.models.saved import read_model
 from graftflow.core.device import Hardware, resolve_policy
+from graftflow.core.models.saved import read_model
 from graftflow.core.plugin_manager import PluginHost
 from graftflow.core.runs import Run
 from graftflow.core.stages.base import execute_stage
@@ -58,8 +57,17 @@ def tiny_fit(callbacks, epochs=2, batches=3):
     opt = torch.optim.SGD([{"params": model.parameters(), "lr": 0.1, "base_lr": 0.1}])
     data = [(torch.randn(8, 4), torch.randint(0, 2, (8,))) for _ in range(batches)]
     sched = GroupScheduler(opt, "constant", epochs * batches, 0.0)
-    return train(model, lambda x, y: nn.functional.cross_entropy(model(x), y), data, opt, sched, CPU, epochs,
-                 phase="unit", callbacks=callbacks)
+    return train(
+        model,
+        lambda x, y: nn.functional.cross_entropy(model(x), y),
+        data,
+        opt,
+        sched,
+        CPU,
+        epochs,
+        phase="unit",
+        callbacks=callbacks,
+    )
 
 
 def test_events_fire_in_order_and_in_list_order():
@@ -89,9 +97,20 @@ def test_should_stop_ends_the_phase_after_that_epoch():
 
 
 def tiny(root, *extra):
-    return load_config(DIGITS, [f"artifact_root={root / 'runs'}", f"data.cache_dir={root / 'ds'}", "data.image_size=8",
-                                "pretrain.enabled=false", "finetune.freeze_epochs=0", "finetune.epochs=2",
-                                "finetune.schedule=constant", "augment.train=[]", *extra])
+    return load_config(
+        DIGITS,
+        [
+            f"artifact_root={root / 'runs'}",
+            f"data.cache_dir={root / 'ds'}",
+            "data.image_size=8",
+            "pretrain.enabled=false",
+            "finetune.freeze_epochs=0",
+            "finetune.epochs=2",
+            "finetune.schedule=constant",
+            "augment.train=[]",
+            *extra,
+        ],
+    )
 
 
 def test_val_loss_is_the_stages_own_loss_focal(tmp_path):
@@ -119,7 +138,8 @@ def test_val_loss_is_the_stages_own_loss_focal(tmp_path):
 
 def test_graft_on_checkpoint_fires_after_each_complete_checkpoint(tmp_path):
     observer = tmp_path / "ckpt_observer.py"
-    observer.write_text(textwrap.dedent(f'''
+    observer.write_text(
+        textwrap.dedent(f'''
         import os
         from graftflow.core import hookimpl
         seen = []
@@ -127,7 +147,8 @@ def test_graft_on_checkpoint_fires_after_each_complete_checkpoint(tmp_path):
         @hookimpl
         def graft_on_checkpoint(run, stage, path, step):
             seen.append((stage, step, os.path.exists(os.path.join(path, "{COMPLETE}"))))
-    '''))
+    ''')
+    )
     config = tiny(tmp_path, "checkpoints.every_steps=7", f"plugins=[{observer}]")
     host, run = PluginHost(config.plugins), Run.open(config)
     for stage in ("acquire", "finetune"):

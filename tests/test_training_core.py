@@ -8,9 +8,9 @@ from torch import nn
 
 from graftflow.core.device import Hardware, resolve_policy
 from graftflow.core.errors import ConfigError, PluginError
+from graftflow.core.models.build import check_partition
 from graftflow.core.specs import LayerGroup
 from graftflow.core.training.freezing import set_trainable
-from graftflow.core.models.build import check_partition
 from graftflow.core.training.param_groups import build_param_groups, spread_lrs
 from graftflow.core.training.schedule import GroupScheduler, factor
 
@@ -42,8 +42,10 @@ class Tiny(nn.Module):
         return self.fc(self.body(x).mean((2, 3)))
 
 
-GROUPS = [LayerGroup("body", ("body.0.weight", "body.0.bias", "body.1.weight", "body.1.bias")),
-          LayerGroup("head", ("fc.weight", "fc.bias"))]
+GROUPS = [
+    LayerGroup("body", ("body.0.weight", "body.0.bias", "body.1.weight", "body.1.bias")),
+    LayerGroup("head", ("fc.weight", "fc.bias")),
+]
 
 
 def test_groups_split_decay_and_keep_their_lr():
@@ -106,8 +108,13 @@ def test_device_policy_rules():
     cpu = resolve_policy("auto", "auto", NO_GPU)
     assert (cpu.device, cpu.precision, cpu.channels_last, cpu.pin_memory) == ("cpu", "fp32", False, False)
     a100 = resolve_policy("auto", "auto", AMPERE, conv_net=True)
-    assert (a100.device, a100.precision, a100.channels_last, a100.grad_scaler, a100.pin_memory) == \
-        ("cuda", "bf16", True, False, True)
+    assert (a100.device, a100.precision, a100.channels_last, a100.grad_scaler, a100.pin_memory) == (
+        "cuda",
+        "bf16",
+        True,
+        False,
+        True,
+    )
     t4 = resolve_policy("auto", "auto", TURING, conv_net=False)
     assert (t4.precision, t4.grad_scaler, t4.channels_last) == ("fp16", True, False)
     with pytest.raises(ConfigError, match="device: 'cuda:1' requested but this machine has 1"):

@@ -6,8 +6,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from graftflow.core.models.weights import read_weights
 from graftflow.core.errors import GraftError
+from graftflow.core.models.weights import read_weights
 
 
 class Payload:
@@ -20,7 +20,9 @@ def test_pickled_objects_are_refused_and_nothing_runs(tmp_path, monkeypatch):
     evil = tmp_path / "model.pt"
     with open(evil, "wb") as f:
         pickle.dump({"weight": Payload()}, f)
-    with pytest.raises(GraftError, match=r"model.weights: '.*model.pt' is not a plain state_dict \(refusing to unpickle code\)"):
+    with pytest.raises(
+        GraftError, match=r"model.weights: '.*model.pt' is not a plain state_dict \(refusing to unpickle code\)"
+    ):
         read_weights(str(evil))
     assert not (tmp_path / "PWNED").exists()
 

@@ -40,7 +40,7 @@ class _Member:
 
 
 def archive_kind(path: Path) -> str | None:
-    """"zip", "tar" or None, by content (not by name)."""
+    """ "zip", "tar" or None, by content (not by name)."""
     if zipfile.is_zipfile(path):
         return "zip"
     try:
@@ -62,8 +62,9 @@ def _clean_name(archive: Path, raw: str) -> str:
         raise DataError(f"archive {archive.name}: member '{raw}' has an absolute path; refusing to extract")
     parts = [p for p in PurePosixPath(name).parts if p not in ("", ".")]
     if ".." in parts:
-        raise DataError(f"archive {archive.name}: member '{raw}' points outside the extraction folder (..); "
-                        f"refusing to extract")
+        raise DataError(
+            f"archive {archive.name}: member '{raw}' points outside the extraction folder (..); refusing to extract"
+        )
     return "/".join(parts)
 
 
@@ -72,8 +73,9 @@ def _check_link(archive: Path, member: str, target: str) -> str:
     clean = target.replace("\\", "/")
     parts = [p for p in PurePosixPath(clean).parts if p not in ("", ".")]
     if clean.startswith("/") or (len(clean) > 1 and clean[1] == ":") or ".." in parts:
-        raise DataError(f"archive {archive.name}: link '{member}' -> '{target}' escapes the extraction folder; "
-                        f"refusing to extract")
+        raise DataError(
+            f"archive {archive.name}: link '{member}' -> '{target}' escapes the extraction folder; refusing to extract"
+        )
     return "/".join(parts)
 
 
@@ -90,8 +92,10 @@ def _zip_members(archive: Path, zf: zipfile.ZipFile) -> list[_Member]:
             members.append(_Member(name, "dir", 0))
             continue
         if info.file_size > RATIO_FLOOR and info.file_size > MAX_RATIO * max(info.compress_size, 1):
-            raise DataError(f"archive {archive.name}: member '{info.filename}' expands {info.compress_size} → "
-                            f"{info.file_size} bytes (over {MAX_RATIO}×); refusing a likely zip bomb")
+            raise DataError(
+                f"archive {archive.name}: member '{info.filename}' expands {info.compress_size} → "
+                f"{info.file_size} bytes (over {MAX_RATIO}×); refusing a likely zip bomb"
+            )
         members.append(_Member(name, "file", info.file_size))
     return members
 
@@ -116,8 +120,10 @@ def _tar_members(archive: Path, tf: tarfile.TarFile) -> list[_Member]:
 def _validate(archive: Path, members: list[_Member], max_bytes: int) -> None:
     total = sum(m.size for m in members)
     if total > max_bytes:
-        raise DataError(f"archive {archive.name}: would extract {total} bytes, over the cap of {max_bytes} "
-                        f"(data.source.max_extract_bytes); refusing a likely archive bomb")
+        raise DataError(
+            f"archive {archive.name}: would extract {total} bytes, over the cap of {max_bytes} "
+            f"(data.source.max_extract_bytes); refusing a likely archive bomb"
+        )
     links = {m.name for m in members if m.kind in ("symlink", "hardlink")}
     names = {m.name for m in members}
     for m in members:
@@ -125,8 +131,9 @@ def _validate(archive: Path, members: list[_Member], max_bytes: int) -> None:
         parents = PurePosixPath(m.name).parents
         through = next((str(p) for p in parents if str(p) in links), None)
         if through is not None:
-            raise DataError(f"archive {archive.name}: member '{m.name}' is written through link '{through}'; "
-                            f"refusing to extract")
+            raise DataError(
+                f"archive {archive.name}: member '{m.name}' is written through link '{through}'; refusing to extract"
+            )
         if m.kind == "hardlink" and m.link not in names:
             raise DataError(f"archive {archive.name}: hard link '{m.name}' -> '{m.link}' names no member")
 
@@ -142,8 +149,10 @@ class _Budget:
                 written += len(chunk)
                 self.left -= len(chunk)
                 if written > declared or self.left < 0:
-                    raise DataError(f"archive {self.archive.name}: member '{member}' is larger than its header says "
-                                    f"or exceeds the extraction cap; refusing to extract")
+                    raise DataError(
+                        f"archive {self.archive.name}: member '{member}' is larger than its header says "
+                        f"or exceeds the extraction cap; refusing to extract"
+                    )
                 out.write(chunk)
 
 

@@ -29,9 +29,15 @@ class AugmentPolicy:
     soft_targets: bool = False
 
 
-def augment_policy(host: PluginHost, refs: Sequence[PluginRef], section: str, device_type: str = "cpu",
-                   context: AugmentContext | None = None, training: bool = True,
-                   baked: bool = False) -> AugmentPolicy:
+def augment_policy(
+    host: PluginHost,
+    refs: Sequence[PluginRef],
+    section: str,
+    device_type: str = "cpu",
+    context: AugmentContext | None = None,
+    training: bool = True,
+    baked: bool = False,
+) -> AugmentPolicy:
     """Build each entry's op where the plan places it.
 
     `baked=True` (training on `augment.materialize`d copies): ops with a per-sample form
@@ -85,6 +91,7 @@ class BatchNormalize:
     def __init__(self, mean: Sequence[float], std: Sequence[float], channels: int):
         def per_channel(values: Sequence[float]) -> list[float]:
             return list(values) * channels if len(values) == 1 else list(values)
+
         self.mean = torch.tensor(per_channel(mean)).view(1, -1, 1, 1)
         self.std = torch.tensor(per_channel(std)).view(1, -1, 1, 1)
 

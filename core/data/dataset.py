@@ -37,8 +37,10 @@ def select(store_url: str, split: str | Sequence[str], classes: Sequence[str] | 
     """Rows of `split` whose class is in `classes` (all when None); `field` names the config for errors."""
     info = read_info(store_url)
     if info.target != "single":
-        raise DataError(f"{field}: the data store holds multi-label targets (data.source.layout.target: multi); "
-                        f"training and evaluation are single-label for now: use target single or any")
+        raise DataError(
+            f"{field}: the data store holds multi-label targets (data.source.layout.target: multi); "
+            f"training and evaluation are single-label for now: use target single or any"
+        )
     table = read_table(store_url)
     names = info.class_names
     if classes is None:
@@ -50,8 +52,7 @@ def select(store_url: str, split: str | Sequence[str], classes: Sequence[str] | 
         wanted = list(classes)
     splits = [split] if isinstance(split, str) else list(split)
     old_ids = [names.index(c) for c in wanted]
-    mask = pc.and_(pc.is_in(table["split"], pa.array(splits)),
-                   pc.is_in(table["label"], pa.array(old_ids, pa.int32())))
+    mask = pc.and_(pc.is_in(table["split"], pa.array(splits)), pc.is_in(table["label"], pa.array(old_ids, pa.int32())))
     rows = table.filter(mask)
     remap = np.full(len(names), -1, dtype=np.int64)
     remap[old_ids] = np.arange(len(old_ids))
@@ -77,8 +78,9 @@ def per_class_subsample(sel: Selection, per_class: int, seed: int) -> Selection:
         rows = np.flatnonzero(sel.labels == label)
         keep.append(np.sort(rng.permutation(rows)[:per_class]))
     idx = np.sort(np.concatenate(keep)) if keep else np.zeros(0, dtype=np.int64)
-    return Selection(images=sel.images.take(pa.array(idx, pa.int64())), labels=sel.labels[idx],
-                     class_names=list(sel.class_names))
+    return Selection(
+        images=sel.images.take(pa.array(idx, pa.int64())), labels=sel.labels[idx], class_names=list(sel.class_names)
+    )
 
 
 def base_transform(image_size: int) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -88,14 +90,16 @@ def base_transform(image_size: int) -> Callable[[torch.Tensor], torch.Tensor]:
 def normalizer(mean: Sequence[float], std: Sequence[float], channels: int) -> v2.Transform:
     def per_channel(values: Sequence[float]) -> list[float]:
         return list(values) * channels if len(values) == 1 else list(values)
+
     return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(per_channel(mean), per_channel(std))])
 
 
 CACHE_BUDGET = 1 << 30  # bytes of decoded uint8 pixels `cache_decoded: auto` allows per split
 
 
-def cache_fits(n: int, channels: int, image_size: int, setting: bool | str = "auto",
-               budget: int = CACHE_BUDGET) -> bool:
+def cache_fits(
+    n: int, channels: int, image_size: int, setting: bool | str = "auto", budget: int = CACHE_BUDGET
+) -> bool:
     """Whether to decode a split once into memory: `data.cache_decoded` true/false, or auto within `budget`."""
     if setting == "auto":
         return n * channels * image_size * image_size <= budget
@@ -122,9 +126,15 @@ class ArrowImageDataset(Dataset):
     images stay uint8 (batch ops on the device convert and normalise them).
     """
 
-    def __init__(self, sel: Selection, channels: int, image_size: int,
-                 sample_transforms: Sequence[Callable] = (), normalize: Callable | None = None,
-                 cache: bool = False):
+    def __init__(
+        self,
+        sel: Selection,
+        channels: int,
+        image_size: int,
+        sample_transforms: Sequence[Callable] = (),
+        normalize: Callable | None = None,
+        cache: bool = False,
+    ):
         self.images = sel.images
         self.labels = torch.as_tensor(sel.labels, dtype=torch.long)
         self.mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
@@ -171,7 +181,7 @@ class ArrowImageDataset(Dataset):
         images = self.cached[index]
         if self.normalize is not None:
             images = self.normalize(images)
-        return list(zip(images.unbind(0), self.labels[index].unbind(0)))
+        return list(zip(images.unbind(0), self.labels[index].unbind(0), strict=False))
 
 
 class BatchCollate:
@@ -189,10 +199,19 @@ class BatchCollate:
         return self.transform(images, labels)
 
 
-def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: int, seed: int,
-                pin_memory: bool = False, drop_last: bool = False, shard: tuple[int, int] | None = None,
-                prefetch_factor: int | None = None, persistent_workers: bool = True,
-                collate_fn: Callable | None = None) -> DataLoader:
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    shuffle: bool,
+    num_workers: int,
+    seed: int,
+    pin_memory: bool = False,
+    drop_last: bool = False,
+    shard: tuple[int, int] | None = None,
+    prefetch_factor: int | None = None,
+    persistent_workers: bool = True,
+    collate_fn: Callable | None = None,
+) -> DataLoader:
     """`shard=(rank, world_size)` gives each process of a distributed stage its own part of every epoch.
 
     Workers are seeded from the loader's seeded generator, so the same `seed` gives the
@@ -201,11 +220,20 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: i
     generator = torch.Generator().manual_seed(seed)
     sampler = None
     if shard is not None:
-        sampler = DistributedSampler(dataset, num_replicas=shard[1], rank=shard[0], shuffle=shuffle, seed=seed,
-                                     drop_last=drop_last)
+        sampler = DistributedSampler(
+            dataset, num_replicas=shard[1], rank=shard[0], shuffle=shuffle, seed=seed, drop_last=drop_last
+        )
     extra = {"prefetch_factor": prefetch_factor} if num_workers > 0 and prefetch_factor else {}
     return DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler, num_workers=num_workers,
-        generator=generator, pin_memory=pin_memory, drop_last=drop_last,
-        persistent_workers=num_workers > 0 and persistent_workers, collate_fn=collate_fn, **extra,
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
+        num_workers=num_workers,
+        generator=generator,
+        pin_memory=pin_memory,
+        drop_last=drop_last,
+        persistent_workers=num_workers > 0 and persistent_workers,
+        collate_fn=collate_fn,
+        **extra,
     )

@@ -50,12 +50,15 @@ class TableLayout(BaseModel):
     images: str = Field("", description="Folder (relative to the data) the image names are relative to.")
     image_suffix: str = Field("", description="Appended to every image name (for tables that list ids without .jpg).")
     target: Literal["single", "multi", "any"] = Field(
-        "single", description="single: one label per image; multi: the label set; any: has-any-label binary.")
+        "single", description="single: one label per image; multi: the label set; any: has-any-label binary."
+    )
     require_column: str | None = Field(
-        None, description="A row counts as a label only where this column is non-empty (Severstal: EncodedPixels).")
+        None, description="A row counts as a label only where this column is non-empty (Severstal: EncodedPixels)."
+    )
     label_separator: str | None = Field(None, description="Split one label cell into several labels on this string.")
     unlisted: Literal["ignore", "include"] = Field(
-        "ignore", description="Images in `images` the table never names: ignore them, or include them with no label.")
+        "ignore", description="Images in `images` the table never names: ignore them, or include them with no label."
+    )
     positive: str = Field("positive", description="target any: the class of images with at least one label.")
     negative: str = Field("negative", description="target any: the class of images with no label.")
 
@@ -70,14 +73,17 @@ class ImageSourceParams(BaseModel):
     layout: Layout = Field(default_factory=FoldersLayout, description="How labels are given: folders or table.")
     extensions: list[str] = Field(list(IMAGE_SUFFIXES), description="Image file suffixes to include.")
     on_bad_image: Literal["skip", "fail"] = Field(
-        "fail", description="A missing or unreadable image: skip it (counted and named in the report) or fail.")
+        "fail", description="A missing or unreadable image: skip it (counted and named in the report) or fail."
+    )
     max_extract_bytes: int = Field(64 * 2**30, gt=0, description="Refuse archives that would extract to more bytes.")
 
 
 class Records:
     """An iterable of ImageRecords plus the `report` its source fills while it is read."""
 
-    def __init__(self, produce: Callable[[dict[str, Any]], Iterator[ImageRecord]], report: dict[str, Any] | None = None):
+    def __init__(
+        self, produce: Callable[[dict[str, Any]], Iterator[ImageRecord]], report: dict[str, Any] | None = None
+    ):
         self.report: dict[str, Any] = report if report is not None else {}
         self._produce = produce
 
@@ -126,8 +132,13 @@ class BadImages:
         bad = self.report["bad_images"]
         total = bad["missing"] + bad["unreadable"]
         if total:
-            log.warning("data.source: skipped %d bad image(s) (%d missing, %d unreadable); first: %s",
-                        total, bad["missing"], bad["unreadable"], ", ".join(bad["first"]))
+            log.warning(
+                "data.source: skipped %d bad image(s) (%d missing, %d unreadable); first: %s",
+                total,
+                bad["missing"],
+                bad["unreadable"],
+                ", ".join(bad["first"]),
+            )
 
 
 def _read(fs: fsspec.AbstractFileSystem, path: str, name: str, bad: BadImages) -> bytes | None:
@@ -157,7 +168,7 @@ def _relative_files(fs: fsspec.AbstractFileSystem, root: str) -> dict[str, str]:
     base = root.rstrip("/")
     out = {}
     for path in fs.find(base):
-        rel = path[len(base) + 1:] if path.startswith(base + "/") else path
+        rel = path[len(base) + 1 :] if path.startswith(base + "/") else path
         out[rel] = path
     return out
 
@@ -167,7 +178,7 @@ def listing(fs: fsspec.AbstractFileSystem, root: str) -> list[tuple[str, dict]]:
     base = root.rstrip("/")
     items = []
     for path, info in sorted(fs.find(base, detail=True).items()):
-        items.append((path[len(base) + 1:] if path.startswith(base + "/") else path, info))
+        items.append((path[len(base) + 1 :] if path.startswith(base + "/") else path, info))
     return items
 
 
@@ -182,11 +193,15 @@ def _safe_rel(name: str, field: str) -> str:
 # --- layouts ---------------------------------------------------------------------------
 
 
-def records(fs: fsspec.AbstractFileSystem, root: str, params: dict[str, Any] | ImageSourceParams,
-            where: str) -> Records:
+def records(
+    fs: fsspec.AbstractFileSystem, root: str, params: dict[str, Any] | ImageSourceParams, where: str
+) -> Records:
     """The ImageRecords of the folder at `root` under the layout in `params`; `where` names it in messages."""
-    p = params if isinstance(params, ImageSourceParams) else ImageSourceParams.model_validate(
-        {k: v for k, v in params.items() if k in ImageSourceParams.model_fields})
+    p = (
+        params
+        if isinstance(params, ImageSourceParams)
+        else ImageSourceParams.model_validate({k: v for k, v in params.items() if k in ImageSourceParams.model_fields})
+    )
     if isinstance(p.layout, TableLayout):
         return Records(lambda report: _table(fs, root, p, where, report))
     return Records(lambda report: _folders(fs, root, p, where, report))
@@ -197,8 +212,11 @@ def _folders(fs, root: str, p: ImageSourceParams, where: str, report: dict) -> I
     suffixes = tuple(s.lower() for s in p.extensions)
     if not fs.isdir(base):
         raise DataError(f"data.source.layout.root: '{p.layout.root}' is not a folder in {where}")
-    files = [(rel, path) for rel, path in sorted(_relative_files(fs, base).items())
-             if "/" in rel and rel.lower().endswith(suffixes)]
+    files = [
+        (rel, path)
+        for rel, path in sorted(_relative_files(fs, base).items())
+        if "/" in rel and rel.lower().endswith(suffixes)
+    ]
     if not files:
         raise DataError(f"data.source: no images in class sub-folders of {where}")
     bad = BadImages(p.on_bad_image, report)
@@ -224,8 +242,12 @@ def read_table(fs: fsspec.AbstractFileSystem, path: str, name: str):
             header = next(csv.reader([f.readline().decode("utf-8-sig")]), [])
             f.seek(0)
             # Every column as text: ids such as "0123" keep their zeros, empty cells stay "".
-            return pacsv.read_csv(f, convert_options=pacsv.ConvertOptions(
-                column_types={name: pa.string() for name in header}, strings_can_be_null=False))
+            return pacsv.read_csv(
+                f,
+                convert_options=pacsv.ConvertOptions(
+                    column_types={name: pa.string() for name in header}, strings_can_be_null=False
+                ),
+            )
     except FileNotFoundError:
         raise DataError(f"data.source.layout.table: '{name}' does not exist") from None
     except (pa.ArrowInvalid, OSError, ValueError) as exc:
@@ -234,13 +256,19 @@ def read_table(fs: fsspec.AbstractFileSystem, path: str, name: str):
 
 def label_sets(table, layout: TableLayout) -> dict[str, list[str]]:
     """image name → its labels (in first-seen order, no repeats), from the rows of the table."""
-    missing = [c for c in (layout.image_column, layout.label_column, layout.require_column)
-               if c is not None and c not in table.column_names]
+    missing = [
+        c
+        for c in (layout.image_column, layout.label_column, layout.require_column)
+        if c is not None and c not in table.column_names
+    ]
     if missing:
-        field = {layout.image_column: "image_column", layout.label_column: "label_column"}.get(missing[0],
-                                                                                                "require_column")
-        raise DataError(f"data.source.layout.{field}: column '{missing[0]}' is not in {layout.table}; "
-                        f"columns are {', '.join(table.column_names)}")
+        field = {layout.image_column: "image_column", layout.label_column: "label_column"}.get(
+            missing[0], "require_column"
+        )
+        raise DataError(
+            f"data.source.layout.{field}: column '{missing[0]}' is not in {layout.table}; "
+            f"columns are {', '.join(table.column_names)}"
+        )
     images = table[layout.image_column].to_pylist()
     labels = table[layout.label_column].to_pylist()
     required = table[layout.require_column].to_pylist() if layout.require_column else None
@@ -253,7 +281,7 @@ def label_sets(table, layout: TableLayout) -> dict[str, list[str]]:
             continue
         if label is None or not str(label).strip():
             continue
-        for one in (str(label).split(layout.label_separator) if layout.label_separator else [str(label)]):
+        for one in str(label).split(layout.label_separator) if layout.label_separator else [str(label)]:
             one = one.strip()
             if one and one not in current:
                 current.append(one)
@@ -281,8 +309,10 @@ def _table(fs, root: str, p: ImageSourceParams, where: str, report: dict) -> Ite
     for name, labels in names.items():
         if layout.target == "single":
             if len(labels) > 1:
-                raise DataError(f"data.source.layout.target: image '{name}' has labels {', '.join(labels)} in "
-                                f"{layout.table}; use target: multi (label sets) or any (has any label)")
+                raise DataError(
+                    f"data.source.layout.target: image '{name}' has labels {', '.join(labels)} in "
+                    f"{layout.table}; use target: multi (label sets) or any (has any label)"
+                )
             if not labels:
                 unlabelled.append(name)
                 continue
@@ -303,8 +333,12 @@ def _table(fs, root: str, p: ImageSourceParams, where: str, report: dict) -> Ite
             yield ImageRecord(image=data, label="|".join(ordered), source=source, labels=ordered)
     if unlabelled:
         report["unlabelled_skipped"] = {"count": len(unlabelled), "first": unlabelled[:FIRST_NAMES]}
-        log.warning("data.source: %d image(s) have no label in %s and were left out (target single); first: %s",
-                    len(unlabelled), layout.table, ", ".join(unlabelled[:FIRST_NAMES]))
+        log.warning(
+            "data.source: %d image(s) have no label in %s and were left out (target single); first: %s",
+            len(unlabelled),
+            layout.table,
+            ", ".join(unlabelled[:FIRST_NAMES]),
+        )
     bad.log()
 
 

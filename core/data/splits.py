@@ -25,6 +25,6 @@ def stratified_split(labels: Sequence[int], keys: Sequence[str], val: float, tes
         n_val = min(round(n * val), max(n - 1 - n_test, 0))
         for i in members[:n_test]:
             assignment[i] = "test"
-        for i in members[n_test:n_test + n_val]:
+        for i in members[n_test : n_test + n_val]:
             assignment[i] = "val"
     return assignment

@@ -5,10 +5,12 @@ path or URL), `sha256`. Class names and provenance live in the schema
 metadata. A multi-label store (`graft.target` = "multi" in the metadata,
 `target` in `_SUCCESS`) has one more column, `labels` (list<int32>: the
 image's label set, possibly empty), and holds -1 in `label`; its class names
-are the individual labels, and its split is stratified by label set. A store's directory name is a hash of everything that determines
-its content (source, its fingerprint, split options, format version), so an
-unchanged acquire finds the finished store and reads nothing. A store is
-finished when its `_SUCCESS` file exists; that file is written last.
+are the individual labels, and its split is stratified by label set.
+
+A store's directory name is a hash of everything that determines its content
+(source, its fingerprint, split options, format version), so an unchanged acquire
+finds the finished store and reads nothing. A store is finished when its
+`_SUCCESS` file exists; that file is written last.
 """
 
 from __future__ import annotations
@@ -34,13 +36,15 @@ FORMAT_VERSION = 2  # 2: multi-label stores, image sizes and the source's report
 SHARD_ROWS = 4096
 SUCCESS = "_SUCCESS"
 
-SCHEMA = pa.schema([
-    ("image", pa.binary()),
-    ("label", pa.int32()),
-    ("split", pa.string()),
-    ("source", pa.string()),
-    ("sha256", pa.string()),
-])
+SCHEMA = pa.schema(
+    [
+        ("image", pa.binary()),
+        ("label", pa.int32()),
+        ("split", pa.string()),
+        ("source", pa.string()),
+        ("sha256", pa.string()),
+    ]
+)
 MULTI_SCHEMA = SCHEMA.append(pa.field("labels", pa.list_(pa.int32())))
 
 
@@ -70,19 +74,30 @@ class StoreInfo:
 
     def as_summary(self) -> dict[str, Any]:
         return {
-            "path": self.url, "rows": self.rows, "classes": len(self.class_names),
-            "class_names": self.class_names, "class_counts": self.class_counts,
-            "split_counts": self.split_counts, "duplicates_dropped": self.duplicates_dropped,
-            "cache_hit": self.cache_hit, "target": self.target, "image_sizes": self.image_sizes,
+            "path": self.url,
+            "rows": self.rows,
+            "classes": len(self.class_names),
+            "class_names": self.class_names,
+            "class_counts": self.class_counts,
+            "split_counts": self.split_counts,
+            "duplicates_dropped": self.duplicates_dropped,
+            "cache_hit": self.cache_hit,
+            "target": self.target,
+            "image_sizes": self.image_sizes,
             **({"report": self.report} if self.report else {}),
         }
 
 
 def read_info(url: str) -> StoreInfo:
     meta = storage.read_json(storage.join(url, SUCCESS))
-    return StoreInfo(url=url, **{k: meta[k] for k in ("rows", "class_names", "class_counts", "split_counts",
-                                                       "duplicates_dropped", "provenance")},
-                     **{k: meta[k] for k in ("target", "image_sizes", "report") if k in meta})
+    return StoreInfo(
+        url=url,
+        **{
+            k: meta[k]
+            for k in ("rows", "class_names", "class_counts", "split_counts", "duplicates_dropped", "provenance")
+        },
+        **{k: meta[k] for k in ("target", "image_sizes", "report") if k in meta},
+    )
 
 
 class _Sizes:
@@ -116,8 +131,9 @@ def is_complete(url: str) -> bool:
     return storage.exists(storage.join(url, SUCCESS))
 
 
-def build_store(records: Iterable[ImageRecord], url: str, split: dict[str, Any],
-                provenance: dict[str, Any], split_fn) -> StoreInfo:
+def build_store(
+    records: Iterable[ImageRecord], url: str, split: dict[str, Any], provenance: dict[str, Any], split_fn
+) -> StoreInfo:
     """Stream records into shards, assign splits, and mark the store complete.
 
     Written into a staging directory and published whole, so a crash leaves no
@@ -141,12 +157,17 @@ def build_store(records: Iterable[ImageRecord], url: str, split: dict[str, Any],
             if not buffer["image"]:
                 return
             path = raw_dir / f"raw-{len(shard_paths):05d}.parquet"
-            pq.write_table(pa.table({
-                "image": pa.array(buffer["image"], pa.binary()),
-                "label_name": pa.array(buffer["label_name"], pa.string()),
-                "source": pa.array(buffer["source"], pa.string()),
-                "sha256": pa.array(buffer["sha256"], pa.string()),
-            }), path)
+            pq.write_table(
+                pa.table(
+                    {
+                        "image": pa.array(buffer["image"], pa.binary()),
+                        "label_name": pa.array(buffer["label_name"], pa.string()),
+                        "source": pa.array(buffer["source"], pa.string()),
+                        "sha256": pa.array(buffer["sha256"], pa.string()),
+                    }
+                ),
+                path,
+            )
             shard_paths.append(path)
             for values in buffer.values():
                 values.clear()
@@ -156,8 +177,10 @@ def build_store(records: Iterable[ImageRecord], url: str, split: dict[str, Any],
             if target is None:
                 target = kind
             elif kind != target:
-                raise DataError(f"data.source: the source mixes single-label and multi-label images "
-                                f"(at {rec.source}); a store holds one kind")
+                raise DataError(
+                    f"data.source: the source mixes single-label and multi-label images "
+                    f"(at {rec.source}); a store holds one kind"
+                )
             digest = hashlib.sha256(rec.image).hexdigest()
             identity = (digest, rec.label if rec.labels is None else tuple(rec.labels))
             if identity in seen:
@@ -188,8 +211,7 @@ def build_store(records: Iterable[ImageRecord], url: str, split: dict[str, Any],
             # Stratify by label set: every combination is a stratum of its own.
             combos = {c: i for i, c in enumerate(sorted({tuple(s) for s in label_ids}))}
             labels = [-1] * len(label_ids)
-            splits = split_fn([combos[tuple(s)] for s in label_ids], hashes, split["val"], split["test"],
-                              split["seed"])
+            splits = split_fn([combos[tuple(s)] for s in label_ids], hashes, split["val"], split["test"], split["seed"])
             counts = Counter(x for s in label_sets for x in s)
             class_counts = {name: counts[name] for name in class_names}
             unlabelled = sum(1 for s in label_sets if not s)
@@ -200,25 +222,28 @@ def build_store(records: Iterable[ImageRecord], url: str, split: dict[str, Any],
             index = {name: i for i, name in enumerate(class_names)}
             labels = [index[n] for n in label_names]
             splits = split_fn(labels, hashes, split["val"], split["test"], split["seed"])
-            class_counts = {name: c for name, c in sorted(Counter(label_names).items(),
-                                                          key=lambda kv: natural_key(kv[0]))}
+            class_counts = {
+                name: c for name, c in sorted(Counter(label_names).items(), key=lambda kv: natural_key(kv[0]))
+            }
 
         offset = 0
-        metadata = {b"graft.class_names": json.dumps(class_names).encode(),
-                    b"graft.provenance": json.dumps(provenance, default=str).encode(),
-                    b"graft.target": (target or "single").encode()}
+        metadata = {
+            b"graft.class_names": json.dumps(class_names).encode(),
+            b"graft.provenance": json.dumps(provenance, default=str).encode(),
+            b"graft.target": (target or "single").encode(),
+        }
         for i, raw in enumerate(shard_paths):
             table = pq.read_table(raw)
             n = table.num_rows
             columns = {
                 "image": table["image"],
-                "label": pa.array(labels[offset:offset + n], pa.int32()),
-                "split": pa.array(splits[offset:offset + n], pa.string()),
+                "label": pa.array(labels[offset : offset + n], pa.int32()),
+                "split": pa.array(splits[offset : offset + n], pa.string()),
                 "source": table["source"],
                 "sha256": table["sha256"],
             }
             if multi:
-                columns["labels"] = pa.array(label_ids[offset:offset + n], pa.list_(pa.int32()))
+                columns["labels"] = pa.array(label_ids[offset : offset + n], pa.list_(pa.int32()))
             out = pa.table(columns, schema=(MULTI_SCHEMA if multi else SCHEMA).with_metadata(metadata))
             pq.write_table(out, staging / f"part-{i:05d}.parquet")
             raw.unlink()
@@ -226,16 +251,32 @@ def build_store(records: Iterable[ImageRecord], url: str, split: dict[str, Any],
         raw_dir.rmdir()
 
         info = StoreInfo(
-            url=url, rows=len(labels), class_names=class_names, class_counts=class_counts,
-            split_counts=dict(Counter(splits)), duplicates_dropped=dropped, provenance=provenance,
-            target=target or "single", image_sizes=sizes.summary(), report=report,
+            url=url,
+            rows=len(labels),
+            class_names=class_names,
+            class_counts=class_counts,
+            split_counts=dict(Counter(splits)),
+            duplicates_dropped=dropped,
+            provenance=provenance,
+            target=target or "single",
+            image_sizes=sizes.summary(),
+            report=report,
         )
-        storage.write_json(str(staging / SUCCESS), {
-            "format": FORMAT_VERSION, "rows": info.rows, "class_names": class_names,
-            "class_counts": info.class_counts, "split_counts": info.split_counts,
-            "duplicates_dropped": dropped, "provenance": provenance, "target": info.target,
-            "image_sizes": info.image_sizes, "report": report,
-        })
+        storage.write_json(
+            str(staging / SUCCESS),
+            {
+                "format": FORMAT_VERSION,
+                "rows": info.rows,
+                "class_names": class_names,
+                "class_counts": info.class_counts,
+                "split_counts": info.split_counts,
+                "duplicates_dropped": dropped,
+                "provenance": provenance,
+                "target": info.target,
+                "image_sizes": info.image_sizes,
+                "report": report,
+            },
+        )
         storage.publish_dir(staging, url)
         return info
     except BaseException:

@@ -18,15 +18,28 @@ def build_model(host: PluginHost, meta: dict[str, Any]) -> nn.Module:
     """A fresh model from a `model.json` description (family, variant, params, classes, channels, size)."""
     family = host.families.get(meta["family"], "model.family")
     params = plugin_params(family, meta.get("params", {}), "model")
-    return family.build(meta["variant"], num_classes=meta["num_classes"], in_chans=meta["in_chans"],
-                        image_size=meta["image_size"], **params)
+    return family.build(
+        meta["variant"],
+        num_classes=meta["num_classes"],
+        in_chans=meta["in_chans"],
+        image_size=meta["image_size"],
+        **params,
+    )
 
 
 def model_meta(config: PipelineConfig, class_names: Sequence[str]) -> dict[str, Any]:
     """What `model.json` records: enough to rebuild the architecture and to preprocess its inputs."""
-    return {"family": config.model.family, "variant": config.model.variant, "params": config.model.params,
-            "num_classes": len(class_names), "class_names": list(class_names), "in_chans": config.data.channels,
-            "image_size": config.data.image_size, "mean": config.data.mean, "std": config.data.std}
+    return {
+        "family": config.model.family,
+        "variant": config.model.variant,
+        "params": config.model.params,
+        "num_classes": len(class_names),
+        "class_names": list(class_names),
+        "in_chans": config.data.channels,
+        "image_size": config.data.image_size,
+        "mean": config.data.mean,
+        "std": config.data.std,
+    }
 
 
 def layer_groups(host: PluginHost, family_name: str, model: nn.Module) -> list[LayerGroup]:
@@ -49,7 +62,9 @@ def check_partition(model: nn.Module, groups: Sequence[LayerGroup], family: str)
     for group in groups:
         for p in group.params:
             if p in seen:
-                raise PluginError(f"model family '{family}': parameter '{p}' is in groups '{seen[p]}' and '{group.name}'")
+                raise PluginError(
+                    f"model family '{family}': parameter '{p}' is in groups '{seen[p]}' and '{group.name}'"
+                )
             seen[p] = group.name
     missing = [n for n in names if n not in seen]
     if missing:

@@ -23,8 +23,10 @@ def read_model(host: PluginHost, url: str, field: str) -> tuple[nn.Module, dict[
     else:
         weights, meta_url = storage.join(base, WEIGHTS), storage.join(base, META)
     if not storage.exists(meta_url):
-        raise ConfigError(f"{field}: '{url}' is not a saved model: {meta_url} is missing "
-                          f"(give a run's finetune/model folder, or a .safetensors with model.json beside it)")
+        raise ConfigError(
+            f"{field}: '{url}' is not a saved model: {meta_url} is missing "
+            f"(give a run's finetune/model folder, or a .safetensors with model.json beside it)"
+        )
     meta = storage.read_json(meta_url)
     model = build_model(host, meta)
     load_into(model, read_weights(weights, field), drop=set(), source=field)

@@ -78,5 +78,10 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], drop: set[str], 
     loaded = [k for k in state if k in own]
     if not loaded:
         raise StageError(f"{source}: no key of the checkpoint matches the model; is it the same family?")
-    return {"source": source, "loaded": len(loaded), "missing": sorted(result.missing_keys),
-            "unexpected": sorted(result.unexpected_keys), "dropped_head": dropped}
+    return {
+        "source": source,
+        "loaded": len(loaded),
+        "missing": sorted(result.missing_keys),
+        "unexpected": sorted(result.unexpected_keys),
+        "dropped_head": dropped,
+    }

@@ -40,16 +40,23 @@ def acquire_store(ctx: StageContext, cfg: SourceConfig, field: str) -> StoreInfo
     check_source(source, params, field)
     split = ctx.config.data.split.model_dump()
     keyed = {k: v for k, v in params.items() if k not in source.cache_exempt}
-    url = storage.join(ctx.config.data.cache_dir, store_key(
-        {"source": source.name, "params": keyed, "fingerprint": source.fingerprint(params), "split": split}))
+    url = storage.join(
+        ctx.config.data.cache_dir,
+        store_key({"source": source.name, "params": keyed, "fingerprint": source.fingerprint(params), "split": split}),
+    )
     if is_complete(url):
         info = read_info(url)
         info.cache_hit = True
         log.info("%s: unchanged inputs, store %s reused (cache hit): nothing downloaded or read", field, url)
     else:
         with tempfile.TemporaryDirectory(prefix="graft-acquire-") as workdir:
-            info = build_store(source.load(params, Path(workdir)), url, split,
-                               {"source": source.name, "params": keyed}, stratified_split)
+            info = build_store(
+                source.load(params, Path(workdir)),
+                url,
+                split,
+                {"source": source.name, "params": keyed},
+                stratified_split,
+            )
         log.info("%s: new store %s: %d images, %d classes", field, url, info.rows, len(info.class_names))
     return info
 
@@ -62,12 +69,21 @@ def run(ctx: StageContext) -> StageResult:
     counts = [{"class": name, "images": n} for name, n in info.class_counts.items()]
     pretrain_outputs, pretrain_summary = _pretrain_source(ctx)
     return StageResult(
-        outputs={"dataset": DATASET_FILE, "card": CARD_FILE, **({"samples": sample} if sample else {}),
-                 **pretrain_outputs},
+        outputs={
+            "dataset": DATASET_FILE,
+            "card": CARD_FILE,
+            **({"samples": sample} if sample else {}),
+            **pretrain_outputs,
+        },
         summary={"data": info.as_summary(), **pretrain_summary},
         artifacts=[
-            Artifact("table", "dataset-classes", f"{info.rows} images, {len(info.class_names)} classes"
-                     f" ({'cache hit' if info.cache_hit else 'new store'})", rows=counts),
+            Artifact(
+                "table",
+                "dataset-classes",
+                f"{info.rows} images, {len(info.class_names)} classes"
+                f" ({'cache hit' if info.cache_hit else 'new store'})",
+                rows=counts,
+            ),
             *([Artifact("image", "dataset-samples", "sample images", path=sample)] if sample else []),
             Artifact("markdown", "dataset-card", "dataset card", markdown=_embed(card, ctx.out, sample)),
         ],
@@ -87,8 +103,11 @@ def _pretrain_source(ctx: StageContext) -> tuple[dict[str, str], dict]:
 def _sample_grid(ctx: StageContext, info: StoreInfo, per_class: int = 4) -> str | None:
     if info.target == "multi":  # a row per label: the first images that carry it
         table = read_table(info.url)
-        sel = Selection(images=table["image"].combine_chunks(), labels=np.zeros(table.num_rows, np.int64),
-                        class_names=info.class_names)
+        sel = Selection(
+            images=table["image"].combine_chunks(),
+            labels=np.zeros(table.num_rows, np.int64),
+            class_names=info.class_names,
+        )
         sets = table["labels"].to_pylist()
         picks = []
         for label in range(len(info.class_names)):
@@ -110,22 +129,36 @@ def _sample_grid(ctx: StageContext, info: StoreInfo, per_class: int = 4) -> str 
 def _card(ctx: StageContext, info: StoreInfo, sample: str | None) -> str:
     """dataset_card.md: what a person wants to know about the data before training on it."""
     source = ctx.config.data.source
-    lines = [f"# Dataset card: {info.report.get('source') or source.kind}", "",
-             f"Store `{info.url}` ({'cache hit: unchanged inputs, nothing downloaded or read' if info.cache_hit else 'new store'}).",
-             "", "| images | classes | target | train / val / test | duplicates dropped |", "|---|---|---|---|---|",
-             f"| {info.rows} | {len(info.class_names)} | {info.target} | "
-             f"{' / '.join(str(info.split_counts.get(s, 0)) for s in ('train', 'val', 'test'))} | "
-             f"{info.duplicates_dropped} |", "", "## Classes", "", "| class | images |", "|---|---|"]
+    lines = [
+        f"# Dataset card: {info.report.get('source') or source.kind}",
+        "",
+        f"Store `{info.url}` ({'cache hit: unchanged inputs, nothing downloaded or read' if info.cache_hit else 'new store'}).",  # noqa: E501
+        "",
+        "| images | classes | target | train / val / test | duplicates dropped |",
+        "|---|---|---|---|---|",
+        f"| {info.rows} | {len(info.class_names)} | {info.target} | "
+        f"{' / '.join(str(info.split_counts.get(s, 0)) for s in ('train', 'val', 'test'))} | "
+        f"{info.duplicates_dropped} |",
+        "",
+        "## Classes",
+        "",
+        "| class | images |",
+        "|---|---|",
+    ]
     lines += [f"| {name} | {n} |" for name, n in info.class_counts.items()]
     if info.report.get("empty_label_sets"):
         lines.append(f"| (no label) | {info.report['empty_label_sets']} |")
     sizes = info.image_sizes
     if sizes:
         common = ", ".join(f"{w}×{h} ({n})" for w, h, n in sizes.get("most_common", []))
-        lines += ["", "## Image sizes", "",
-                  f"{sizes['distinct']} distinct; smallest {sizes['min'][0]}×{sizes['min'][1]}, largest "
-                  f"{sizes['max'][0]}×{sizes['max'][1]}; most common: {common}. Resized to "
-                  f"{ctx.config.data.image_size}×{ctx.config.data.image_size} for training."]
+        lines += [
+            "",
+            "## Image sizes",
+            "",
+            f"{sizes['distinct']} distinct; smallest {sizes['min'][0]}×{sizes['min'][1]}, largest "
+            f"{sizes['max'][0]}×{sizes['max'][1]}; most common: {common}. Resized to "
+            f"{ctx.config.data.image_size}×{ctx.config.data.image_size} for training.",
+        ]
     lines += _report_lines(info.report)
     if sample:
         lines += ["", "## Samples", "", f"![samples]({sample})"]
@@ -142,12 +175,18 @@ def _report_lines(report: dict[str, Any]) -> list[str]:
         lines += [f"| {d['file']} | {d['status']} | {d['bytes']} |" for d in downloads]
     bad = report.get("bad_images") or {}
     if bad.get("missing") or bad.get("unreadable"):
-        lines += ["", "## Bad images (skipped)", "",
-                  f"{bad['missing']} missing, {bad['unreadable']} unreadable; first: {', '.join(bad['first'])}"]
+        lines += [
+            "",
+            "## Bad images (skipped)",
+            "",
+            f"{bad['missing']} missing, {bad['unreadable']} unreadable; first: {', '.join(bad['first'])}",
+        ]
     unlabelled = report.get("unlabelled_skipped")
     if unlabelled:
-        lines += ["", f"{unlabelled['count']} images without a label were left out; first: "
-                      f"{', '.join(unlabelled['first'])}"]
+        lines += [
+            "",
+            f"{unlabelled['count']} images without a label were left out; first: {', '.join(unlabelled['first'])}",
+        ]
     return lines
 
 

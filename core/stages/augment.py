@@ -19,12 +19,12 @@ import torch
 from torchvision.io import encode_png
 
 from graftflow.core import storage
+from graftflow.core.data.augmentation import augment_policy
 from graftflow.core.data.dataset import ArrowImageDataset, select
 from graftflow.core.data.store import build_store, is_complete, read_info, read_table, store_key
 from graftflow.core.images import save_grid
 from graftflow.core.specs import AugmentContext, ImageRecord
 from graftflow.core.stages.base import Artifact, StageContext, StageResult
-from graftflow.core.data.augmentation import augment_policy
 from graftflow.core.stages.inputs import dataset_url
 
 log = logging.getLogger("graft.augment")
@@ -38,22 +38,42 @@ def run(ctx: StageContext) -> StageResult:
     }
     storage.write_json(str(ctx.out / "policy.json"), policy)
     outputs = {"policy": "policy.json"}
-    artifacts = [Artifact("table", "augmentation-policy", "training augmentations, in order",
-                          rows=[{"op": e["name"], "runs": e["placement"],
-                                 "params": ", ".join(f"{k}={v}" for k, v in e.items() if k not in ("name", "placement"))}
-                                for e in policy["train"]] or [{"op": "(none)", "runs": "-", "params": "-"}])]
+    artifacts = [
+        Artifact(
+            "table",
+            "augmentation-policy",
+            "training augmentations, in order",
+            rows=[
+                {
+                    "op": e["name"],
+                    "runs": e["placement"],
+                    "params": ", ".join(f"{k}={v}" for k, v in e.items() if k not in ("name", "placement")),
+                }
+                for e in policy["train"]
+            ]
+            or [{"op": "(none)", "runs": "-", "params": "-"}],
+        )
+    ]
     summary: dict = {"augment": policy}
     if cfg.augment.preview:
         preview = _preview(ctx, cfg.augment.preview)
         outputs["preview"] = preview
-        artifacts.append(Artifact("image", "augmentation-preview",
-                                  "top row: originals; rows below: augmented samples of the same images", path=preview))
+        artifacts.append(
+            Artifact(
+                "image",
+                "augmentation-preview",
+                "top row: originals; rows below: augmented samples of the same images",
+                path=preview,
+            )
+        )
     if cfg.augment.materialize:
         info = materialize(ctx, cfg.augment.materialize)
         storage.write_json(str(ctx.out / "dataset.json"), info)
         outputs["dataset"] = "dataset.json"
-        summary["augment"] = {**policy, "materialized": {k: info[k] for k in (
-            "path", "copies", "rows", "split_counts", "source", "cache_hit")}}
+        summary["augment"] = {
+            **policy,
+            "materialized": {k: info[k] for k in ("path", "copies", "rows", "split_counts", "source", "cache_hit")},
+        }
     return StageResult(outputs=outputs, summary=summary, artifacts=artifacts)
 
 
@@ -96,19 +116,32 @@ def materialize(ctx: StageContext, copies: int) -> dict:
     source_url = dataset_url(ctx, materialized=False)
     source = read_info(source_url)
     policy = augment_policy(ctx.host, cfg.augment.train, "augment.train", "cpu")  # per-sample forms of every op
-    url = storage.join(cfg.data.cache_dir, store_key({
-        "materialized_from": source_url, "copies": copies, "policy": policy.entries, "seed": cfg.seed,
-        "image_size": cfg.data.image_size, "channels": cfg.data.channels}))
+    url = storage.join(
+        cfg.data.cache_dir,
+        store_key(
+            {
+                "materialized_from": source_url,
+                "copies": copies,
+                "policy": policy.entries,
+                "seed": cfg.seed,
+                "image_size": cfg.data.image_size,
+                "channels": cfg.data.channels,
+            }
+        ),
+    )
     cache_hit = is_complete(url)
     if cache_hit:
         info = read_info(url)
         log.info("augment.materialize: store %s reused (same source, policy and seed)", url)
     else:
         keep = _KeepSplits()
-        info = build_store(_records(ctx, source_url, source.class_names, copies, policy.sample, keep), url,
-                           {"val": 0, "test": 0, "seed": cfg.seed},
-                           {"source": "augment.materialize", "from": source_url, "copies": copies,
-                            "policy": policy.entries}, keep)
+        info = build_store(
+            _records(ctx, source_url, source.class_names, copies, policy.sample, keep),
+            url,
+            {"val": 0, "test": 0, "seed": cfg.seed},
+            {"source": "augment.materialize", "from": source_url, "copies": copies, "policy": policy.entries},
+            keep,
+        )
     return {**info.as_summary(), "copies": copies, "source": source_url, "cache_hit": cache_hit}
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 import random
 import time
-from datetime import datetime, timezone
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +20,9 @@ import torch
 
 from graftflow.core import stage_table, storage
 from graftflow.core.config import PipelineConfig
+from graftflow.core.device import DevicePolicy, Hardware, apply_backend_settings, resolve_policy
 from graftflow.core.distributed import DistInfo, launch, wrap, wrap_step
 from graftflow.core.errors import StageError
-from graftflow.core.device import DevicePolicy, Hardware, apply_backend_settings, resolve_policy
 from graftflow.core.plugin_manager import PluginHost
 from graftflow.core.runs import Run, deep_merge
 
@@ -81,12 +81,16 @@ class StageContext:
 
 
 def _from_json(data: dict[str, Any]) -> StageResult:
-    return StageResult(outputs=data["outputs"], summary=data["summary"], status=data["status"],
-                       artifacts=[Artifact(**a) for a in data["artifacts"]])
+    return StageResult(
+        outputs=data["outputs"],
+        summary=data["summary"],
+        status=data["status"],
+        artifacts=[Artifact(**a) for a in data["artifacts"]],
+    )
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def seed_everything(seed: int) -> None:
@@ -97,8 +101,9 @@ def seed_everything(seed: int) -> None:
 
 def device_policy(config: PipelineConfig, host: PluginHost) -> DevicePolicy:
     family = host.families.get(config.model.family, "model.family")
-    policy = resolve_policy(config.device, config.precision, Hardware.probe(),
-                            conv_net="channels_last" in family.capabilities)
+    policy = resolve_policy(
+        config.device, config.precision, Hardware.probe(), conv_net="channels_last" in family.capabilities
+    )
     apply_backend_settings(policy)
     return policy
 
@@ -123,20 +128,30 @@ def execute_stage(stage: str, config: PipelineConfig, run: Run, host: PluginHost
             result = declared.function(ctx)
         undeclared = sorted(set(result.outputs) - set(declared.outputs))
         if undeclared:
-            raise StageError(f"{stage}: published output(s) {', '.join(undeclared)} that the stage table does not "
-                             f"declare (core/stage_table.py)")
+            raise StageError(
+                f"{stage}: published output(s) {', '.join(undeclared)} that the stage table does not "
+                f"declare (core/stage_table.py)"
+            )
         seconds = round(time.perf_counter() - start, 3)
         storage.publish_dir(staging, final_url)
     except BaseException as exc:
         storage.discard_dir(staging)
         seconds = round(time.perf_counter() - start, 3)
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        run.update(lambda s: s["stages"].__setitem__(stage, {"status": "failed", "seconds": seconds, "error": message,
-                                                             "started": started, "ended": _now()}))
+        run.update(
+            lambda s: s["stages"].__setitem__(
+                stage, {"status": "failed", "seconds": seconds, "error": message, "started": started, "ended": _now()}
+            )
+        )
         host.stage_ended(run.info(), stage, "failed", seconds, {})
         raise
-    entry = {"status": result.status, "seconds": seconds, "started": started, "ended": _now(),
-             "outputs": result.outputs}
+    entry = {
+        "status": result.status,
+        "seconds": seconds,
+        "started": started,
+        "ended": _now(),
+        "outputs": result.outputs,
+    }
 
     def record(summary: dict[str, Any]) -> None:
         summary["stages"][stage] = entry

@@ -12,22 +12,28 @@ from sklearn.preprocessing import StandardScaler
 from graftflow.core import storage
 from graftflow.core.data.dataset import require_classes
 from graftflow.core.images import save_confusion_matrix
-from graftflow.core.stages.base import Artifact, StageContext, StageResult
 from graftflow.core.models.saved import read_model
+from graftflow.core.stages.base import Artifact, StageContext, StageResult
 from graftflow.core.stages.inputs import eval_loader, load_trained
 from graftflow.core.training.loop import predict
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str]) -> dict:
     labels = list(range(len(class_names)))
-    precision, recall, f1, support = precision_recall_fscore_support(
-        y_true, y_pred, labels=labels, zero_division=0)
+    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
     return {
         "accuracy": float((y_true == y_pred).mean()),
         "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
         "images": int(len(y_true)),
-        "per_class": {name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
-                             "support": int(support[i])} for i, name in enumerate(class_names)},
+        "per_class": {
+            name: {
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(support[i]),
+            }
+            for i, name in enumerate(class_names)
+        },
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
     }
 
@@ -42,24 +48,41 @@ def run(ctx: StageContext) -> StageResult:
     logits, labels = predict(model, loader, ctx.policy)
     metrics = classification_metrics(labels.numpy(), logits.argmax(1).numpy(), class_names)
     storage.write_json(str(ctx.out / "metrics.json"), metrics)
-    save_confusion_matrix(np.array(metrics["confusion_matrix"]), class_names, ctx.out / "confusion_matrix.png",
-                          f"{split}: accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}")
+    save_confusion_matrix(
+        np.array(metrics["confusion_matrix"]),
+        class_names,
+        ctx.out / "confusion_matrix.png",
+        f"{split}: accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}",
+    )
     rows = [{"class": name, **{k: round(v, 4) for k, v in m.items()}} for name, m in metrics["per_class"].items()]
     summary = {"metrics": {split: metrics}}
     probe_artifacts = []
     if ctx.config.evaluate.probe != "none":
         summary["metrics"]["probe"] = probe = probe_backbone(ctx, class_names)
-        probe_artifacts.append(Artifact("table", "probe", f"{probe['kind']} probe of the frozen {probe['backbone']} "
-                                        f"backbone: {split} accuracy {probe['accuracy']:.4f}", rows=[probe]))
+        probe_artifacts.append(
+            Artifact(
+                "table",
+                "probe",
+                f"{probe['kind']} probe of the frozen {probe['backbone']} "
+                f"backbone: {split} accuracy {probe['accuracy']:.4f}",
+                rows=[probe],
+            )
+        )
     return StageResult(
         outputs={"metrics": "metrics.json", "confusion_matrix": "confusion_matrix.png"},
         summary=summary,
         artifacts=[
             *probe_artifacts,
-            Artifact("table", "evaluation", f"{split} split: accuracy {metrics['accuracy']:.4f}, "
-                     f"macro-F1 {metrics['macro_f1']:.4f} on {metrics['images']} images", rows=rows),
-            Artifact("image", "confusion-matrix", f"confusion matrix on the {split} split",
-                     path="confusion_matrix.png"),
+            Artifact(
+                "table",
+                "evaluation",
+                f"{split} split: accuracy {metrics['accuracy']:.4f}, "
+                f"macro-F1 {metrics['macro_f1']:.4f} on {metrics['images']} images",
+                rows=rows,
+            ),
+            Artifact(
+                "image", "confusion-matrix", f"confusion matrix on the {split} split", path="confusion_matrix.png"
+            ),
         ],
     )
 
@@ -92,6 +115,12 @@ def probe_backbone(ctx: StageContext, class_names: list[str]) -> dict:
         extra = {}
     clf.fit(x_train.reshape(len(x_train), -1), y_train)
     y_pred = clf.predict(x_test.reshape(len(x_test), -1))
-    return {"kind": cfg.evaluate.probe, **extra, "backbone": stage, "features": int(np.prod(x_train.shape[1:])),
-            "train_images": int(len(y_train)), "images": int(len(y_test)),
-            "accuracy": float((y_pred == y_test).mean())}
+    return {
+        "kind": cfg.evaluate.probe,
+        **extra,
+        "backbone": stage,
+        "features": int(np.prod(x_train.shape[1:])),
+        "train_images": int(len(y_train)),
+        "images": int(len(y_test)),
+        "accuracy": float((y_pred == y_test).mean()),
+    }

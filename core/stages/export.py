@@ -13,8 +13,8 @@ import torch
 
 from graftflow.core import storage
 from graftflow.core.errors import StageError
-from graftflow.core.stages.base import Artifact, StageContext, StageResult
 from graftflow.core.models.build import build_model
+from graftflow.core.stages.base import Artifact, StageContext, StageResult
 from graftflow.core.stages.inputs import eval_loader, load_trained
 
 
@@ -34,20 +34,34 @@ def run(ctx: StageContext) -> StageResult:
         got = exporter.verify(files, example, lambda: build_model(ctx.host, meta).eval())
         diff = float((got.float() - expected.float()).abs().max())
         if not diff <= cfg.tolerance:
-            raise StageError(f"export.formats: '{name}' output differs from the eager model by {diff:.3g} "
-                             f"(tolerance {cfg.tolerance:g})")
+            raise StageError(
+                f"export.formats: '{name}' output differs from the eager model by {diff:.3g} "
+                f"(tolerance {cfg.tolerance:g})"
+            )
         rel = [str(f.relative_to(ctx.out)) for f in files]
-        exports.append({"format": name, "path": storage.join(ctx.run.stage_url("export"), rel[0]),
-                        "files": rel, "max_abs_diff": diff})
+        exports.append(
+            {
+                "format": name,
+                "path": storage.join(ctx.run.stage_url("export"), rel[0]),
+                "files": rel,
+                "max_abs_diff": diff,
+            }
+        )
         rows.append({"format": name, "file": rel[0], "max_abs_diff": f"{diff:.2e}"})
     storage.write_json(str(ctx.out / "model.json"), meta)
     storage.write_json(str(ctx.out / "exports.json"), exports)
     return StageResult(
         outputs={"exports": "exports.json", "model_meta": "model.json"},
         summary={"exports": exports},
-        artifacts=[Artifact("table", "exports", f"exports verified on {len(example)} held-out images "
-                            f"(tolerance {cfg.tolerance:g})", rows=rows),
-                   Artifact("markdown", "export-files", "links to the exported files", markdown=_links(ctx, exports))],
+        artifacts=[
+            Artifact(
+                "table",
+                "exports",
+                f"exports verified on {len(example)} held-out images (tolerance {cfg.tolerance:g})",
+                rows=rows,
+            ),
+            Artifact("markdown", "export-files", "links to the exported files", markdown=_links(ctx, exports)),
+        ],
     )
 
 
@@ -62,8 +76,12 @@ def _example_batch(ctx: StageContext, meta: dict, size: int) -> torch.Tensor:
 def _links(ctx: StageContext, exports: list[dict]) -> str:
     """A markdown list linking every exported file where it will live once the stage is published."""
     stage_url = ctx.run.stage_url("export")
-    lines = [f"### Exported model — run `{ctx.run.run_id}`", "", "| format | file | max abs diff vs eager |",
-             "|---|---|---|"]
+    lines = [
+        f"### Exported model — run `{ctx.run.run_id}`",
+        "",
+        "| format | file | max abs diff vs eager |",
+        "|---|---|---|",
+    ]
     for exp in exports:
         for rel in exp["files"]:
             url = storage.join(stage_url, rel)

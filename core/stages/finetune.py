@@ -42,8 +42,9 @@ def run(ctx: StageContext) -> StageResult:
     load_report = starting_weights(ctx, model, groups)
 
     criterion = stage_loss(ctx, "finetune", ft.loss, train_sel)
-    opt_groups, records = build_param_groups(model, groups, group_lrs(ft.lr, len(groups), ft.layer_decay),
-                                             ft.weight_decay)
+    opt_groups, records = build_param_groups(
+        model, groups, group_lrs(ft.lr, len(groups), ft.layer_decay), ft.weight_decay
+    )
     model = ctx.policy.prepare(model)
     criterion = criterion.to(ctx.policy.torch_device)
     optimizer = make_optimizer(ft.optimizer, opt_groups, ft.momentum)
@@ -57,8 +58,9 @@ def run(ctx: StageContext) -> StageResult:
     evaluated = ema.module if ema is not None else model  # what validation, selection and export see
     best = BestEpoch(evaluated, ft.monitor)
     strategies = [
-        FreezeSchedule(model, groups, head_only_phases=["finetune-head"], unfreeze=ft.unfreeze,
-                       head_only_done=ft.freeze_epochs > 0),
+        FreezeSchedule(
+            model, groups, head_only_phases=["finetune-head"], unfreeze=ft.unfreeze, head_only_done=ft.freeze_epochs > 0
+        ),
         BatchNormPolicy(model, ft.bn),
         ema,
         Validation(evaluated, val_loader, criterion, ctx.policy) if val_loader is not None else None,
@@ -67,9 +69,15 @@ def run(ctx: StageContext) -> StageResult:
         EpochLog(),
         EpochObservers(ctx.epoch_end),
     ]
-    checkpoint = Checkpoint(Checkpointer(checkpoint_url(ctx), cfg.checkpoints.every_steps, cfg.checkpoints.keep),
-                            model, optimizer, history, strategies, writer=ctx.dist is None or ctx.dist.is_main,
-                            on_saved=ctx.checkpoint_written)
+    checkpoint = Checkpoint(
+        Checkpointer(checkpoint_url(ctx), cfg.checkpoints.every_steps, cfg.checkpoints.keep),
+        model,
+        optimizer,
+        history,
+        strategies,
+        writer=ctx.dist is None or ctx.dist.is_main,
+        on_saved=ctx.checkpoint_written,
+    )
     callbacks = Callbacks([*strategies, checkpoint])  # the checkpoint last: it saves what the others changed
     resumed_phase = checkpoint.restore()
     if resumed_phase is not None:
@@ -79,10 +87,30 @@ def run(ctx: StageContext) -> StageResult:
     for index, (phase, epochs) in enumerate(phases):
         if epochs == 0 or history.stopped_early or (resumed_phase is not None and index < resumed_phase):
             continue
-        scheduler = GroupScheduler(optimizer, ft.schedule, epochs * len(train_loader), ft.warmup, ft.monitor,
-                                   ft.plateau_patience, ft.plateau_factor)
-        Loop(model, step, train_loader, optimizer, scheduler, ctx.policy, epochs, phase=phase, history=history,
-             callbacks=callbacks, batch_transform=batch_op, phase_index=index, seed=cfg.seed).run()
+        scheduler = GroupScheduler(
+            optimizer,
+            ft.schedule,
+            epochs * len(train_loader),
+            ft.warmup,
+            ft.monitor,
+            ft.plateau_patience,
+            ft.plateau_factor,
+        )
+        Loop(
+            model,
+            step,
+            train_loader,
+            optimizer,
+            scheduler,
+            ctx.policy,
+            epochs,
+            phase=phase,
+            history=history,
+            callbacks=callbacks,
+            batch_transform=batch_op,
+            phase_index=index,
+            seed=cfg.seed,
+        ).run()
     restored = ft.restore_best and best.restore_if_not_last(len(history.epochs))
 
     save_model(evaluated.cpu(), ctx.out / "model", meta)
@@ -97,23 +125,40 @@ def run(ctx: StageContext) -> StageResult:
         summary={
             "param_groups": param_groups,
             "metrics": {"finetune": {k: v for k, v in final.items() if k not in ("epoch", "phase")}},
-            "finetune": {"classes": train_sel.class_names, "images": len(train_sel),
-                         "phases": [p.removeprefix("finetune-") for p, e in phases if e],
-                         "loss": criterion.name, "weights_load": load_report, "steps": history.steps,
-                         "epochs_run": len(history.epochs), "stopped_early": history.stopped_early,
-                         "best_epoch": best.best_epoch, "monitor": ft.monitor, "restored_best": restored,
-                         "ema": ft.ema, "lr_spread": _lr_spread(ft),
-                         "micro_batch": history.micro_batch, "oom_backoffs": history.oom_backoffs,
-                         "resumed_from_step": checkpoint.resumed_from_step},
+            "finetune": {
+                "classes": train_sel.class_names,
+                "images": len(train_sel),
+                "phases": [p.removeprefix("finetune-") for p, e in phases if e],
+                "loss": criterion.name,
+                "weights_load": load_report,
+                "steps": history.steps,
+                "epochs_run": len(history.epochs),
+                "stopped_early": history.stopped_early,
+                "best_epoch": best.best_epoch,
+                "monitor": ft.monitor,
+                "restored_best": restored,
+                "ema": ft.ema,
+                "lr_spread": _lr_spread(ft),
+                "micro_batch": history.micro_batch,
+                "oom_backoffs": history.oom_backoffs,
+                "resumed_from_step": checkpoint.resumed_from_step,
+            },
             "device": {"compiled": compile_status},
         },
         artifacts=[
-            Artifact("table", "param-groups", "learning rate per layer group (input → head), last phase",
-                     rows=param_groups),
-            Artifact("table", "finetune-history", f"fine-tuning per epoch (train_loss and val_loss: {criterion.name})",
-                     rows=history.epochs),
-            *[Artifact("image", "finetune-curves", "fine-tuning curves: loss and accuracy per epoch",
-                       path=c.name) for c in curves],
+            Artifact(
+                "table", "param-groups", "learning rate per layer group (input → head), last phase", rows=param_groups
+            ),
+            Artifact(
+                "table",
+                "finetune-history",
+                f"fine-tuning per epoch (train_loss and val_loss: {criterion.name})",
+                rows=history.epochs,
+            ),
+            *[
+                Artifact("image", "finetune-curves", "fine-tuning curves: loss and accuracy per epoch", path=c.name)
+                for c in curves
+            ],
         ],
     )
 
@@ -129,6 +174,7 @@ def starting_weights(ctx: StageContext, model, groups) -> dict | None:
         directory = ctx.input("pretrain", "backbone")
         meta = storage.read_json(str(directory / META))
         state = read_weights(str(directory / WEIGHTS))
-        return load_into(model, state, drop=set(meta.get("head_keys", [])) | head_keys(model, groups),
-                         source="pretrain backbone")
+        return load_into(
+            model, state, drop=set(meta.get("head_keys", [])) | head_keys(model, groups), source="pretrain backbone"
+        )
     return load_weights_file(ctx.config.model.weights, model, groups)

@@ -17,8 +17,18 @@ from torch.utils.data import DataLoader
 from graftflow.core import storage
 from graftflow.core.config import PluginRef
 from graftflow.core.data.augmentation import augment_policy, batch_normalizer, compose_batch, sample_transforms
-from graftflow.core.data.dataset import (ArrowImageDataset, BatchCollate, Selection, auto_workers, cache_fits,
-                                         make_loader, normalizer, per_class_subsample, require_classes, select)
+from graftflow.core.data.dataset import (
+    ArrowImageDataset,
+    BatchCollate,
+    Selection,
+    auto_workers,
+    cache_fits,
+    make_loader,
+    normalizer,
+    per_class_subsample,
+    require_classes,
+    select,
+)
 from graftflow.core.models.build import build_model
 from graftflow.core.models.weights import META, WEIGHTS, load_into, read_weights
 from graftflow.core.specs import AugmentContext
@@ -39,7 +49,6 @@ def dataset_url(ctx: StageContext, name: str = "dataset", materialized: bool = T
     return storage.read_json(str(ctx.input("acquire", name)))["path"]
 
 
-
 def materialized_url(ctx: StageContext) -> str | None:
     """The augment stage's store of augmented copies, when `augment.materialize` is on and it was written."""
     if not ctx.config.augment.materialize:
@@ -50,7 +59,6 @@ def materialized_url(ctx: StageContext) -> str | None:
     return storage.read_json(str(ctx.input("augment", "dataset")))["path"]
 
 
-
 def load_trained(ctx: StageContext, stage: str = "finetune", name: str = "model") -> tuple[nn.Module, dict]:
     directory = ctx.input(stage, name)
     meta = storage.read_json(str(directory / META))
@@ -59,19 +67,25 @@ def load_trained(ctx: StageContext, stage: str = "finetune", name: str = "model"
     return model, meta
 
 
-
 def loader_settings(ctx: StageContext, n: int) -> dict[str, Any]:
     """Workers, prefetch, persistence and decoded caching for a split of `n` images."""
     data = ctx.config.data
-    return {"num_workers": auto_workers(data.num_workers, n), "prefetch_factor": data.prefetch_factor,
-            "persistent_workers": data.persistent_workers,
-            "cache": cache_fits(n, data.channels, data.image_size, data.cache_decoded)}
+    return {
+        "num_workers": auto_workers(data.num_workers, n),
+        "prefetch_factor": data.prefetch_factor,
+        "persistent_workers": data.persistent_workers,
+        "cache": cache_fits(n, data.channels, data.image_size, data.cache_decoded),
+    }
 
 
-
-def task_loaders(ctx: StageContext, section: str, classes: Sequence[str] | None, batch_size: int | None,
-                 min_classes: int = 2, store: str = "dataset",
-                 ) -> tuple[DataLoader, DataLoader | None, Selection, Callable | None]:
+def task_loaders(
+    ctx: StageContext,
+    section: str,
+    classes: Sequence[str] | None,
+    batch_size: int | None,
+    min_classes: int = 2,
+    store: str = "dataset",
+) -> tuple[DataLoader, DataLoader | None, Selection, Callable | None]:
     """Train loader (with the train augmentations) and val loader (eval transforms) for a class filter.
 
     `store` names the acquire output to read ("pretrain_dataset": a separate pretraining
@@ -92,49 +106,71 @@ def task_loaders(ctx: StageContext, section: str, classes: Sequence[str] | None,
     if per_class:
         train = per_class_subsample(train, per_class, cfg.seed)
     norm = normalizer(cfg.data.mean, cfg.data.std, cfg.data.channels)
-    context = AugmentContext(num_classes=len(train.class_names), image_size=cfg.data.image_size,
-                             channels=cfg.data.channels)
+    context = AugmentContext(
+        num_classes=len(train.class_names), image_size=cfg.data.image_size, channels=cfg.data.channels
+    )
     baked = store == "dataset" and materialized_url(ctx) is not None
-    train_policy = augment_policy(ctx.host, cfg.augment.train, "augment.train", ctx.policy.device_type, context,
-                                  baked=baked)
+    train_policy = augment_policy(
+        ctx.host, cfg.augment.train, "augment.train", ctx.policy.device_type, context, baked=baked
+    )
     eval_ops = augment_policy(ctx.host, cfg.augment.eval, "augment.eval", context=context, training=False).sample
     bs = batch_size or cfg.data.batch_size
     # With batch ops, batches travel as uint8 (4× less to copy) and are normalised on the device after them.
     batch_norm = batch_normalizer(cfg.data.mean, cfg.data.std, cfg.data.channels) if train_policy.batch else None
     settings = loader_settings(ctx, len(train))
-    train_ds = ArrowImageDataset(train, cfg.data.channels, cfg.data.image_size, train_policy.sample,
-                                 None if batch_norm else norm, cache=settings.pop("cache"))
+    train_ds = ArrowImageDataset(
+        train,
+        cfg.data.channels,
+        cfg.data.image_size,
+        train_policy.sample,
+        None if batch_norm else norm,
+        cache=settings.pop("cache"),
+    )
     shard = (ctx.dist.rank, ctx.dist.world_size) if ctx.dist is not None else None
     batch_op = compose_batch(train_policy.batch, batch_norm)
     collate = None
     if batch_op is not None and ctx.policy.device_type == "cpu" and settings["num_workers"] > 0:
         collate, batch_op = BatchCollate(batch_op), None  # the device is the CPU: run them in the workers
-    train_loader = make_loader(train_ds, bs, True, seed=cfg.seed, pin_memory=ctx.policy.pin_memory,
-                               drop_last=len(train_ds) > bs * (shard[1] if shard else 1), shard=shard,
-                               collate_fn=collate, **settings)
+    train_loader = make_loader(
+        train_ds,
+        bs,
+        True,
+        seed=cfg.seed,
+        pin_memory=ctx.policy.pin_memory,
+        drop_last=len(train_ds) > bs * (shard[1] if shard else 1),
+        shard=shard,
+        collate_fn=collate,
+        **settings,
+    )
     val_loader = None
     if len(val):
         settings = loader_settings(ctx, len(val))
-        val_ds = ArrowImageDataset(val, cfg.data.channels, cfg.data.image_size, eval_ops, norm,
-                                   cache=settings.pop("cache"))
+        val_ds = ArrowImageDataset(
+            val, cfg.data.channels, cfg.data.image_size, eval_ops, norm, cache=settings.pop("cache")
+        )
         val_loader = make_loader(val_ds, bs * 2, False, seed=cfg.seed, pin_memory=ctx.policy.pin_memory, **settings)
     return train_loader, val_loader, train, batch_op
 
 
-
-def eval_loader(ctx: StageContext, split: str, class_names: Sequence[str], batch_size: int,
-                per_class: int | None = None) -> tuple[DataLoader, Selection]:
+def eval_loader(
+    ctx: StageContext, split: str, class_names: Sequence[str], batch_size: int, per_class: int | None = None
+) -> tuple[DataLoader, Selection]:
     """Eval-transformed images of `split` (at most `per_class` per class, seeded like fine-tuning's budget)."""
     cfg = ctx.config
-    sel = select(dataset_url(ctx), split, class_names, f"evaluate.split")
+    sel = select(dataset_url(ctx), split, class_names, "evaluate.split")
     if per_class:
         sel = per_class_subsample(sel, per_class, cfg.seed)
     eval_ops, _ = sample_transforms(ctx.host, cfg.augment.eval, "augment.eval")
     settings = loader_settings(ctx, len(sel))
-    ds = ArrowImageDataset(sel, cfg.data.channels, cfg.data.image_size, eval_ops,
-                           normalizer(cfg.data.mean, cfg.data.std, cfg.data.channels), cache=settings.pop("cache"))
+    ds = ArrowImageDataset(
+        sel,
+        cfg.data.channels,
+        cfg.data.image_size,
+        eval_ops,
+        normalizer(cfg.data.mean, cfg.data.std, cfg.data.channels),
+        cache=settings.pop("cache"),
+    )
     return make_loader(ds, batch_size, False, seed=cfg.seed, pin_memory=ctx.policy.pin_memory, **settings), sel
-
 
 
 def stage_loss(ctx: StageContext, section: str, ref: PluginRef, sel: Selection, labelled: bool = True) -> StageLoss:
@@ -143,7 +179,6 @@ def stage_loss(ctx: StageContext, section: str, ref: PluginRef, sel: Selection, 
     data = ctx.config.data
     inputs = {"in_chans": data.channels, "image_size": data.image_size, "mean": data.mean, "std": data.std}
     return build_loss(ctx.host, ref, f"{section}.loss", sel.class_names if labelled else [], list(counts), inputs)
-
 
 
 def checkpoint_url(ctx: StageContext) -> str:

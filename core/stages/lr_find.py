@@ -7,10 +7,10 @@ never changes another stage's weights.
 from __future__ import annotations
 
 from graftflow.core import storage
-from graftflow.core.stages.base import Artifact, StageContext, StageResult
 from graftflow.core.models.build import build_model, layer_groups, model_meta
-from graftflow.core.stages.inputs import task_loaders
+from graftflow.core.stages.base import Artifact, StageContext, StageResult
 from graftflow.core.stages.finetune import starting_weights
+from graftflow.core.stages.inputs import task_loaders
 from graftflow.core.training.freezing import set_trainable, train_mode
 from graftflow.core.training.lr_finder import lr_range_test, save_plot
 from graftflow.core.training.param_groups import build_param_groups, group_lrs, make_optimizer
@@ -32,21 +32,29 @@ def run(ctx: StageContext) -> StageResult:
     optimizer = make_optimizer(ft.optimizer, opt_groups, ft.momentum)
     set_trainable(model, groups, {g.name for g in groups}, ft.bn)
     train_mode(model, ft.bn)
+
     def step(x, y):
         if batch_op is not None:  # batch augmentations (and normalisation) run on the device, as in training
             x, y = batch_op(x, y)
         return criterion(model(x), y)
 
-    result = lr_range_test(model, step, train_loader, optimizer, ctx.policy,
-                           start=rt.start, end=rt.end, steps=rt.steps)
+    result = lr_range_test(model, step, train_loader, optimizer, ctx.policy, start=rt.start, end=rt.end, steps=rt.steps)
     hints = result.suggestions()
     suggested = hints.get("steepest", rt.start)
     save_plot(result, ctx.out / "lr_find.png", suggested)
-    record = {"suggested_lr": suggested, **hints, "start_weights": (load_report or {}).get("source", "scratch"),
-              "points": len(result.lrs), "lrs": result.lrs, "losses": result.losses}
+    record = {
+        "suggested_lr": suggested,
+        **hints,
+        "start_weights": (load_report or {}).get("source", "scratch"),
+        "points": len(result.lrs),
+        "lrs": result.lrs,
+        "losses": result.losses,
+    }
     storage.write_json(str(ctx.out / "lr_find.json"), record)
     return StageResult(
         outputs={"plot": "lr_find.png", "result": "lr_find.json"},
         summary={"lr_find": {k: v for k, v in record.items() if k not in ("lrs", "losses")}},
-        artifacts=[Artifact("image", "lr-find", f"LR range test: suggested head LR {suggested:.2e}", path="lr_find.png")],
+        artifacts=[
+            Artifact("image", "lr-find", f"LR range test: suggested head LR {suggested:.2e}", path="lr_find.png")
+        ],
     )

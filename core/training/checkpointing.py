@@ -57,8 +57,10 @@ def rng_state() -> tuple[dict[str, torch.Tensor], dict]:
             tensors[f"rng.cuda.{i}"] = s
     np_state = np.random.get_state()
     py_state = random.getstate()
-    return tensors, {"numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
-                     "python": [py_state[0], list(py_state[1]), py_state[2]]}
+    return tensors, {
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+        "python": [py_state[0], list(py_state[1]), py_state[2]],
+    }
 
 
 def restore_rng(tensors: dict[str, torch.Tensor], meta: dict) -> None:
@@ -99,7 +101,7 @@ class Checkpointer:
         (local / COMPLETE).write_text(str(step))
         storage.publish_dir(local, final)
         self.saved.append(step)
-        for old in self._steps()[:-self.keep]:
+        for old in self._steps()[: -self.keep]:
             fs, path = storage.filesystem(storage.join(self.url, f"step-{old:08d}"))
             fs.rm(path, recursive=True)
         return final
@@ -109,10 +111,13 @@ class Checkpointer:
         if not steps:
             return None
         directory = storage.local_copy(storage.join(self.url, f"step-{steps[-1]:08d}"))
-        return steps[-1], load_file(str(directory / "tensors.safetensors")), json.loads((directory / "state.json").read_text())
+        return (
+            steps[-1],
+            load_file(str(directory / "tensors.safetensors")),
+            json.loads((directory / "state.json").read_text()),
+        )
 
     def clear(self) -> None:
         fs, path = storage.filesystem(self.url)
         if fs.exists(path):
             fs.rm(path, recursive=True)
-

@@ -57,7 +57,7 @@ def unfrozen_groups(groups: Sequence[LayerGroup], epoch: int, head_only_done: bo
     first epoch of this phase already trains the head and the group below it.
     """
     n = min(len(groups), epoch + 1 + int(head_only_done))
-    return {g.name for g in groups[len(groups) - n:]}
+    return {g.name for g in groups[len(groups) - n :]}
 
 
 class FreezeSchedule(Callback):
@@ -69,8 +69,14 @@ class FreezeSchedule(Callback):
     optimizer keeps every group, so schedules and optimizer state stay aligned.
     """
 
-    def __init__(self, model: nn.Module, groups: Sequence[LayerGroup], head_only_phases: Sequence[str] = (),
-                 unfreeze: str = "all", head_only_done: bool = False):
+    def __init__(
+        self,
+        model: nn.Module,
+        groups: Sequence[LayerGroup],
+        head_only_phases: Sequence[str] = (),
+        unfreeze: str = "all",
+        head_only_done: bool = False,
+    ):
         self.model, self.groups = model, list(groups)
         self.head_only, self.unfreeze, self.head_only_done = set(head_only_phases), unfreeze, head_only_done
 

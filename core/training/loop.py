@@ -54,10 +54,23 @@ class Loop:
     are skipped: typically restoring the RNGs).
     """
 
-    def __init__(self, model: nn.Module, step_fn: StepFn, loader: Iterable, optimizer: torch.optim.Optimizer,
-                 scheduler: Any, policy: DevicePolicy, epochs: int, *, phase: str, history: History,
-                 callbacks: Callbacks, batch_transform: Callable | None = None, phase_index: int = 0,
-                 seed: int = 0):
+    def __init__(
+        self,
+        model: nn.Module,
+        step_fn: StepFn,
+        loader: Iterable,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        policy: DevicePolicy,
+        epochs: int,
+        *,
+        phase: str,
+        history: History,
+        callbacks: Callbacks,
+        batch_transform: Callable | None = None,
+        phase_index: int = 0,
+        seed: int = 0,
+    ):
         self.model, self.step_fn, self.loader = model, step_fn, loader
         self.optimizer, self.scheduler, self.policy = optimizer, scheduler, policy
         self.epochs, self.phase, self.phase_index, self.seed = epochs, phase, phase_index, seed
@@ -73,7 +86,8 @@ class Loop:
 
     def run(self) -> History:
         self.callbacks.fire("on_fit_start", self)
-        for self.epoch in range(self.start_epoch, self.epochs):
+        for epoch in range(self.start_epoch, self.epochs):
+            self.epoch = epoch
             self.train_epoch()
             if self.should_stop:
                 break
@@ -111,8 +125,15 @@ class Loop:
         if hasattr(self.scheduler, "epoch_end"):  # plateau scheduling reads the monitored metric
             self.scheduler.epoch_end(self.metrics)
         self.history.seconds += seconds
-        self.history.epochs.append({"epoch": len(self.history.epochs) + 1, "phase": self.phase,
-                                    "seconds": round(seconds, 3), **self.record, **self.metrics})
+        self.history.epochs.append(
+            {
+                "epoch": len(self.history.epochs) + 1,
+                "phase": self.phase,
+                "seconds": round(seconds, 3),
+                **self.record,
+                **self.metrics,
+            }
+        )
         self.skip_batches, self.loss_sum = 0, 0.0
         self.callbacks.fire("on_epoch_end", self)
 
@@ -170,7 +191,7 @@ class GradientStep:
         size = len(images)
         total = torch.zeros((), device=images.device)
         for start in range(0, size, micro):
-            x, y = images[start:start + micro], labels[start:start + micro]
+            x, y = images[start : start + micro], labels[start : start + micro]
             with self.policy.autocast():
                 loss = step_fn(x, y) * (len(x) / size)
             self.scaler.scale(loss).backward()
@@ -183,29 +204,62 @@ class GradientStep:
             torch.cuda.empty_cache()
         step = self.history.steps + 1
         if micro <= 1:
-            raise StageError(f"out of memory at step {step} even with a micro-batch of 1; "
-                             "use a smaller model, image_size or precision bf16/fp16") from None
+            raise StageError(
+                f"out of memory at step {step} even with a micro-batch of 1; "
+                "use a smaller model, image_size or precision bf16/fp16"
+            ) from None
         self.history.micro_batch = micro // 2
         self.history.oom_backoffs.append({"step": step, "batch": size, "micro_batch": self.history.micro_batch})
-        log.warning("out of memory at step %d: micro-batch %d → %d, accumulating %d micro-batches per step",
-                    step, micro, self.history.micro_batch, -(-size // self.history.micro_batch))
+        log.warning(
+            "out of memory at step %d: micro-batch %d → %d, accumulating %d micro-batches per step",
+            step,
+            micro,
+            self.history.micro_batch,
+            -(-size // self.history.micro_batch),
+        )
 
 
-def train(model: nn.Module, step_fn: StepFn, loader: Iterable, optimizer: torch.optim.Optimizer, scheduler: Any,
-          policy: DevicePolicy, epochs: int, *, phase: str, callbacks: Iterable[Callback | None] = (),
-          history: History | None = None, batch_transform: Callable | None = None, seed: int = 0) -> History:
+def train(
+    model: nn.Module,
+    step_fn: StepFn,
+    loader: Iterable,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    policy: DevicePolicy,
+    epochs: int,
+    *,
+    phase: str,
+    callbacks: Iterable[Callback | None] = (),
+    history: History | None = None,
+    batch_transform: Callable | None = None,
+    seed: int = 0,
+) -> History:
     """One phase with these callbacks: the short way to run the loop."""
     history = history if history is not None else History()
-    return Loop(model, step_fn, loader, optimizer, scheduler, policy, epochs, phase=phase, history=history,
-                callbacks=Callbacks(callbacks), batch_transform=batch_transform, seed=seed).run()
+    return Loop(
+        model,
+        step_fn,
+        loader,
+        optimizer,
+        scheduler,
+        policy,
+        epochs,
+        phase=phase,
+        history=history,
+        callbacks=Callbacks(callbacks),
+        batch_transform=batch_transform,
+        seed=seed,
+    ).run()
 
 
 def check_finite(loss_sum: torch.Tensor, step: int, optimizer: torch.optim.Optimizer) -> None:
     value = float(loss_sum)
     if not math.isfinite(value):
         lrs = ", ".join(dict.fromkeys(f"{g.get('layer_group', '?')}={g['lr']:.3g}" for g in optimizer.param_groups))
-        raise StageError(f"non-finite loss by step {step} (learning rates: {lrs}); lower the LR "
-                         "(the last complete checkpoint is kept)")
+        raise StageError(
+            f"non-finite loss by step {step} (learning rates: {lrs}); lower the LR "
+            "(the last complete checkpoint is kept)"
+        )
 
 
 @torch.no_grad()

@@ -29,29 +29,41 @@ class StageLoss(nn.Module):
         self.name, self.uses_inputs, self.field = spec.name, spec.uses_inputs, field
         self.inner = module
 
-    def forward(self, output: torch.Tensor, target: torch.Tensor, inputs: torch.Tensor | None = None,
-                **extra: Any) -> torch.Tensor:
+    def forward(
+        self, output: torch.Tensor, target: torch.Tensor, inputs: torch.Tensor | None = None, **extra: Any
+    ) -> torch.Tensor:
         """`extra` keywords go to the loss as they are (e.g. infonce's `negatives` from a MoCo queue)."""
         if self.uses_inputs:
             if inputs is None:
-                raise ConfigError(f"{self.field}: loss '{self.name}' needs the input images, "
-                                  f"which this training step does not give it")
+                raise ConfigError(
+                    f"{self.field}: loss '{self.name}' needs the input images, "
+                    f"which this training step does not give it"
+                )
             return self.inner(output, target, inputs, **extra)
         return self.inner(output, target, **extra)
 
 
-def build_loss(host: PluginHost, ref: PluginRef | dict, field: str, class_names: Sequence[str] = (),
-               class_counts: Sequence[int] = (), inputs: dict[str, Any] | None = None) -> StageLoss:
+def build_loss(
+    host: PluginHost,
+    ref: PluginRef | dict,
+    field: str,
+    class_names: Sequence[str] = (),
+    class_counts: Sequence[int] = (),
+    inputs: dict[str, Any] | None = None,
+) -> StageLoss:
     """The loss `ref` names, its params checked, with a `LossContext` for losses that ask for one."""
     ref = ref if isinstance(ref, PluginRef) else PluginRef.model_validate(dict(ref))
     spec = host.losses.get(ref.name, f"{field}.name")
     params = plugin_params(spec, ref.params, field)
     if spec.uses_context:
         params["context"] = LossContext(
-            field=field, num_classes=len(class_names), class_names=list(class_names),
+            field=field,
+            num_classes=len(class_names),
+            class_names=list(class_names),
             class_counts=[int(c) for c in class_counts],
-            make_loss=lambda inner, inner_field: build_loss(host, inner, inner_field, class_names, class_counts,
-                                                            inputs),
+            make_loss=lambda inner, inner_field: build_loss(
+                host, inner, inner_field, class_names, class_counts, inputs
+            ),
             load_model=lambda url, model_field: read_model(host, url, model_field),
             inputs=dict(inputs or {}),
         )

@@ -43,10 +43,18 @@ class RangeTest:
         return {"steepest": steepest, "min_loss_div10": float(lrs[lowest] / 10), "min_loss": float(lrs[lowest])}
 
 
-def lr_range_test(model: nn.Module, step_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                  loader: DataLoader, optimizer: torch.optim.Optimizer, policy: DevicePolicy,
-                  start: float = 1e-7, end: float = 10.0, steps: int = 100, smooth: float = 0.98,
-                  diverge: float = 4.0) -> RangeTest:
+def lr_range_test(
+    model: nn.Module,
+    step_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    policy: DevicePolicy,
+    start: float = 1e-7,
+    end: float = 10.0,
+    steps: int = 100,
+    smooth: float = 0.98,
+    diverge: float = 4.0,
+) -> RangeTest:
     saved_model = copy.deepcopy(model.state_dict())
     saved_optim = copy.deepcopy(optimizer.state_dict())
     head_base = optimizer.param_groups[-1].get("base_lr", optimizer.param_groups[-1]["lr"])
@@ -58,7 +66,7 @@ def lr_range_test(model: nn.Module, step_fn: Callable[[torch.Tensor, torch.Tenso
         model.train()
         for i in range(steps):
             lr = start * (end / start) ** (i / max(steps - 1, 1))
-            for group, ratio in zip(optimizer.param_groups, ratios):
+            for group, ratio in zip(optimizer.param_groups, ratios, strict=False):
                 group["lr"] = lr * ratio
             images, labels = next(batches)
             images, labels = policy.to_device(images), policy.to_device(labels)

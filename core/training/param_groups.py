@@ -46,8 +46,9 @@ class GroupRecord:
     n_params: int
 
 
-def build_param_groups(model: nn.Module, groups: Sequence[LayerGroup], lrs: Sequence[float],
-                       weight_decay: float) -> tuple[list[dict], list[GroupRecord]]:
+def build_param_groups(
+    model: nn.Module, groups: Sequence[LayerGroup], lrs: Sequence[float], weight_decay: float
+) -> tuple[list[dict], list[GroupRecord]]:
     params = dict(model.named_parameters())
     skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
     opt_groups: list[dict] = []
@@ -57,8 +58,9 @@ def build_param_groups(model: nn.Module, groups: Sequence[LayerGroup], lrs: Sequ
         no_decay = [params[n] for n in group.params if params[n].ndim <= 1 or n in skip]
         for subset, wd in ((decay, weight_decay), (no_decay, 0.0)):
             if subset:
-                opt_groups.append({"params": subset, "lr": lr, "base_lr": lr, "weight_decay": wd,
-                                   "layer_group": group.name})
+                opt_groups.append(
+                    {"params": subset, "lr": lr, "base_lr": lr, "weight_decay": wd, "layer_group": group.name}
+                )
         records.append(GroupRecord(group.name, lr, sum(params[n].numel() for n in group.params)))
     return opt_groups, records
 

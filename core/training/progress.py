@@ -19,8 +19,13 @@ class EpochLog(Callback):
 
     def on_epoch_end(self, loop: Loop) -> None:
         record = loop.history.epochs[-1]
-        log.info("%s epoch %d: %s (%.1fs)", loop.phase, record["epoch"],
-                 ", ".join(f"{k}={v:.4f}" for k, v in loop.metrics.items()), record["seconds"])
+        log.info(
+            "%s epoch %d: %s (%.1fs)",
+            loop.phase,
+            record["epoch"],
+            ", ".join(f"{k}={v:.4f}" for k, v in loop.metrics.items()),
+            record["seconds"],
+        )
 
 
 class EpochObservers(Callback):

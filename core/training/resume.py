@@ -19,8 +19,13 @@ import torch
 from torch import nn
 
 from graftflow.core.training.callbacks import Callback
-from graftflow.core.training.checkpointing import (Checkpointer, flatten_optimizer, restore_rng, rng_state,
-                                                   unflatten_optimizer)
+from graftflow.core.training.checkpointing import (
+    Checkpointer,
+    flatten_optimizer,
+    restore_rng,
+    rng_state,
+    unflatten_optimizer,
+)
 from graftflow.core.training.loop import History, check_finite
 
 if TYPE_CHECKING:
@@ -45,9 +50,16 @@ class Checkpoint(Callback):
     is told of every complete checkpoint (the `graft_on_checkpoint` event).
     """
 
-    def __init__(self, checkpointer: Checkpointer, model: nn.Module, optimizer: torch.optim.Optimizer,
-                 history: History, others: Iterable[Callback | None] = (), writer: bool = True,
-                 on_saved: Callable[[str, int], None] | None = None):
+    def __init__(
+        self,
+        checkpointer: Checkpointer,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        history: History,
+        others: Iterable[Callback | None] = (),
+        writer: bool = True,
+        on_saved: Callable[[str, int], None] | None = None,
+    ):
         self.store, self.model, self.optimizer, self.history = checkpointer, model, optimizer, history
         self.stateful = [c for c in others if c is not None and c.state_key]
         self.writer, self.on_saved = writer, on_saved
@@ -74,7 +86,7 @@ class Checkpoint(Callback):
         return state["phase"]
 
     def on_fit_start(self, loop: Loop) -> None:
-        """Position the phase the checkpoint was taken in; every RNG comes back once its finished batches are redrawn."""
+        """Position the phase the checkpoint was taken in; RNGs come back once its finished batches are redrawn."""
         if self._pending is None or self._pending[1]["phase"] != loop.phase_index:
             return
         tensors, state = self._pending
@@ -114,10 +126,21 @@ class Checkpoint(Callback):
         tensors.update(rng_tensors)
         h = self.history
         state = {
-            "phase": loop.phase_index, "position": position, "scheduler": loop.scheduler.state_dict(),
-            "optimizer": opt_meta, "rng": rng_meta, "step": h.steps, "callbacks": values,
-            "history": {"epochs": h.epochs, "steps": h.steps, "seconds": h.seconds, "stopped_early": h.stopped_early,
-                        "micro_batch": h.micro_batch, "oom_backoffs": h.oom_backoffs},
+            "phase": loop.phase_index,
+            "position": position,
+            "scheduler": loop.scheduler.state_dict(),
+            "optimizer": opt_meta,
+            "rng": rng_meta,
+            "step": h.steps,
+            "callbacks": values,
+            "history": {
+                "epochs": h.epochs,
+                "steps": h.steps,
+                "seconds": h.seconds,
+                "stopped_early": h.stopped_early,
+                "micro_batch": h.micro_batch,
+                "oom_backoffs": h.oom_backoffs,
+            },
         }
         path = self.store.save(h.steps, tensors, state)
         if self.on_saved is not None:

@@ -42,8 +42,16 @@ class GroupScheduler:
     every group's own base LR).
     """
 
-    def __init__(self, optimizer: Optimizer, kind: str, total_steps: int, warmup: float,
-                 monitor: str = "val_loss", plateau_patience: int = 1, plateau_factor: float = 0.5):
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        kind: str,
+        total_steps: int,
+        warmup: float,
+        monitor: str = "val_loss",
+        plateau_patience: int = 1,
+        plateau_factor: float = 0.5,
+    ):
         self.optimizer, self.kind, self.total, self.warmup = optimizer, kind, total_steps, warmup
         self.monitor, self.patience, self.reduce_by = monitor, plateau_patience, plateau_factor
         self.step_count = 0
@@ -83,8 +91,15 @@ class GroupScheduler:
             self._apply()
 
     def state_dict(self) -> dict:
-        return {"kind": self.kind, "total": self.total, "warmup": self.warmup, "step_count": self.step_count,
-                "plateau_scale": self.plateau_scale, "best": self.best, "bad_epochs": self.bad_epochs}
+        return {
+            "kind": self.kind,
+            "total": self.total,
+            "warmup": self.warmup,
+            "step_count": self.step_count,
+            "plateau_scale": self.plateau_scale,
+            "best": self.best,
+            "bad_epochs": self.bad_epochs,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.step_count = int(state["step_count"])

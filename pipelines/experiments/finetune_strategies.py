@@ -30,12 +30,24 @@ OUT = Path(".graft/experiments")
 def variants(lo: float, hi: float, epochs: int, backbone: str) -> dict[str, list[str]]:
     total = 1 + epochs
     return {
-        "discriminative": [f"model.weights={backbone}", f"finetune.lr=[{lo}, {hi}]", "finetune.freeze_epochs=1",
-                           f"finetune.epochs={epochs}"],
-        "uniform": [f"model.weights={backbone}", f"finetune.lr={hi}", "finetune.freeze_epochs=1",
-                    f"finetune.epochs={epochs}"],
-        "head-only": [f"model.weights={backbone}", f"finetune.lr={hi}", f"finetune.freeze_epochs={total}",
-                      "finetune.epochs=0"],
+        "discriminative": [
+            f"model.weights={backbone}",
+            f"finetune.lr=[{lo}, {hi}]",
+            "finetune.freeze_epochs=1",
+            f"finetune.epochs={epochs}",
+        ],
+        "uniform": [
+            f"model.weights={backbone}",
+            f"finetune.lr={hi}",
+            "finetune.freeze_epochs=1",
+            f"finetune.epochs={epochs}",
+        ],
+        "head-only": [
+            f"model.weights={backbone}",
+            f"finetune.lr={hi}",
+            f"finetune.freeze_epochs={total}",
+            "finetune.epochs=0",
+        ],
         "scratch": [f"finetune.lr={hi}", "finetune.freeze_epochs=0", f"finetune.epochs={total}"],
     }
 
@@ -75,9 +87,18 @@ def main(argv: list[str] | None = None) -> int:
     table = "\n".join(rows)
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "finetune_strategies.md").write_text(table + "\n")
-    (OUT / "finetune_strategies.json").write_text(json.dumps(
-        {"seeds": args.seeds, "lr": [lo, hi], "epochs": 1 + epochs, "accuracy": scores,
-         "seconds": round(time.perf_counter() - started, 1)}, indent=2))
+    (OUT / "finetune_strategies.json").write_text(
+        json.dumps(
+            {
+                "seeds": args.seeds,
+                "lr": [lo, hi],
+                "epochs": 1 + epochs,
+                "accuracy": scores,
+                "seconds": round(time.perf_counter() - started, 1),
+            },
+            indent=2,
+        )
+    )
     print(table)
     print(f"written to {OUT}/finetune_strategies.md ({time.perf_counter() - started:.0f} s)")
     return 0

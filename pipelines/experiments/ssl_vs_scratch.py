@@ -21,7 +21,6 @@ and writes `results.json` beside the runs.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import statistics
 import sys
@@ -50,9 +49,14 @@ def run_arm(config_path: Path, arm: str, seed: int, overrides: list[str]) -> dic
     summary = storage.read_json(result["summary"])
     metrics = summary["metrics"]
     return {
-        "arm": arm, "seed": seed, "run": result["url"], "seconds": round(time.perf_counter() - start, 1),
-        "test_accuracy": metrics["test"]["accuracy"], "test_macro_f1": metrics["test"]["macro_f1"],
-        "test_images": metrics["test"]["images"], "labelled_images": summary["finetune"]["images"],
+        "arm": arm,
+        "seed": seed,
+        "run": result["url"],
+        "seconds": round(time.perf_counter() - start, 1),
+        "test_accuracy": metrics["test"]["accuracy"],
+        "test_macro_f1": metrics["test"]["macro_f1"],
+        "test_images": metrics["test"]["images"],
+        "labelled_images": summary["finetune"]["images"],
         "probe_accuracy": (metrics.get("probe") or {}).get("accuracy"),
         "pretrain_images": (summary.get("pretrain") or {}).get("images"),
     }
@@ -64,11 +68,15 @@ def mean_std(values: list[float]) -> str:
 
 
 def table(results: list[dict[str, Any]], seeds: list[int]) -> str:
-    rows = ["| arm | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± std |",
-            "|---|" + "---|" * (len(seeds) + 1)]
-    lines = [("pretrained (SimCLR) → fine-tune", "pretrained", "test_accuracy"),
-             ("scratch → fine-tune", "scratch", "test_accuracy"),
-             ("kNN probe of the SimCLR backbone", "pretrained", "probe_accuracy")]
+    rows = [
+        "| arm | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± std |",
+        "|---|" + "---|" * (len(seeds) + 1),
+    ]
+    lines = [
+        ("pretrained (SimCLR) → fine-tune", "pretrained", "test_accuracy"),
+        ("scratch → fine-tune", "scratch", "test_accuracy"),
+        ("kNN probe of the SimCLR backbone", "pretrained", "probe_accuracy"),
+    ]
     for label, arm, key in lines:
         values = [next(r[key] for r in results if r["arm"] == arm and r["seed"] == s) for s in seeds]
         if any(v is None for v in values):
@@ -81,11 +89,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ssl_vs_scratch", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", type=Path, default=CONFIG, help="pipeline config (default: %(default)s)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default: 0 1 2)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
-                        help="config override for both arms, as in `graft run --set`")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (default 1: on 2 cores shared with the Prefect server and other "
-                             "work, one thread is >2x faster than oversubscribed two; 0 = torch's default)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="config override for both arms, as in `graft run --set`",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: on 2 cores shared with the Prefect server and other "
+        "work, one thread is >2x faster than oversubscribed two; 0 = torch's default)",
+    )
     args = parser.parse_args(argv)
     if args.threads > 0:
         import torch
@@ -99,8 +117,11 @@ def main(argv: list[str] | None = None) -> int:
             for arm in ARMS:
                 results.append(run_arm(args.config, arm, seed, args.overrides))
                 r = results[-1]
-                print(f"seed {seed} {arm}: test accuracy {r['test_accuracy']:.4f} ({r['seconds']:.0f}s)",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"seed {seed} {arm}: test accuracy {r['test_accuracy']:.4f} ({r['seconds']:.0f}s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
     except GraftError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -108,11 +129,21 @@ def main(argv: list[str] | None = None) -> int:
     out = table(results, args.seeds)
     first = load_config(args.config, args.overrides)
     path = storage.join(first.artifact_root, "ssl-vs-scratch-results.json")
-    storage.write_json(path, {"config": str(args.config), "overrides": args.overrides, "seeds": args.seeds,
-                              "wall_seconds": round(wall, 1), "runs": results})
+    storage.write_json(
+        path,
+        {
+            "config": str(args.config),
+            "overrides": args.overrides,
+            "seeds": args.seeds,
+            "wall_seconds": round(wall, 1),
+            "runs": results,
+        },
+    )
     print(out)
-    print(f"\n{len(results)} runs in {wall / 60:.1f} min; test split: {results[0]['test_images']} images, "
-          f"{results[0]['labelled_images']} labelled training images; details: {path}")
+    print(
+        f"\n{len(results)} runs in {wall / 60:.1f} min; test split: {results[0]['test_images']} images, "
+        f"{results[0]['labelled_images']} labelled training images; details: {path}"
+    )
     return 0
 
 

@@ -35,15 +35,21 @@ class FocalParams(_Params):
 
 
 class ClassBalancedParams(_Params):
-    beta: float = Field(0.999, ge=0, lt=1, description="Effective-number β: 0 = no reweighting, → 1 = inverse frequency.")
-    base: Literal["cross-entropy", "focal"] = Field("cross-entropy", description="The per-sample loss that is reweighted.")
+    beta: float = Field(
+        0.999, ge=0, lt=1, description="Effective-number β: 0 = no reweighting, → 1 = inverse frequency."
+    )
+    base: Literal["cross-entropy", "focal"] = Field(
+        "cross-entropy", description="The per-sample loss that is reweighted."
+    )
     gamma: float = Field(2.0, ge=0, description="Focal γ when base is focal.")
 
 
 class FloodingParams(_Params):
     b: float = Field(0.1, ge=0, description="Flood level: the training loss is kept from going below it.")
-    inner: LossRef = Field(default_factory=lambda: LossRef(name="cross-entropy"),
-                           description="The wrapped loss, written like finetune.loss: {name: ..., <params>}.")
+    inner: LossRef = Field(
+        default_factory=lambda: LossRef(name="cross-entropy"),
+        description="The wrapped loss, written like finetune.loss: {name: ..., <params>}.",
+    )
 
 
 def focal_terms(logits: torch.Tensor, target: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -119,18 +125,37 @@ def _flooding(b: float, inner: dict, context: LossContext) -> Flooding:
 def graft_losses():
     return [
         LossSpec(
-            name="cross-entropy", kind="classification",
+            name="cross-entropy",
+            kind="classification",
             factory=lambda label_smoothing=0.0: nn.CrossEntropyLoss(label_smoothing=label_smoothing),
-            params_model=CrossEntropyParams, soft_targets=True,
+            params_model=CrossEntropyParams,
+            soft_targets=True,
             description="Softmax cross-entropy with optional label smoothing (torch.nn.CrossEntropyLoss); "
-                        "takes class indices or class probabilities (MixUp / CutMix).",
+            "takes class indices or class probabilities (MixUp / CutMix).",
         ),
-        LossSpec(name="focal", kind="classification", factory=_focal, params_model=FocalParams, uses_context=True,
-                 description="Focal loss −α(1−p)^γ log p: focuses training on hard examples."),
-        LossSpec(name="class-balanced", kind="classification", factory=_class_balanced,
-                 params_model=ClassBalancedParams, uses_context=True,
-                 description="Cross-entropy or focal weighted by inverse effective class size (long-tailed data)."),
-        LossSpec(name="flooding", kind="classification", factory=_flooding, params_model=FloodingParams,
-                 uses_context=True, uses_inputs=True,
-                 description="|L − b| + b around another loss: keeps the training loss from sinking below b."),
+        LossSpec(
+            name="focal",
+            kind="classification",
+            factory=_focal,
+            params_model=FocalParams,
+            uses_context=True,
+            description="Focal loss −α(1−p)^γ log p: focuses training on hard examples.",
+        ),
+        LossSpec(
+            name="class-balanced",
+            kind="classification",
+            factory=_class_balanced,
+            params_model=ClassBalancedParams,
+            uses_context=True,
+            description="Cross-entropy or focal weighted by inverse effective class size (long-tailed data).",
+        ),
+        LossSpec(
+            name="flooding",
+            kind="classification",
+            factory=_flooding,
+            params_model=FloodingParams,
+            uses_context=True,
+            uses_inputs=True,
+            description="|L − b| + b around another loss: keeps the training loss from sinking below b.",
+        ),
     ]

@@ -38,8 +38,9 @@ class InfoNCE(nn.Module):
 
     def forward(self, a: torch.Tensor, b: torch.Tensor, negatives: torch.Tensor | None = None) -> torch.Tensor:
         if a.shape != b.shape or a.ndim != 2:
-            raise ValueError(f"infonce expects two (N, D) batches of paired embeddings, got {tuple(a.shape)} and "
-                             f"{tuple(b.shape)}")
+            raise ValueError(
+                f"infonce expects two (N, D) batches of paired embeddings, got {tuple(a.shape)} and {tuple(b.shape)}"
+            )
         a, b = F.normalize(a.float(), dim=1), F.normalize(b.float(), dim=1)
         if negatives is not None:
             bank = F.normalize(negatives.float().detach(), dim=1)
@@ -78,8 +79,18 @@ class BatchHardTriplet(nn.Module):
 @hookimpl
 def graft_losses():
     return [
-        LossSpec(name="infonce", kind="pretext", factory=InfoNCE, params_model=InfoNCEParams,
-                 description="InfoNCE / NT-Xent on paired views (SimCLR; MoCo with a negative bank)."),
-        LossSpec(name="triplet", kind="auxiliary", factory=BatchHardTriplet, params_model=TripletParams,
-                 description="Batch-hard triplet margin loss on embeddings with labels (torch's TripletMarginLoss)."),
+        LossSpec(
+            name="infonce",
+            kind="pretext",
+            factory=InfoNCE,
+            params_model=InfoNCEParams,
+            description="InfoNCE / NT-Xent on paired views (SimCLR; MoCo with a negative bank).",
+        ),
+        LossSpec(
+            name="triplet",
+            kind="auxiliary",
+            factory=BatchHardTriplet,
+            params_model=TripletParams,
+            description="Batch-hard triplet margin loss on embeddings with labels (torch's TripletMarginLoss).",
+        ),
     ]

@@ -23,14 +23,21 @@ class DistillationParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     teacher: str = Field(description="The teacher: a saved model folder or .safetensors (local or fsspec URL).")
     temperature: float = Field(4.0, gt=0, description="Softening temperature T of both distributions.")
-    alpha: float = Field(0.9, ge=0, le=1, description="Weight of the distillation term; 1 − alpha goes to CE on labels.")
+    alpha: float = Field(
+        0.9, ge=0, le=1, description="Weight of the distillation term; 1 − alpha goes to CE on labels."
+    )
 
 
-def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor, temperature: float,
-                      alpha: float) -> torch.Tensor:
+def distillation_loss(
+    student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor, temperature: float, alpha: float
+) -> torch.Tensor:
     s, t = student.float(), teacher.float()
-    kd = F.kl_div(F.log_softmax(s / temperature, 1), F.log_softmax(t / temperature, 1), reduction="batchmean",
-                  log_target=True) * temperature**2
+    kd = (
+        F.kl_div(
+            F.log_softmax(s / temperature, 1), F.log_softmax(t / temperature, 1), reduction="batchmean", log_target=True
+        )
+        * temperature**2
+    )
     return alpha * kd + (1 - alpha) * F.cross_entropy(s, target)
 
 
@@ -40,7 +47,7 @@ class Distillation(nn.Module):
         self.teacher = teacher.eval().requires_grad_(False)
         self.temperature, self.alpha = temperature, alpha
 
-    def train(self, mode: bool = True) -> "Distillation":
+    def train(self, mode: bool = True) -> Distillation:
         super().train(mode)
         self.teacher.eval()  # the teacher always predicts with its running statistics
         return self
@@ -55,21 +62,33 @@ def _build(teacher: str, temperature: float, alpha: float, context: LossContext)
     field = f"{context.field}.teacher"
     model, meta = context.load_model(teacher, field)
     if context.num_classes and meta.get("num_classes") != context.num_classes:
-        raise ConfigError(f"{field}: the teacher predicts {meta.get('num_classes')} classes, "
-                          f"the task has {context.num_classes}")
+        raise ConfigError(
+            f"{field}: the teacher predicts {meta.get('num_classes')} classes, the task has {context.num_classes}"
+        )
     names = meta.get("class_names")
     if names and context.class_names and list(names) != list(context.class_names):
-        raise ConfigError(f"{field}: the teacher's classes {', '.join(names)} are not the task's "
-                          f"{', '.join(context.class_names)}")
+        raise ConfigError(
+            f"{field}: the teacher's classes {', '.join(names)} are not the task's {', '.join(context.class_names)}"
+        )
     for key in ("in_chans", "image_size", "mean", "std"):
         if key in context.inputs and key in meta and meta[key] != context.inputs[key]:
-            raise ConfigError(f"{field}: the teacher was trained on {key}={meta[key]}, "
-                              f"this task's images have {key}={context.inputs[key]}")
+            raise ConfigError(
+                f"{field}: the teacher was trained on {key}={meta[key]}, "
+                f"this task's images have {key}={context.inputs[key]}"
+            )
     return Distillation(model, temperature, alpha)
 
 
 @hookimpl
 def graft_losses():
-    return [LossSpec(name="distillation", kind="classification", factory=_build, params_model=DistillationParams,
-                     uses_context=True, uses_inputs=True,
-                     description="KL to a teacher checkpoint's softened logits (T² scaled) plus α-weighted CE.")]
+    return [
+        LossSpec(
+            name="distillation",
+            kind="classification",
+            factory=_build,
+            params_model=DistillationParams,
+            uses_context=True,
+            uses_inputs=True,
+            description="KL to a teacher checkpoint's softened logits (T² scaled) plus α-weighted CE.",
+        )
+    ]

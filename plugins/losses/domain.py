@@ -22,7 +22,9 @@ from graftflow.core import LossSpec, hookimpl
 class MMDParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     bandwidths: list[float] | None = Field(None, description="Gaussian kernel widths σ; none: the median heuristic.")
-    scales: list[float] = Field([0.25, 0.5, 1.0, 2.0, 4.0], description="Multipliers of the median σ² (heuristic only).")
+    scales: list[float] = Field(
+        [0.25, 0.5, 1.0, 2.0, 4.0], description="Multipliers of the median σ² (heuristic only)."
+    )
 
 
 def gaussian_mmd2(source: torch.Tensor, target: torch.Tensor, sigmas2: torch.Tensor) -> torch.Tensor:
@@ -55,5 +57,12 @@ class MMD(nn.Module):
 
 @hookimpl
 def graft_losses():
-    return [LossSpec(name="mmd", kind="auxiliary", factory=MMD, params_model=MMDParams,
-                     description="Gaussian-kernel MMD² between two domains' features (domain adaptation term).")]
+    return [
+        LossSpec(
+            name="mmd",
+            kind="auxiliary",
+            factory=MMD,
+            params_model=MMDParams,
+            description="Gaussian-kernel MMD² between two domains' features (domain adaptation term).",
+        )
+    ]

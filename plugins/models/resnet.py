@@ -12,8 +12,15 @@ import timm
 from timm.models.resnet import BasicBlock, ResNet
 from torch import nn
 
-from graftflow.core import ModelFamily, hookimpl
-from graftflow.core import DropParams, reset_head, timm_layer_groups, unknown_variant, validate_params
+from graftflow.core import (
+    DropParams,
+    ModelFamily,
+    hookimpl,
+    reset_head,
+    timm_layer_groups,
+    unknown_variant,
+    validate_params,
+)
 
 # variant → (blocks per stage, channels per stage) for the small-input variants.
 SMALL = {
@@ -58,7 +65,7 @@ def build(variant: str, *, num_classes: int, in_chans: int, image_size: int, **p
 
 
 def layer_groups(model: nn.Module):
-    """"stem", "layer1".."layer4", "head" (the fc), from timm's coarse group_matcher."""
+    """ "stem", "layer1".."layer4", "head" (the fc), from timm's coarse group_matcher."""
     return timm_layer_groups(model)
 
 

@@ -13,8 +13,17 @@ import timm
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from graftflow.core import ConfigError, LayerGroup, ModelFamily, hookimpl
-from graftflow.core import DropParams, reset_head, timm_layer_groups, unknown_variant, validate_params
+from graftflow.core import (
+    ConfigError,
+    DropParams,
+    LayerGroup,
+    ModelFamily,
+    hookimpl,
+    reset_head,
+    timm_layer_groups,
+    unknown_variant,
+    validate_params,
+)
 
 # variant → VisionTransformer kwargs; micro's patch size depends on the image (see _patch_size).
 SMALL = {
@@ -69,12 +78,12 @@ def build(variant: str, *, num_classes: int, in_chans: int, image_size: int, **p
 
 
 def _rename(label: str) -> str:
-    """"embed" for the stem, "block3" for "blocks.3"."""
+    """ "embed" for the stem, "block3" for "blocks.3"."""
     return "embed" if label == "stem" else re.sub(r"^blocks\.(\d+)$", r"block\1", label)
 
 
 def layer_groups(model: nn.Module):
-    """"embed", "block0".."blockN-1" (the last one holds the final norm too), "head"."""
+    """ "embed", "block0".."blockN-1" (the last one holds the final norm too), "head"."""
     groups = timm_layer_groups(model, matcher=MATCHER, rename=_rename)
     # The last block plus the final norm share no single module: name it after its block.
     named = []

@@ -40,8 +40,16 @@ def _uniform(n: int, lo: float, hi: float, device: torch.device) -> torch.Tensor
 class Views(nn.Module):
     """A random augmented view of every image of a normalised (B, C, H, W) batch."""
 
-    def __init__(self, image_size: int, crop_scale_min: float = 0.4, rotation: float = 10.0, flip: bool = False,
-                 jitter: float = 0.4, noise: float = 0.1, erase: float = 0.25):
+    def __init__(
+        self,
+        image_size: int,
+        crop_scale_min: float = 0.4,
+        rotation: float = 10.0,
+        flip: bool = False,
+        jitter: float = 0.4,
+        noise: float = 0.1,
+        erase: float = 0.25,
+    ):
         super().__init__()
         self.image_size, self.crop_scale_min, self.rotation, self.flip = image_size, crop_scale_min, rotation, flip
         self.jitter, self.noise, self.erase = jitter, noise, erase
@@ -93,8 +101,9 @@ class Views(nn.Module):
 
 def feature_backbone(ctx: PretextContext) -> tuple[nn.Module, int]:
     """A fresh model of the configured family with no classifier, and the size of its pooled features."""
-    backbone = ctx.family.build(ctx.variant, num_classes=0, in_chans=ctx.in_chans, image_size=ctx.image_size,
-                                **dict(ctx.model_params))
+    backbone = ctx.family.build(
+        ctx.variant, num_classes=0, in_chans=ctx.in_chans, image_size=ctx.image_size, **dict(ctx.model_params)
+    )
     backbone.eval()
     with torch.no_grad():
         dim = backbone(torch.zeros(2, ctx.in_chans, ctx.image_size, ctx.image_size)).flatten(1).shape[1]
@@ -104,5 +113,6 @@ def feature_backbone(ctx: PretextContext) -> tuple[nn.Module, int]:
 
 def projection_head(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Module:
     """SimCLR's MLP projector: Linear → BatchNorm → ReLU → Linear."""
-    return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True),
-                         nn.Linear(hidden_dim, out_dim))
+    return nn.Sequential(
+        nn.Linear(in_dim, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim)
+    )

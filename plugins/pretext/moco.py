@@ -31,8 +31,16 @@ class MoCoParams(ViewParams):
 
 
 class MoCo(nn.Module):
-    def __init__(self, ctx: PretextContext, proj_dim: int = 64, hidden_dim: int | None = None, momentum: float = 0.99,
-                 queue: int = 1024, shuffle_groups: int = 4, **views):
+    def __init__(
+        self,
+        ctx: PretextContext,
+        proj_dim: int = 64,
+        hidden_dim: int | None = None,
+        momentum: float = 0.99,
+        queue: int = 1024,
+        shuffle_groups: int = 4,
+        **views,
+    ):
         super().__init__()
         self.backbone, dim = feature_backbone(ctx)
         self.projector = projection_head(dim, hidden_dim or dim, proj_dim)
@@ -57,8 +65,10 @@ class MoCo(nn.Module):
     @torch.no_grad()
     def keys(self, images: torch.Tensor) -> torch.Tensor:
         order = torch.randperm(len(images), device=images.device)
-        chunks = [self.key_projector(self.key_backbone(c).flatten(1))
-                  for c in images[order].tensor_split(min(self.shuffle_groups, len(images)))]
+        chunks = [
+            self.key_projector(self.key_backbone(c).flatten(1))
+            for c in images[order].tensor_split(min(self.shuffle_groups, len(images)))
+        ]
         out = torch.empty_like(torch.cat(chunks))
         out[order] = torch.cat(chunks)
         return out
@@ -81,6 +91,14 @@ class MoCo(nn.Module):
 
 @hookimpl
 def graft_pretext_tasks():
-    return [PretextTask(name="moco", build=lambda ctx, **params: MoCo(ctx, **params), needs_labels=False,
-                        params_model=MoCoParams, loss_kind="pretext", default_loss="infonce",
-                        description="contrastive with a momentum key encoder and a queue of negatives (no labels)")]
+    return [
+        PretextTask(
+            name="moco",
+            build=lambda ctx, **params: MoCo(ctx, **params),
+            needs_labels=False,
+            params_model=MoCoParams,
+            loss_kind="pretext",
+            default_loss="infonce",
+            description="contrastive with a momentum key encoder and a queue of negatives (no labels)",
+        )
+    ]

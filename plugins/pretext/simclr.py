@@ -39,6 +39,14 @@ class SimCLR(nn.Module):
 
 @hookimpl
 def graft_pretext_tasks():
-    return [PretextTask(name="simclr", build=lambda ctx, **params: SimCLR(ctx, **params), needs_labels=False,
-                        params_model=SimCLRParams, loss_kind="pretext", default_loss="infonce",
-                        description="contrastive: two augmented views, projection head, InfoNCE (no labels)")]
+    return [
+        PretextTask(
+            name="simclr",
+            build=lambda ctx, **params: SimCLR(ctx, **params),
+            needs_labels=False,
+            params_model=SimCLRParams,
+            loss_kind="pretext",
+            default_loss="infonce",
+            description="contrastive: two augmented views, projection head, InfoNCE (no labels)",
+        )
+    ]

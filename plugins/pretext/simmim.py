@@ -35,23 +35,30 @@ TOKEN_INTERFACE = ("patch_embed", "_pos_embed", "patch_drop", "norm_pre", "block
 class SimMIMParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     mask_ratio: float = Field(0.6, gt=0, lt=1, description="Fraction of the patches masked in every image.")
-    mask_patch: int | None = Field(None, gt=0, description="Side of a masked patch in pixels (default: the ViT's "
-                                                           "patch size; image_size / 4 for conv families).")
+    mask_patch: int | None = Field(
+        None,
+        gt=0,
+        description="Side of a masked patch in pixels (default: the ViT's "
+        "patch size; image_size / 4 for conv families).",
+    )
 
 
 class SimMIM(nn.Module):
     def __init__(self, ctx: PretextContext, mask_ratio: float = 0.6, mask_patch: int | None = None):
         super().__init__()
         size, chans = ctx.image_size, ctx.in_chans
-        self.backbone = ctx.family.build(ctx.variant, num_classes=0, in_chans=chans, image_size=size,
-                                         **dict(ctx.model_params))
+        self.backbone = ctx.family.build(
+            ctx.variant, num_classes=0, in_chans=chans, image_size=size, **dict(ctx.model_params)
+        )
         self.tokens = CAPABILITY in ctx.family.capabilities
         self.mask_ratio, self.size, self.chans = mask_ratio, size, chans
         if self.tokens:
             missing = [a for a in TOKEN_INTERFACE if not hasattr(self.backbone, a)]
             if missing:
-                raise PluginError(f"model family '{ctx.family.name}' declares '{CAPABILITY}' but its models lack "
-                                  f"{', '.join(missing)} (timm VisionTransformer's token interface)")
+                raise PluginError(
+                    f"model family '{ctx.family.name}' declares '{CAPABILITY}' but its models lack "
+                    f"{', '.join(missing)} (timm VisionTransformer's token interface)"
+                )
             self.patch = int(_pair(self.backbone.patch_embed.patch_size))
             dim = self.backbone.embed_dim
             self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
@@ -59,8 +66,10 @@ class SimMIM(nn.Module):
             self.decoder = nn.Sequential(nn.Conv2d(dim, self.patch**2 * chans, 1), nn.PixelShuffle(self.patch))
             self.mask_patch = mask_patch or self.patch
             if self.mask_patch % self.patch:
-                raise ConfigError(f"pretrain.pretext.mask_patch: must be a multiple of the ViT patch size "
-                                  f"{self.patch}, got {self.mask_patch}")
+                raise ConfigError(
+                    f"pretrain.pretext.mask_patch: must be a multiple of the ViT patch size "
+                    f"{self.patch}, got {self.mask_patch}"
+                )
         else:
             self.backbone.eval()
             with torch.no_grad():
@@ -70,18 +79,20 @@ class SimMIM(nn.Module):
                 raise ConfigError(
                     f"pretrain.pretext: simmim masks conv families in input space and decodes their feature map, "
                     f"but model family '{ctx.family.name}' gives features of shape {tuple(fmap.shape[1:])} and "
-                    f"lacks the '{CAPABILITY}' capability")
+                    f"lacks the '{CAPABILITY}' capability"
+                )
             scale = math.ceil(size / fmap.shape[-1])
             self.mask_token = nn.Parameter(torch.zeros(1, chans, 1, 1))
             self.decoder = nn.Sequential(nn.Conv2d(fmap.shape[1], scale**2 * chans, 1), nn.PixelShuffle(scale))
             self.mask_patch = mask_patch or max(1, size // 4)
         if size % self.mask_patch:
-            raise ConfigError(f"pretrain.pretext.mask_patch: {self.mask_patch} px patches do not tile "
-                              f"{size} px images")
+            raise ConfigError(f"pretrain.pretext.mask_patch: {self.mask_patch} px patches do not tile {size} px images")
         self.grid = size // self.mask_patch
         if self.grid**2 < 2:
-            raise ConfigError(f"pretrain.pretext.mask_patch: {self.mask_patch} px leaves a single patch of a "
-                              f"{size} px image; nothing would stay visible")
+            raise ConfigError(
+                f"pretrain.pretext.mask_patch: {self.mask_patch} px leaves a single patch of a "
+                f"{size} px image; nothing would stay visible"
+            )
 
     def no_weight_decay(self) -> set[str]:
         return {"mask_token"}
@@ -107,7 +118,7 @@ class SimMIM(nn.Module):
                 x = x.flatten(1, 2)
             x = x * (1 - w) + self.mask_token.to(x.dtype) * w
             x = vit.norm(vit.blocks(vit.norm_pre(vit.patch_drop(vit._pos_embed(x)))))
-            x = x[:, vit.num_prefix_tokens:]
+            x = x[:, vit.num_prefix_tokens :]
             side = self.size // self.patch
             pred = self.decoder(x.transpose(1, 2).reshape(b, -1, side, side))
         else:
@@ -138,7 +149,14 @@ def _pair(value) -> int:
 
 @hookimpl
 def graft_pretext_tasks():
-    return [PretextTask(name="simmim", build=lambda ctx, **params: SimMIM(ctx, **params), needs_labels=False,
-                        params_model=SimMIMParams, loss_kind=None, default_loss=None,
-                        description="masked image modeling: L1 on masked patches (ViT tokens; conv nets via masked "
-                                    "inputs)")]
+    return [
+        PretextTask(
+            name="simmim",
+            build=lambda ctx, **params: SimMIM(ctx, **params),
+            needs_labels=False,
+            params_model=SimMIMParams,
+            loss_kind=None,
+            default_loss=None,
+            description="masked image modeling: L1 on masked patches (ViT tokens; conv nets via masked inputs)",
+        )
+    ]

@@ -15,8 +15,13 @@ class SupervisedParams(BaseModel):
 class SupervisedPretext(nn.Module):
     def __init__(self, ctx: PretextContext):
         super().__init__()
-        self.backbone = ctx.family.build(ctx.variant, num_classes=ctx.num_classes, in_chans=ctx.in_chans,
-                                         image_size=ctx.image_size, **dict(ctx.model_params))
+        self.backbone = ctx.family.build(
+            ctx.variant,
+            num_classes=ctx.num_classes,
+            in_chans=ctx.in_chans,
+            image_size=ctx.image_size,
+            **dict(ctx.model_params),
+        )
         self.loss = ctx.make_loss()
 
     def step(self, images, labels):
@@ -25,6 +30,12 @@ class SupervisedPretext(nn.Module):
 
 @hookimpl
 def graft_pretext_tasks():
-    return [PretextTask(name="supervised", build=lambda ctx: SupervisedPretext(ctx), needs_labels=True,
-                        params_model=SupervisedParams,
-                        description="train a classifier on labelled pretraining classes")]
+    return [
+        PretextTask(
+            name="supervised",
+            build=lambda ctx: SupervisedPretext(ctx),
+            needs_labels=True,
+            params_model=SupervisedParams,
+            description="train a classifier on labelled pretraining classes",
+        )
+    ]

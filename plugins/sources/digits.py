@@ -39,5 +39,12 @@ def _fingerprint(params: dict) -> str:
 
 @hookimpl
 def graft_data_sources():
-    return [DataSource(name="sklearn-digits", load=_load, fingerprint=_fingerprint, params_model=DigitsParams,
-                       description="UCI handwritten digits inside scikit-learn (1,797 8x8 images, 10 classes)")]
+    return [
+        DataSource(
+            name="sklearn-digits",
+            load=_load,
+            fingerprint=_fingerprint,
+            params_model=DigitsParams,
+            description="UCI handwritten digits inside scikit-learn (1,797 8x8 images, 10 classes)",
+        )
+    ]

@@ -13,12 +13,30 @@ from pathlib import Path
 import fsspec
 from pydantic import Field
 
-from graftflow.core import (DataError, DataSource, ImageSourceParams, hookimpl, image_records, listing, looks_like_archive,
-                  safe_extract)
+from graftflow.core import (
+    DataError,
+    DataSource,
+    ImageSourceParams,
+    hookimpl,
+    image_records,
+    listing,
+    looks_like_archive,
+    safe_extract,
+)
 
 # What identifies a file's version on each filesystem: local/memory times, S3/GCS/HTTP validators.
-_VERSION_KEYS = ("mtime", "created", "LastModified", "last_modified", "updated", "ETag", "etag", "Last-Modified",
-                 "md5Hash", "Content-MD5")
+_VERSION_KEYS = (
+    "mtime",
+    "created",
+    "LastModified",
+    "last_modified",
+    "updated",
+    "ETag",
+    "etag",
+    "Last-Modified",
+    "md5Hash",
+    "Content-MD5",
+)
 
 
 class FolderParams(ImageSourceParams):
@@ -86,6 +104,13 @@ def _load(params: dict, workdir: Path | None):
 
 @hookimpl
 def graft_data_sources():
-    return [DataSource(name="folder", load=_load, fingerprint=_fingerprint, check=_check,
-                       params_model=FolderParams,
-                       description="images at any fsspec URL (folder or zip/tar): class folders or a label table")]
+    return [
+        DataSource(
+            name="folder",
+            load=_load,
+            fingerprint=_fingerprint,
+            check=_check,
+            params_model=FolderParams,
+            description="images at any fsspec URL (folder or zip/tar): class folders or a label table",
+        )
+    ]

@@ -31,13 +31,26 @@ import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from pydantic import Field, model_validator
 
-from graftflow.core import (DataError, DataSource, ImageSourceParams, TransientDataError, archive_kind, hookimpl,
-                  image_records, looks_like_archive, lookup_secret, redact, safe_extract, secret_ref)
+from graftflow.core import (
+    DataError,
+    DataSource,
+    ImageSourceParams,
+    TransientDataError,
+    archive_kind,
+    hookimpl,
+    image_records,
+    looks_like_archive,
+    lookup_secret,
+    redact,
+    safe_extract,
+    secret_ref,
+)
 
 log = logging.getLogger("graft.data.kaggle")
 
@@ -49,15 +62,23 @@ NO_CREDENTIALS = (
 
 
 class KaggleParams(ImageSourceParams):
-    competition: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$",
-                                    description="Competition slug, e.g. severstal-steel-defect-detection.")
-    dataset: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+(/[0-9]+)?$",
-                                description="Dataset as OWNER/SLUG (or OWNER/SLUG/VERSION).")
+    competition: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$",
+        description="Competition slug, e.g. severstal-steel-defect-detection.",
+    )
+    dataset: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+(/[0-9]+)?$",
+        description="Dataset as OWNER/SLUG (or OWNER/SLUG/VERSION).",
+    )
     files: list[str] | None = Field(None, description="Only these files (names as Kaggle lists them); default all.")
     secret_block: str | None = Field(
-        None, description="Name of a Prefect Secret block holding {\"username\", \"key\"} or an API token.")
-    download_dir: str | None = Field(None, description="Where downloads are kept between runs "
-                                                       "(default ~/.cache/graftflow/kaggle).")
+        None, description='Name of a Prefect Secret block holding {"username", "key"} or an API token.'
+    )
+    download_dir: str | None = Field(
+        None, description="Where downloads are kept between runs (default ~/.cache/graftflow/kaggle)."
+    )
     force: bool = Field(False, description="Download again even when the local copy is up to date.")
 
     @model_validator(mode="after")
@@ -114,8 +135,9 @@ def _from_value(value: Any, origin: str) -> Credentials:
             return Credentials(origin, token=str(value["token"]))
     elif isinstance(value, str) and value and not any(c.isspace() for c in value):
         return Credentials(origin, token=value)
-    raise DataError(f"data.source.secret_block: {origin} must hold {{\"username\": ..., \"key\": ...}} "
-                    f"or a Kaggle API token")
+    raise DataError(
+        f'data.source.secret_block: {origin} must hold {{"username": ..., "key": ...}} or a Kaggle API token'
+    )
 
 
 def credentials(p: KaggleParams) -> Credentials:
@@ -123,8 +145,10 @@ def credentials(p: KaggleParams) -> Credentials:
         origin = f"Prefect Secret block '{p.secret_block}'"
         value = lookup_secret(secret_ref(p.secret_block))
         if value is None:
-            raise DataError(f"data.source.secret_block: {origin} was not resolved here; graft's Prefect flows "
-                            f"read it (run through `graft run` or a deployment)")
+            raise DataError(
+                f"data.source.secret_block: {origin} was not resolved here; graft's Prefect flows "
+                f"read it (run through `graft run` or a deployment)"
+            )
         return _from_value(value, origin)
     token = os.environ.get("KAGGLE_API_TOKEN")
     if token:
@@ -133,8 +157,9 @@ def credentials(p: KaggleParams) -> Credentials:
             token = path.read_text().strip()
         return Credentials("KAGGLE_API_TOKEN", token=token)
     if os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY"):
-        return Credentials("KAGGLE_USERNAME/KAGGLE_KEY", username=os.environ["KAGGLE_USERNAME"],
-                           key=os.environ["KAGGLE_KEY"])
+        return Credentials(
+            "KAGGLE_USERNAME/KAGGLE_KEY", username=os.environ["KAGGLE_USERNAME"], key=os.environ["KAGGLE_KEY"]
+        )
     for directory in _config_dirs():
         config = directory / "kaggle.json"
         if config.is_file():
@@ -144,7 +169,7 @@ def credentials(p: KaggleParams) -> Credentials:
                 raise DataError(f"data.source: {config} is not valid JSON") from None
             if isinstance(data, dict) and data.get("username") and data.get("key"):
                 return Credentials(str(config), username=str(data["username"]), key=str(data["key"]))
-            raise DataError(f"data.source: {config} has no \"username\" and \"key\"")
+            raise DataError(f'data.source: {config} has no "username" and "key"')
     access = Path.home() / ".kaggle" / "access_token"
     if access.is_file() and access.read_text().strip():
         return Credentials(str(access), token=access.read_text().strip())
@@ -168,8 +193,7 @@ def _api(creds: Credentials):
     with _quiet():  # `import kaggle` authenticates from the environment and prints help when it finds nothing
         from kaggle.api.kaggle_api_extended import KaggleApi
     api = KaggleApi()
-    api.config_values = ({"token": creds.token} if creds.token else
-                         {"username": creds.username, "key": creds.key})
+    api.config_values = {"token": creds.token} if creds.token else {"username": creds.username, "key": creds.key}
     return api
 
 
@@ -186,25 +210,34 @@ def _errors(p: KaggleParams, creds: Credentials) -> Iterator[None]:
         raise _http_error(p, creds, status, redact(str(exc), creds.secrets())) from None
     except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
         detail = redact(f"{type(exc).__name__}: {exc}", creds.secrets())
-        raise TransientDataError(f"data.source: Kaggle could not be reached or a transfer broke off ({detail})") from None
+        raise TransientDataError(
+            f"data.source: Kaggle could not be reached or a transfer broke off ({detail})"
+        ) from None
     except ValueError as exc:
         if "does not match expected size" in str(exc):  # the client's check of Content-Length
-            raise TransientDataError(f"data.source: a Kaggle download was truncated ({exc}); "
-                                     f"it resumes on the next attempt") from None
+            raise TransientDataError(
+                f"data.source: a Kaggle download was truncated ({exc}); it resumes on the next attempt"
+            ) from None
         raise
 
 
 def _http_error(p: KaggleParams, creds: Credentials, status: int | None, detail: str) -> DataError:
     if status == 401:
-        return DataError(f"data.source: Kaggle rejected the credentials from {creds.origin} (HTTP 401); "
-                         f"check the username and key (or the API token)")
+        return DataError(
+            f"data.source: Kaggle rejected the credentials from {creds.origin} (HTTP 401); "
+            f"check the username and key (or the API token)"
+        )
     if status == 403:
         if p.competition:
-            return DataError(f"data.source.competition: accept the competition rules at "
-                             f"https://www.kaggle.com/competitions/{p.competition}/rules and run again (HTTP 403)")
+            return DataError(
+                f"data.source.competition: accept the competition rules at "
+                f"https://www.kaggle.com/competitions/{p.competition}/rules and run again (HTTP 403)"
+            )
         owner_slug = "/".join(p.dataset.split("/")[:2])
-        return DataError(f"data.source.dataset: no access to dataset '{p.dataset}' (HTTP 403): it is private, or "
-                         f"its terms must be accepted at https://www.kaggle.com/datasets/{owner_slug}")
+        return DataError(
+            f"data.source.dataset: no access to dataset '{p.dataset}' (HTTP 403): it is private, or "
+            f"its terms must be accepted at https://www.kaggle.com/datasets/{owner_slug}"
+        )
     if status == 404:
         field_name = "competition" if p.competition else "dataset"
         return DataError(f"data.source.{field_name}: unknown {p.ref} on Kaggle (HTTP 404)")
@@ -290,7 +323,7 @@ def _download(call, directory: Path, wanted, label: str, report: list[dict[str, 
     """
     directory.mkdir(parents=True, exist_ok=True)
     before = _snapshot(directory)
-    call(str(directory))
+    call(path=str(directory))
     after = {n: s for n, s in _snapshot(directory).items() if wanted(n) and not n.endswith(".kaggle-partial")}
     if not after:
         raise DataError(f"data.source: Kaggle sent nothing for {label}")
@@ -298,8 +331,10 @@ def _download(call, directory: Path, wanted, label: str, report: list[dict[str, 
     name = max(changed or after, key=lambda n: after[n][1])
     if not changed:
         status = "unchanged"
-        log.info("kaggle: %s is unchanged since the last download (remote Last-Modified is not newer); "
-                 "not downloaded again", name)
+        log.info(
+            "kaggle: %s is unchanged since the last download (remote Last-Modified is not newer); not downloaded again",
+            name,
+        )
     else:
         status = "resumed" if f"{name}.kaggle-partial" in before else "downloaded"
         log.info("kaggle: %s %s (%d bytes)", name, status, after[name][0])
@@ -356,22 +391,22 @@ def _load(params: dict, workdir: Path):
                 parent = str(PurePosixPath(name).parent)
                 directory = root / "files" / (parent if parent != "." else "")
                 if p.competition:
-                    call = lambda d, n=name: api.competition_download_file(p.competition, n, path=d, force=p.force,
-                                                                            quiet=True)
+                    call = partial(api.competition_download_file, p.competition, name, force=p.force, quiet=True)
                 else:
-                    call = lambda d, n=name: api.dataset_download_file(p.dataset, n, path=d, force=p.force, quiet=True)
+                    call = partial(api.dataset_download_file, p.dataset, name, force=p.force, quiet=True)
                 base = PurePosixPath(name).name
                 # The client names the file after the blob URL; Kaggle may zip it (train.csv → train.csv.zip).
                 path = _download(call, directory, lambda n, b=base: n in (b, b + ".zip"), name, downloads)
                 _place(path, data / parent if parent != "." else data, base, workdir, p.max_extract_bytes)
         else:
             if p.competition:
-                call = lambda d: api.competition_download_files(p.competition, path=d, force=p.force, quiet=True)
+                call = partial(api.competition_download_files, p.competition, force=p.force, quiet=True)
             else:
-                call = lambda d: api.dataset_download_files(p.dataset, path=d, force=p.force, quiet=True, unzip=False)
+                call = partial(api.dataset_download_files, p.dataset, force=p.force, quiet=True, unzip=False)
             expected = f"{p.competition}." if p.competition else f"{p.dataset.split('/')[1]}.zip"
-            archive = _download(call, root / "all", lambda n: n.startswith(expected), p.competition or p.dataset,
-                                downloads)
+            archive = _download(
+                call, root / "all", lambda n: n.startswith(expected), p.competition or p.dataset, downloads
+            )
             _place(archive, data, archive.name, workdir, p.max_extract_bytes)
     shutil.rmtree(workdir / "extract", ignore_errors=True)
     records = image_records(_local_fs(), str(data), p, p.ref)
@@ -388,6 +423,14 @@ def _local_fs():
 
 @hookimpl
 def graft_data_sources():
-    return [DataSource(name="kaggle", load=_load, fingerprint=_fingerprint, check=_check, params_model=KaggleParams,
-                       cache_exempt=CACHE_EXEMPT,
-                       description="Kaggle competitions and datasets through the official kaggle client")]
+    return [
+        DataSource(
+            name="kaggle",
+            load=_load,
+            fingerprint=_fingerprint,
+            check=_check,
+            params_model=KaggleParams,
+            cache_exempt=CACHE_EXEMPT,
+            description="Kaggle competitions and datasets through the official kaggle client",
+        )
+    ]

@@ -32,10 +32,14 @@ def main(argv: list[str] | None = None) -> int:
         all_results += results
         for r in results:
             ratio = r.ratio
-            table.add_row(r.name, f"{r.value:.4g} {r.unit}",
-                          "-" if r.baseline is None else f"{r.baseline:.4g} {r.unit}",
-                          "-" if ratio is None else f"{ratio:.2f}×",
-                          r.target, "-" if r.met is None else ("yes" if r.met else "NO"))
+            table.add_row(
+                r.name,
+                f"{r.value:.4g} {r.unit}",
+                "-" if r.baseline is None else f"{r.baseline:.4g} {r.unit}",
+                "-" if ratio is None else f"{ratio:.2f}×",
+                r.target,
+                "-" if r.met is None else ("yes" if r.met else "NO"),
+            )
     Console(soft_wrap=True).print(table)
     for r in all_results:
         if r.baseline is None and r.notes:  # no baseline: the notes say what the value was measured on

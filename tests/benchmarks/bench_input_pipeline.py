@@ -32,18 +32,21 @@ from torchvision import datasets
 from torchvision import transforms as T
 
 from graftflow.core.config import PluginRef
+from graftflow.core.data.augmentation import augment_policy, batch_normalizer, compose_batch
 from graftflow.core.data.dataset import ArrowImageDataset, BatchCollate, make_loader, normalizer, select
 from graftflow.core.data.layouts import records
 from graftflow.core.data.splits import stratified_split
 from graftflow.core.data.store import build_store
 from graftflow.core.plugin_manager import PluginHost
-from graftflow.core.data.augmentation import augment_policy, batch_normalizer, compose_batch
 from tests.benchmarks.bench_store import _write_images
 from tests.benchmarks.results import Result
 
 SIZE, BATCH, WORKERS = 64, 64, 2
-POLICY = [{"name": "random-resized-crop", "size": SIZE, "scale_min": 0.5}, {"name": "horizontal-flip", "p": 0.5},
-          {"name": "color-jitter", "brightness": 0.2, "contrast": 0.2, "saturation": 0.2, "hue": 0.0}]
+POLICY = [
+    {"name": "random-resized-crop", "size": SIZE, "scale_min": 0.5},
+    {"name": "horizontal-flip", "p": 0.5},
+    {"name": "color-jitter", "brightness": 0.2, "contrast": 0.2, "saturation": 0.2, "hue": 0.0},
+]
 
 
 def _epochs(loader, epochs: int, transform=None) -> tuple[float, int]:
@@ -63,11 +66,24 @@ def _epochs(loader, epochs: int, transform=None) -> tuple[float, int]:
 
 
 def _baseline(root: Path, epochs: int) -> tuple[float, int]:
-    transform = T.Compose([T.RandomResizedCrop(SIZE, scale=(0.5, 1.0)), T.RandomHorizontalFlip(),
-                           T.ColorJitter(0.2, 0.2, 0.2), T.ToTensor(), T.Normalize([0.5] * 3, [0.5] * 3)])
+    transform = T.Compose(
+        [
+            T.RandomResizedCrop(SIZE, scale=(0.5, 1.0)),
+            T.RandomHorizontalFlip(),
+            T.ColorJitter(0.2, 0.2, 0.2),
+            T.ToTensor(),
+            T.Normalize([0.5] * 3, [0.5] * 3),
+        ]
+    )
     dataset = datasets.ImageFolder(str(root), transform=transform)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=WORKERS,
-                                         persistent_workers=True, generator=torch.Generator().manual_seed(0))
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=BATCH,
+        shuffle=True,
+        num_workers=WORKERS,
+        persistent_workers=True,
+        generator=torch.Generator().manual_seed(0),
+    )
     return _epochs(loader, epochs)
 
 
@@ -78,8 +94,9 @@ def _ours(url: str, epochs: int, placement: str) -> tuple[float, int, float]:
     sel = select(url, ["train", "val", "test"], None, "bench")
     start = time.perf_counter()
     batched = placement == "batch"
-    dataset = ArrowImageDataset(sel, 3, SIZE, policy.sample, None if batched else normalizer([0.5], [0.5], 3),
-                                cache=True)
+    dataset = ArrowImageDataset(
+        sel, 3, SIZE, policy.sample, None if batched else normalizer([0.5], [0.5], 3), cache=True
+    )
     cache_seconds = time.perf_counter() - start
     # As task_loaders does on a CPU device: the batch ops run in the workers, right after collation.
     collate = BatchCollate(compose_batch(policy.batch, batch_normalizer([0.5], [0.5], 3))) if batched else None
@@ -95,20 +112,38 @@ def run(quick: bool) -> list[Result]:
         root = Path(tmp) / "folder"
         _write_images(root, n)
         url = str(Path(tmp) / "store")
-        build_store(records(fsspec.filesystem("file"), str(root), {}, "bench"), url,
-                    {"val": 0.1, "test": 0.2, "seed": 0}, {"source": "bench"}, stratified_split)
+        build_store(
+            records(fsspec.filesystem("file"), str(root), {}, "bench"),
+            url,
+            {"val": 0.1, "test": 0.2, "seed": 0},
+            {"source": "bench"},
+            stratified_split,
+        )
         base_s, base_n = _baseline(root, epochs)
         ours_s, ours_n, cache_s = _ours(url, epochs, "batch")
         sample_s, sample_n, _ = _ours(url, epochs, "sample")
     baseline = base_n / base_s
-    note = (f"{n} JPEGs 64×64 RGB, 10 classes; random-resized-crop 64 (scale 0.5–1) + horizontal flip + colour jitter "
-            f"0.2/0.2/0.2 + normalise; batch {BATCH}, {WORKERS} workers, {epochs} epoch(s) timed after a warm-up")
+    note = (
+        f"{n} JPEGs 64×64 RGB, 10 classes; random-resized-crop 64 (scale 0.5–1) + horizontal flip + colour jitter "
+        f"0.2/0.2/0.2 + normalise; batch {BATCH}, {WORKERS} workers, {epochs} epoch(s) timed after a warm-up"
+    )
     return [
-        Result("input_pipeline", ours_n / ours_s, baseline, "images/s", target_ratio=3.0,
-               notes="Arrow store + decoded cache + batch ops (per-sample params) vs ImageFolder + PIL per-sample "
-                     f"transforms; {note}",
-               extra={"seconds": ours_s, "baseline_seconds": base_s, "images": ours_n, "cache_seconds": cache_s}),
-        Result("input_pipeline_sample_ops", sample_n / sample_s, baseline, "images/s",
-               notes=f"Arrow store + decoded cache + the same ops per sample (v2 on uint8 tensors in workers); {note}",
-               extra={"seconds": sample_s, "baseline_seconds": base_s, "images": sample_n}),
+        Result(
+            "input_pipeline",
+            ours_n / ours_s,
+            baseline,
+            "images/s",
+            target_ratio=3.0,
+            notes="Arrow store + decoded cache + batch ops (per-sample params) vs ImageFolder + PIL per-sample "
+            f"transforms; {note}",
+            extra={"seconds": ours_s, "baseline_seconds": base_s, "images": ours_n, "cache_seconds": cache_s},
+        ),
+        Result(
+            "input_pipeline_sample_ops",
+            sample_n / sample_s,
+            baseline,
+            "images/s",
+            notes=f"Arrow store + decoded cache + the same ops per sample (v2 on uint8 tensors in workers); {note}",
+            extra={"seconds": sample_s, "baseline_seconds": base_s, "images": sample_n},
+        ),
     ]

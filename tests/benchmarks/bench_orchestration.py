@@ -49,13 +49,23 @@ def run(quick: bool = False) -> list[Result]:
     stage_seconds = {s: e["seconds"] for s, e in summary["stages"].items()}
     overhead = wall - sum(stage_seconds.values())
     result = Result(
-        name="orchestration_overhead", value=round(overhead, 3), baseline=None, unit="s", higher_is_better=False,
+        name="orchestration_overhead",
+        value=round(overhead, 3),
+        baseline=None,
+        unit="s",
+        higher_is_better=False,
         target_max=TARGET_SECONDS,
-        extra={"wall_s": round(wall, 3), "stage_seconds": stage_seconds, "target_s": TARGET_SECONDS,
-               "stages": len(stage_seconds)},
+        extra={
+            "wall_s": round(wall, 3),
+            "stage_seconds": stage_seconds,
+            "target_s": TARGET_SECONDS,
+            "stages": len(stage_seconds),
+        },
     )
     result.extra["target_met"] = result.met
-    result.notes = (f"transfer wall {wall:.1f} s − Σ stage compute {sum(stage_seconds.values()):.1f} s on the "
-                    f"{'quick ' if quick else ''}demo config; target ≤ {TARGET_SECONDS:g} s: "
-                    f"{'met' if result.met else 'NOT met'}")
+    result.notes = (
+        f"transfer wall {wall:.1f} s − Σ stage compute {sum(stage_seconds.values()):.1f} s on the "
+        f"{'quick ' if quick else ''}demo config; target ≤ {TARGET_SECONDS:g} s: "
+        f"{'met' if result.met else 'NOT met'}"
+    )
     return [result]

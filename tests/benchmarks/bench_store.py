@@ -73,8 +73,13 @@ def run(quick: bool) -> list[Result]:
         for r in range(repeats):
             url = str(Path(tmp) / f"store-{r}")
             start = time.perf_counter()
-            info = build_store(records(fsspec.filesystem("file"), str(root), {}, "bench"), url,
-                               {"val": 0.1, "test": 0.2, "seed": 0}, {"source": "bench"}, stratified_split)
+            info = build_store(
+                records(fsspec.filesystem("file"), str(root), {}, "bench"),
+                url,
+                {"val": 0.1, "test": 0.2, "seed": 0},
+                {"source": "bench"},
+                stratified_split,
+            )
             ingest.append(time.perf_counter() - start)
             assert info.rows == n
         # Interleave the two readers so machine noise hits both alike; keep the best of each.
@@ -84,12 +89,25 @@ def run(quick: bool) -> list[Result]:
             assert rows == n
             store_times.append(seconds)
             pil_times.append(_pil_read(paths))
-    note = f"{n} JPEGs ({folder_mb:.1f} MiB) {SIZE}×{SIZE}, {CLASSES} classes, decode+resize to {OUT}×{OUT}, 1 thread, best of {repeats}"
+    note = (
+        f"{n} JPEGs ({folder_mb:.1f} MiB) {SIZE}×{SIZE}, {CLASSES} classes, decode+resize to {OUT}×{OUT}, "
+        f"1 thread, best of {repeats}"
+    )
     return [
-        Result("store_ingest", n / min(ingest), None, "images/s",
-               notes=f"folder layout (each image decoded once to check it) → build_store; {note}",
-               extra={"seconds": min(ingest), "images": n}),
-        Result("store_read", n / min(store_times), n / min(pil_times), "images/s",
-               notes=f"ArrowImageDataset.decode over the store vs PIL.Image.open on the extracted files; {note}",
-               extra={"store_seconds": min(store_times), "pil_seconds": min(pil_times), "images": n}),
+        Result(
+            "store_ingest",
+            n / min(ingest),
+            None,
+            "images/s",
+            notes=f"folder layout (each image decoded once to check it) → build_store; {note}",
+            extra={"seconds": min(ingest), "images": n},
+        ),
+        Result(
+            "store_read",
+            n / min(store_times),
+            n / min(pil_times),
+            "images/s",
+            notes=f"ArrowImageDataset.decode over the store vs PIL.Image.open on the extracted files; {note}",
+            extra={"store_seconds": min(store_times), "pil_seconds": min(pil_times), "images": n},
+        ),
     ]

@@ -77,9 +77,14 @@ def run(quick: bool = False) -> list[Result]:
             ours.append(_ours(our_model, data, policy))
             bare.append(_bare(bare_model, data, policy))
     where = f"{policy.device} {policy.precision}{' channels_last' if policy.channels_last else ''}"
-    return [Result(
-        name=f"training_loop_steps_per_s_{policy.device_type}", value=statistics.median(ours),
-        baseline=statistics.median(bare), unit="steps/s", target_ratio=0.95,
-        notes=f"resnet tiny, batch {batch}, {steps} steps × {repeats} alternating repeats, {where}",
-        extra={"ours": ours, "bare": bare, "policy": policy.as_summary()},
-    )]
+    return [
+        Result(
+            name=f"training_loop_steps_per_s_{policy.device_type}",
+            value=statistics.median(ours),
+            baseline=statistics.median(bare),
+            unit="steps/s",
+            target_ratio=0.95,
+            notes=f"resnet tiny, batch {batch}, {steps} steps × {repeats} alternating repeats, {where}",
+            extra={"ours": ours, "bare": bare, "policy": policy.as_summary()},
+        )
+    ]
