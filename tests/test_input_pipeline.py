@@ -153,3 +153,27 @@ def test_batch_ops_in_the_workers_are_seeded_and_normalised(store):
     first, again = batches(3), batches(3)
     assert all(a.dtype == torch.float32 and torch.equal(a, b) for a, b in zip(first, again, strict=False))
     assert float(torch.cat(first).min()) >= -1 and float(torch.cat(first).max()) <= 1
+
+
+@pytest.mark.slow
+def test_loader_workers_survive_a_prefect_flow_in_the_same_process(prefect_harness, store):
+    """`graft run` trains inside a Prefect task: forked workers inherit Prefect's thread-exit hooks.
+
+    Without `forget_parent_exit_hooks` each worker exits with code 1 at shutdown (Prefect's
+    service drain fails its assertion in the child) and torch raises in the stage.
+    """
+    from prefect import flow
+    from torch.utils.data import DataLoader
+
+    from graftflow.core.data.dataset import ArrowImageDataset, make_loader
+
+    @flow
+    def a_flow() -> int:
+        return 1
+
+    assert a_flow() == 1  # Prefect's log and event services are now running in this process
+    ds = ArrowImageDataset(select(store, "train", None, "test"), 3, 8, cache=True)
+    batches = list(make_loader(ds, 8, True, 2, 0, persistent_workers=False))
+    assert sum(len(x) for x, _ in batches) == len(ds)
+    with pytest.raises(RuntimeError, match="exited unexpectedly"):  # the negative control: plain torch
+        list(DataLoader(ds, batch_size=8, num_workers=2, persistent_workers=False))

@@ -6,6 +6,7 @@ the store itself is memory-mapped, so a worker holds offsets, not copies.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -199,6 +200,22 @@ class BatchCollate:
         return self.transform(images, labels)
 
 
+def forget_parent_exit_hooks(worker_id: int) -> None:
+    """A DataLoader worker's `worker_init_fn`: drop the thread-exit hooks it inherited by fork.
+
+    A worker is a forked copy of the training process. Hooks that the parent's
+    threads registered with `threading._register_atexit` (Prefect's log and event
+    services, once a flow has run in the process) are copied too, and at the
+    worker's exit they run against state that only made sense in the parent:
+    Prefect's fail an assertion, the worker exits with code 1, and torch raises
+    "DataLoader worker exited unexpectedly" in the stage. The worker has none of
+    those threads, so it has nothing of theirs to drain.
+    """
+    hooks = getattr(threading, "_threading_atexits", None)
+    if hooks is not None:
+        hooks.clear()
+
+
 def make_loader(
     dataset: Dataset,
     batch_size: int,
@@ -230,6 +247,7 @@ def make_loader(
         shuffle=shuffle and sampler is None,
         sampler=sampler,
         num_workers=num_workers,
+        worker_init_fn=forget_parent_exit_hooks if num_workers > 0 else None,
         generator=generator,
         pin_memory=pin_memory,
         drop_last=drop_last,
