@@ -58,9 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", default=str(OUT / "finetune-strategies"), help="artifact root of the runs")
     args = parser.parse_args(argv)
 
-    from graftflow.pipelines.cli import _prefect_defaults
+    from graftflow.pipelines.cli.common import prefect_defaults
 
-    _prefect_defaults()
+    prefect_defaults()
     from graftflow.pipelines.flows import transfer
 
     base = [f"artifact_root={args.root}", "name=strategies"]

@@ -22,9 +22,9 @@ TARGET_SECONDS = 10.0
 
 
 def run(quick: bool = False) -> list[Result]:
-    from graftflow.pipelines.cli import _prefect_defaults
+    from graftflow.pipelines.cli.common import prefect_defaults
 
-    _prefect_defaults()
+    prefect_defaults()
     os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="graft-bench-prefect-"))
     from prefect import flow
 

@@ -1,0 +1,41 @@
+"""`graft`: the command line. One module per command under this package; `COMMANDS` lists them.
+
+A command module has `register(subparsers)`, which adds its parser and sets
+`func`. User mistakes (a `GraftError`) print one line per problem and exit 2,
+with no traceback; a config is checked against the plugins before anything is
+written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from graftflow.core.errors import GraftError
+from graftflow.pipelines.cli.common import print_error
+
+COMMANDS = ("run", "lr_find", "plugins")  # modules of this package, in --help order
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="graft", description="Transfer-learning pipelines on Prefect.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in COMMANDS:
+        importlib.import_module(f"graftflow.pipelines.cli.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except GraftError as exc:
+        return print_error(exc)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from graftflow.pipelines.cli import main
+
+sys.exit(main())
