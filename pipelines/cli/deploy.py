@@ -69,10 +69,10 @@ def main(args: argparse.Namespace) -> int:
         raise ConfigError(f"--interval: must be > 0 seconds, got {args.interval:g}")
     stages = list(stage_table.CHAIN) if args.flow == "transfer" else [*stage_table.stage(args.flow).prepare, args.flow]
     validate_config(config, PluginHost(config.plugins), stages)  # a bad config is never deployed
-    _require_server()
     spec = deployments.deployment_spec(
         config, args.flow, name=args.name, cron=args.cron, interval=args.interval, pool=args.pool
     )
+    _require_server()
     deployment_id, status = _reachable(lambda: deployments.apply(spec))
     full = f"{spec['flow_name']}/{spec['name']}"
     when = f"cron '{args.cron}' UTC" if args.cron else f"every {args.interval:g} s" if args.interval else "no schedule"
