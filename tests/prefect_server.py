@@ -7,10 +7,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -54,7 +56,10 @@ def prefect_server(
         if db == "postgres":
             from graftflow.pipelines.server import embedded_postgres
 
-            database = stack.enter_context(embedded_postgres(workdir / "postgres"))
+            # its own folder: PostgreSQL runs as another user, who must reach it (pytest's are private)
+            pgdata = Path(tempfile.mkdtemp(prefix="graft-pg-"))
+            stack.callback(shutil.rmtree, pgdata, ignore_errors=True)
+            database = stack.enter_context(embedded_postgres(pgdata))
         yield stack.enter_context(_server(workdir, timeout, ui, database))
 
 
