@@ -16,7 +16,7 @@ dotted path (`test.accuracy`, `test.macro_f1`, `finetune.val_accuracy`) when a s
 The fine-tuned model is logged as an MLflow pyfunc model (graftflow's model folder as its data; no pickle) with an input
 example of real held-out images and its signature, and registered as a new version of the model
 named after the pipeline. `graft_model_stores` serves `models:/NAME@alias` and `models:/NAME/VERSION`
-to `graft predict` and the Python API.
+to `graftflow.core.model_stores.resolve_model_uri` (a local model folder).
 """
 
 from __future__ import annotations
