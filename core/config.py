@@ -263,13 +263,70 @@ class CheckpointConfig(Section):
 
 
 class DistributedConfig(Section):
+    """DDP for the training stages: `nproc_per_node` processes on each of `nnodes` hosts.
+
+    Across hosts, each host's worker runs the same stage of the same run (`run_id`) with its own
+    `node_rank`; they meet at node 0's c10d rendezvous (`rdzv_endpoint`), and global rank 0 writes.
+    """
+
     nproc_per_node: PositiveInt = Field(1, description="Processes (one per GPU) for training stages; > 1 launches DDP.")
+    nnodes: PositiveInt = Field(
+        1, description="Hosts that train together; > 1: every host runs the stage with its own node_rank."
+    )
+    node_rank: NonNegativeInt = Field(
+        0, description="This host's index, 0..nnodes-1; node 0 hosts the c10d rendezvous at rdzv_endpoint."
+    )
+    rdzv_endpoint: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9._\[\]:-]+:\d+$",
+        description="HOST:PORT of the c10d rendezvous on node 0, reachable from every host (needed when nnodes > 1).",
+    )
+    rdzv_timeout: PositiveInt = Field(600, description="Seconds to wait for every host to join the rendezvous.")
+
+    @model_validator(mode="after")
+    def _hosts_agree(self) -> DistributedConfig:
+        if self.node_rank >= self.nnodes:
+            raise ValueError(f"node_rank must be < nnodes ({self.nnodes}), got {self.node_rank}")
+        if self.nnodes > 1 and not self.rdzv_endpoint:
+            raise ValueError("nnodes > 1 needs rdzv_endpoint: HOST:PORT of node 0, reachable from every host")
+        return self
+
+    @property
+    def world_size(self) -> int:
+        return self.nnodes * self.nproc_per_node
 
 
 class GpuSlotConfig(Section):
     name: str = Field("gpu", description="Prefect global concurrency limit that GPU stages hold one slot of.")
     hold: Literal["auto", "always", "never"] = Field(
         "auto", description="auto: only when the run uses CUDA; always: every training stage (e.g. CPU-bound hosts)."
+    )
+
+
+class PromoteConfig(Section):
+    metric: str = Field(
+        description="The metric that decides, dotted inside summary.json `metrics`: test.macro_f1, test.accuracy."
+    )
+    mode: Literal["max", "min"] = Field("max", description="max: a higher value is better; min: a lower one.")
+    alias: str = Field(
+        "champion", pattern=r"^[A-Za-z0-9_-]+$", description="Registry alias moved to the better model version."
+    )
+
+
+class TrackingConfig(Section):
+    """What a tracker plugin (e.g. graftflow.plugins.trackers.mlflow, named in `plugins:`) records where."""
+
+    uri: str | None = Field(
+        None,
+        description="Tracking URI (a folder, http(s)://, sqlite:///...); unset: $MLFLOW_TRACKING_URI, else ./mlruns.",
+    )
+    experiment: str | None = Field(None, description="Experiment name; unset: the pipeline's name.")
+    registered_model: str | None = Field(
+        None, description="Registered model the fine-tuned model becomes a version of; unset: the pipeline's name."
+    )
+    log_model: bool = Field(True, description="Log the fine-tuned model and register it as a new model version.")
+    promote: PromoteConfig | None = Field(
+        None, description="Move an alias (champion) to the new version when it beats the current holder's metric."
     )
 
 
@@ -300,6 +357,9 @@ class PipelineConfig(Section):
         description="On a Prefect server, training stages queue for a global concurrency slot.",
     )
     plugins: list[str] = Field(default_factory=list, description="Extra plugin modules or .py files to load.")
+    tracking: TrackingConfig = Field(
+        default_factory=TrackingConfig, description="Experiment tracking and the model registry (tracker plugins)."
+    )
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)

@@ -41,12 +41,15 @@ def main(stage: str, config_path: str, run_id: str, out: str, exchange: str) -> 
     try:
         result = stage_table.stage(stage).function(ctx)
         if info.is_main:
-            result.summary.setdefault(stage, {})["distributed"] = {"world_size": info.world_size, "backend": backend}
+            layout = {"world_size": info.world_size, "backend": backend}
+            if config.distributed.nnodes > 1:
+                layout["nnodes"] = config.distributed.nnodes
+            result.summary.setdefault(stage, {})["distributed"] = layout
             Path(exchange, "result.json").write_text(json.dumps(result_to_json(result), default=str))
         dist.barrier()
         return 0
     except GraftError as exc:
-        if info.is_main:
+        if info.is_main or local_rank == 0:  # each host's launcher reports the user's mistake in one line
             Path(exchange, "error.json").write_text(json.dumps({"message": str(exc)}))
         raise
     finally:

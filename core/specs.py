@@ -254,6 +254,20 @@ class Exporter:
 
 
 @dataclass(frozen=True)
+class ModelStore:
+    """Fetches models by URI from a registry, e.g. MLflow's `models:/NAME@alias` or `models:/NAME/3`.
+
+    `name` is the URI scheme it serves ("models"). `fetch(uri, dest)` downloads the model
+    under the local folder `dest` and returns the folder that holds model.safetensors and
+    model.json, as a run's `finetune/model` does.
+    """
+
+    name: str
+    fetch: Callable[[str, Path], Path]
+    description: str = ""
+
+
+@dataclass(frozen=True)
 class RunInfo:
     """What observers (event hooks) learn about a run; never the model itself."""
 

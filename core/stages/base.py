@@ -121,9 +121,13 @@ def execute_stage(stage: str, config: PipelineConfig, run: Run, host: PluginHost
     seed_everything(config.seed)
     start = time.perf_counter()
     try:
-        nproc = config.distributed.nproc_per_node
-        if nproc > 1 and declared.distributed:
-            result = _from_json(launch(stage, config, run.run_id, staging, nproc))
+        if config.distributed.world_size > 1 and declared.distributed:
+            rank0 = launch(stage, config, run.run_id, staging)
+            if rank0 is None:  # this host trained its shards; the host with global rank 0 publishes the stage
+                storage.discard_dir(staging)
+                seconds = round(time.perf_counter() - start, 3)
+                return {"stage": stage, "status": "joined", "seconds": seconds, "url": final_url, "artifacts": []}
+            result = _from_json(rank0)
         else:
             result = declared.function(ctx)
         undeclared = sorted(set(result.outputs) - set(declared.outputs))
