@@ -40,10 +40,19 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
-    from graftflow.core.specs import AugmentationSpec, DataSource, Exporter, LossSpec, ModelFamily, PretextTask, RunInfo
+    from graftflow.core.specs import (
+        AugmentationSpec,
+        DataSource,
+        Exporter,
+        LossSpec,
+        MethodSpec,
+        ModelFamily,
+        PretextTask,
+        RunInfo,
+    )
 
 PROJECT = "graft"
-CONTRACT_VERSION = (2, 0)
+CONTRACT_VERSION = (2, 1)  # 2.1: graft_finetune_methods
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
@@ -86,6 +95,16 @@ def graft_augmentations() -> list[AugmentationSpec]:
 @hookspec
 def graft_pretext_tasks() -> list[PretextTask]:
     """Ways to pretrain a backbone, selected by `pretrain.pretext`."""
+
+
+@hookspec
+def graft_finetune_methods() -> list[MethodSpec]:
+    """Fine-tuning methods, selected by `finetune.method` (`standard` is the default).
+
+    A method adds to the standard recipe: a second data stream, loss terms with their
+    own weight schedules, extra trainable modules, metrics; the fine-tune stage trains
+    through it under every strategy (discriminative LRs, freezing, resume, DDP).
+    """
 
 
 @hookspec

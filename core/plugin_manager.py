@@ -30,7 +30,16 @@ import pluggy
 from graftflow.core import hookspecs
 from graftflow.core.errors import PluginError
 from graftflow.core.registry import Registry
-from graftflow.core.specs import AugmentationSpec, DataSource, Exporter, LossSpec, ModelFamily, PretextTask, RunInfo
+from graftflow.core.specs import (
+    AugmentationSpec,
+    DataSource,
+    Exporter,
+    LossSpec,
+    MethodSpec,
+    ModelFamily,
+    PretextTask,
+    RunInfo,
+)
 
 log = logging.getLogger("graft.plugins")
 
@@ -47,6 +56,7 @@ _REGISTRATIONS = {
     "graft_augmentations": ("augmentations", AugmentationSpec, "augmentation"),
     "graft_pretext_tasks": ("pretexts", PretextTask, "pretext task"),
     "graft_exporters": ("exporters", Exporter, "exporter"),
+    "graft_finetune_methods": ("methods", MethodSpec, "fine-tuning method"),
 }
 _EVENTS = ("graft_on_stage_start", "graft_on_stage_end", "graft_on_epoch_end", "graft_on_checkpoint")
 
@@ -117,6 +127,7 @@ class PluginHost:
         self.augmentations: Registry[AugmentationSpec] = Registry("augmentation", "augmentation")
         self.pretexts: Registry[PretextTask] = Registry("pretext", "pretext task")
         self.exporters: Registry[Exporter] = Registry("exporter", "exporter")
+        self.methods: Registry[MethodSpec] = Registry("finetune_method", "fine-tuning method")
         self._collect()
 
     # -- discovery -------------------------------------------------------------
