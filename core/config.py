@@ -228,8 +228,10 @@ class FinetuneConfig(TrainingConfig):
     bn: Literal["train", "freeze-stats", "freeze"] = Field(
         "train", description="BatchNorm: train normally, keep running statistics fixed, or also freeze its weights."
     )
-    monitor: Literal["val_loss", "val_accuracy"] = Field(
-        "val_loss", description="Validation metric for early stopping, plateau and the best checkpoint."
+    monitor: Literal["val_loss", "val_accuracy", "target_entropy"] = Field(
+        "val_loss",
+        description="Validation metric for early stopping, plateau and the best checkpoint (target_entropy: the "
+        "mean prediction entropy on the unlabelled target domain, for domain-adaptation methods).",
     )
     early_stopping: PositiveInt | None = Field(None, description="Stop after this many epochs without improvement.")
     restore_best: bool = Field(True, description="End with the weights of the best epoch by `monitor`.")
@@ -237,6 +239,16 @@ class FinetuneConfig(TrainingConfig):
         None, gt=0, lt=1, description="Keep an exponential moving average of the weights (e.g. 0.999) and use it."
     )
     lr_find: LRFindConfig = Field(default_factory=LRFindConfig, description="Settings of `graft lr-find`.")
+    method: PluginRef = Field(
+        default_factory=lambda: PluginRef(name="standard"),
+        description="Fine-tuning method plugin (standard, mmd, dann, cdan, lwf) and its parameters; domain adaptation "
+        "methods take `target:`, an unlabelled data source block.",
+    )
+    head: Literal["new", "extend"] = Field(
+        "new",
+        description="new: a fresh head for finetune.classes; extend: the pretrained head keeps its classes "
+        "(pretrain.classes) and the new ones are appended (class-incremental learning, e.g. method lwf).",
+    )
 
 
 class EvaluateConfig(Section):
@@ -410,7 +422,7 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
         child = node.get(part)
         if child is None:
             child = node[part] = {}
-        elif isinstance(child, str) and part in ("loss", "pretext"):
+        elif isinstance(child, str) and part in ("loss", "pretext", "method"):
             child = node[part] = {"name": child}
         elif not isinstance(child, dict):
             raise ConfigError(f"--set {assignment}: '{part}' is not a section")

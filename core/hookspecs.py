@@ -45,6 +45,7 @@ if TYPE_CHECKING:
         DataSource,
         Exporter,
         LossSpec,
+        MethodSpec,
         ModelFamily,
         ModelStore,
         PretextTask,
@@ -52,7 +53,7 @@ if TYPE_CHECKING:
     )
 
 PROJECT = "graft"
-CONTRACT_VERSION = (2, 1)  # 2.1: graft_model_stores
+CONTRACT_VERSION = (2, 1)  # 2.1: graft_model_stores, graft_finetune_methods
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
@@ -95,6 +96,16 @@ def graft_augmentations() -> list[AugmentationSpec]:
 @hookspec
 def graft_pretext_tasks() -> list[PretextTask]:
     """Ways to pretrain a backbone, selected by `pretrain.pretext`."""
+
+
+@hookspec
+def graft_finetune_methods() -> list[MethodSpec]:
+    """Fine-tuning methods, selected by `finetune.method` (`standard` is the default).
+
+    A method adds to the standard recipe: a second data stream, loss terms with their
+    own weight schedules, extra trainable modules, metrics; the fine-tune stage trains
+    through it under every strategy (discriminative LRs, freezing, resume, DDP).
+    """
 
 
 @hookspec

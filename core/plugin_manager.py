@@ -35,6 +35,7 @@ from graftflow.core.specs import (
     DataSource,
     Exporter,
     LossSpec,
+    MethodSpec,
     ModelFamily,
     ModelStore,
     PretextTask,
@@ -57,6 +58,7 @@ _REGISTRATIONS = {
     "graft_pretext_tasks": ("pretexts", PretextTask, "pretext task"),
     "graft_exporters": ("exporters", Exporter, "exporter"),
     "graft_model_stores": ("model_stores", ModelStore, "model store"),
+    "graft_finetune_methods": ("methods", MethodSpec, "fine-tuning method"),
 }
 _EVENTS = ("graft_on_stage_start", "graft_on_stage_end", "graft_on_epoch_end", "graft_on_checkpoint")
 
@@ -128,6 +130,7 @@ class PluginHost:
         self.pretexts: Registry[PretextTask] = Registry("pretext", "pretext task")
         self.exporters: Registry[Exporter] = Registry("exporter", "exporter")
         self.model_stores: Registry[ModelStore] = Registry("model_store", "model store")
+        self.methods: Registry[MethodSpec] = Registry("finetune_method", "fine-tuning method")
         self._collect()
 
     # -- discovery -------------------------------------------------------------

@@ -78,8 +78,8 @@ STAGES: tuple[Stage, ...] = (
         "acquire",
         "graftflow.core.stages.acquire",
         "Fetch the data source and normalise it into the content-addressed Arrow store.",
-        outputs=("dataset", "card", "samples", "pretrain_dataset"),
-        reads=("data", "pretrain.source"),
+        outputs=("dataset", "card", "samples", "pretrain_dataset", "target_dataset"),
+        reads=("data", "pretrain.source", "finetune.method"),
         retry_transient=True,
     ),
     Stage(

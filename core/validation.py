@@ -13,7 +13,7 @@ from typing import Any, get_args
 
 from pydantic import BaseModel, ValidationError
 
-from graftflow.core.config import LossRef, PipelineConfig, PluginRef, format_validation_error
+from graftflow.core.config import LossRef, PipelineConfig, PluginRef, SourceConfig, format_validation_error
 from graftflow.core.errors import ConfigError, GraftError
 from graftflow.core.plugin_manager import PluginHost
 from graftflow.core.specs import AugmentationSpec
@@ -124,6 +124,44 @@ def check_loss(host: PluginHost, ref: PluginRef, field: str, kind: str | None, h
     return params
 
 
+def finetune_method(host: PluginHost, config: PipelineConfig) -> Any:
+    """The `FinetuneMethod` object `finetune.method` names, its parameters checked."""
+    spec = host.methods.get(config.finetune.method.name, "finetune.method.name")
+    return spec.build(**plugin_params(spec, config.finetune.method.params, "finetune.method"))
+
+
+def method_problems(config: PipelineConfig, method: Any, family: Any) -> list[str]:
+    """What the chosen method needs from the rest of the config, one line per thing missing."""
+    ft, name, problems = config.finetune, config.finetune.method.name, []
+    if method.needs_features and family is not None and family.split_forward is None:
+        problems.append(
+            f"finetune.method: '{name}' aligns features, and model family '{family.name}' does not "
+            f"expose them (its ModelFamily has no split_forward)"
+        )
+    if method.extends_head and ft.head != "extend":
+        problems.append(f"finetune.head: method '{name}' keeps the pretrained classes; set finetune.head: extend")
+    if ft.monitor == "target_entropy" and not method.needs_target:
+        problems.append(
+            f"finetune.monitor: target_entropy needs a domain-adaptation method with a target domain; '{name}' has none"
+        )
+    if ft.head == "extend":
+        pre = config.pretrain
+        if not pre.enabled or pre.pretext.name != "supervised" or pre.epochs == 0:
+            problems.append(
+                "finetune.head: extend appends new classes to the pretrained head, which needs supervised "
+                "pretraining in the same run (pretrain.enabled: true, pretrain.pretext: supervised)"
+            )
+        elif pre.classes and ft.classes and set(pre.classes) & set(ft.classes):
+            both = ", ".join(sorted(set(pre.classes) & set(ft.classes)))
+            problems.append(
+                f"finetune.classes: with head: extend the new classes must differ from pretrain.classes; "
+                f"both have {both}"
+            )
+        elif pre.source is not None:
+            problems.append("finetune.head: extend needs the old classes in the main data; pretrain.source is set")
+    return problems
+
+
 def validate_config(config: PipelineConfig, host: PluginHost, stages: list[str] | None = None) -> None:
     """Raise one ConfigError listing every problem, one line each."""
     problems: list[str] = []
@@ -144,9 +182,14 @@ def validate_config(config: PipelineConfig, host: PluginHost, stages: list[str] 
             )
         check(plugin_params, family, config.model.params, "model")
 
+    method = check(finetune_method, host, config)
+    if method is not None:
+        problems.extend(method_problems(config, method, family))
     sources = [("data.source", config.data.source)]
     if config.pretrain.source is not None:
         sources.append(("pretrain.source", config.pretrain.source))
+    if method is not None and method.needs_target and config.finetune.method.params.get("target"):
+        sources.append(("finetune.method.target", SourceConfig.model_validate(config.finetune.method.params["target"])))
     for field, source_cfg in sources:
         source = check(host.sources.get, source_cfg.kind, f"{field}.kind")
         if source is not None:

@@ -24,12 +24,13 @@ from graftflow.core.data.splits import stratified_split
 from graftflow.core.data.store import StoreInfo, build_store, is_complete, read_info, read_table, store_key
 from graftflow.core.images import save_grid
 from graftflow.core.stages.base import Artifact, StageContext, StageResult
-from graftflow.core.validation import check_source, plugin_params
+from graftflow.core.validation import check_source, finetune_method, plugin_params
 
 log = logging.getLogger("graft.data")
 
 DATASET_FILE = "dataset.json"
 PRETRAIN_DATASET_FILE = "pretrain_dataset.json"
+TARGET_DATASET_FILE = "target_dataset.json"
 CARD_FILE = "dataset_card.md"
 
 
@@ -68,14 +69,16 @@ def run(ctx: StageContext) -> StageResult:
     card = _card(ctx, info, sample)
     counts = [{"class": name, "images": n} for name, n in info.class_counts.items()]
     pretrain_outputs, pretrain_summary = _pretrain_source(ctx)
+    target_outputs, target_summary = _method_target(ctx)
     return StageResult(
         outputs={
             "dataset": DATASET_FILE,
             "card": CARD_FILE,
             **({"samples": sample} if sample else {}),
             **pretrain_outputs,
+            **target_outputs,
         },
-        summary={"data": info.as_summary(), **pretrain_summary},
+        summary={"data": info.as_summary(), **pretrain_summary, **target_summary},
         artifacts=[
             Artifact(
                 "table",
@@ -98,6 +101,16 @@ def _pretrain_source(ctx: StageContext) -> tuple[dict[str, str], dict]:
     info = acquire_store(ctx, cfg, "pretrain.source")
     storage.write_json(str(ctx.out / PRETRAIN_DATASET_FILE), info.as_summary())
     return {"pretrain_dataset": PRETRAIN_DATASET_FILE}, {"pretrain_data": info.as_summary()}
+
+
+def _method_target(ctx: StageContext) -> tuple[dict[str, str], dict]:
+    """A domain-adaptation method's `finetune.method.target`: the unlabelled target domain, a store of its own."""
+    if not finetune_method(ctx.host, ctx.config).needs_target:
+        return {}, {}
+    cfg = SourceConfig.model_validate(ctx.config.finetune.method.params["target"])
+    info = acquire_store(ctx, cfg, "finetune.method.target")
+    storage.write_json(str(ctx.out / TARGET_DATASET_FILE), info.as_summary())
+    return {"target_dataset": TARGET_DATASET_FILE}, {"target_data": info.as_summary()}
 
 
 def _sample_grid(ctx: StageContext, info: StoreInfo, per_class: int = 4) -> str | None:
