@@ -16,6 +16,8 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ import torch.distributed as dist
 from torch import nn
 
 from graftflow.core.errors import StageError
+from graftflow.core.hookspecs import hookimpl
 
 
 @dataclass(frozen=True)
@@ -69,8 +72,17 @@ def mean_over_ranks(value: torch.Tensor) -> torch.Tensor:
     return value
 
 
-def launch(stage: str, config, run_id: str, out: Path, nproc: int) -> dict[str, Any]:
-    """Run `stage` in `nproc` processes; returns rank 0's result (outputs, summary, artifacts, status)."""
+EVENTS_ENV = "GRAFT_DDP_EVENTS"  # rank 0 appends each epoch's metrics here as a JSON line (see `relay_epochs`)
+
+
+def launch(
+    stage: str, config, run_id: str, out: Path, nproc: int, on_epoch: Callable[[int, dict], None] | None = None
+) -> dict[str, Any]:
+    """Run `stage` in `nproc` processes; returns rank 0's result (outputs, summary, artifacts, status).
+
+    `on_epoch(epoch, metrics)` is called in this process as rank 0 ends each epoch, so
+    observers living here (a progress display, the Prefect progress artifact) follow along.
+    """
     with tempfile.TemporaryDirectory(prefix="graft-ddp-") as tmp:
         tmp_path = Path(tmp)
         (tmp_path / "config.json").write_text(config.model_dump_json())
@@ -88,18 +100,59 @@ def launch(stage: str, config, run_id: str, out: Path, nproc: int) -> dict[str, 
             str(out),
             str(tmp_path),
         ]
-        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        events = tmp_path / "events.jsonl"
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+            EVENTS_ENV: str(events),
+        }
+        with tempfile.TemporaryFile("w+") as output:
+            proc = subprocess.Popen(cmd, stdout=output, stderr=subprocess.STDOUT, text=True, env=env)
+            read = 0
+            while True:
+                finished = proc.poll() is not None
+                read = _relay(events, read, on_epoch)
+                if finished:
+                    break
+                time.sleep(0.2)
+            output.seek(0)
+            log_text = output.read()
         error = tmp_path / "error.json"
         if error.exists():
             raise StageError(json.loads(error.read_text())["message"])
         if proc.returncode != 0 or not (tmp_path / "result.json").exists():
-            tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
+            tail = "\n".join(log_text.strip().splitlines()[-15:])
             raise StageError(
                 f"{stage}: distributed run ({nproc} processes) failed with exit code {proc.returncode}: "
                 f"{tail.splitlines()[-1] if tail else ''}"
             ) from RuntimeError(tail)
         return json.loads((tmp_path / "result.json").read_text())
+
+
+def _relay(events: Path, offset: int, on_epoch: Callable[[int, dict], None] | None) -> int:
+    """Hand the complete lines written since `offset` to `on_epoch`; returns the new offset."""
+    if on_epoch is None or not events.exists():
+        return offset
+    with open(events, encoding="utf-8") as f:
+        f.seek(offset)
+        chunk = f.read()
+    complete = chunk[: chunk.rfind("\n") + 1]
+    for line in complete.splitlines():
+        event = json.loads(line)
+        on_epoch(event["epoch"], event["metrics"])
+    return offset + len(complete.encode("utf-8"))
+
+
+class EpochRelay:
+    """Rank 0's observer: each epoch's metrics as a JSON line for the launching process (`launch`)."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    @hookimpl
+    def graft_on_epoch_end(self, run, stage, epoch, metrics):
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"epoch": epoch, "metrics": dict(metrics)}) + "\n")
 
 
 def result_to_json(result) -> dict[str, Any]:

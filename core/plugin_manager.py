@@ -18,7 +18,8 @@ import importlib.util
 import logging
 import os
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from fnmatch import fnmatch
 from pathlib import Path
@@ -49,6 +50,22 @@ _REGISTRATIONS = {
     "graft_exporters": ("exporters", Exporter, "exporter"),
 }
 _EVENTS = ("graft_on_stage_start", "graft_on_stage_end", "graft_on_epoch_end", "graft_on_checkpoint")
+RUN_TIME = "run time"  # the origin of observers added while running (progress displays), not loaded as plugins
+
+# Observers every PluginHost made in this process registers (e.g. the CLI's terminal display, which must
+# hear the stages that Prefect tasks run with hosts of their own): see `process_observer`.
+_PROCESS_OBSERVERS: dict[str, Any] = {}
+
+
+@contextmanager
+def process_observer(observer: Any, name: str) -> Iterator[None]:
+    """While the block runs, every PluginHost created in this process gets `observer` (its `graft_on_*`
+    methods) as a run-time observer; a DDP stage's epochs reach it through `epoch_relayed`."""
+    _PROCESS_OBSERVERS[name] = observer
+    try:
+        yield
+    finally:
+        _PROCESS_OBSERVERS.pop(name, None)
 
 
 @dataclass(frozen=True)
@@ -118,6 +135,8 @@ class PluginHost:
         self.pretexts: Registry[PretextTask] = Registry("pretext", "pretext task")
         self.exporters: Registry[Exporter] = Registry("exporter", "exporter")
         self._collect()
+        for name, observer in list(_PROCESS_OBSERVERS.items()):
+            self.add_observer(observer, name)
 
     # -- discovery -------------------------------------------------------------
     def _load_entry_points(self) -> None:
@@ -214,7 +233,7 @@ class PluginHost:
     # -- events ----------------------------------------------------------------
     def add_observer(self, observer: Any, name: str) -> None:
         """Register an object whose `graft_on_*` methods observe this host's events (e.g. a progress display)."""
-        self._register(observer, name, "run time", "-")
+        self._register(observer, name, RUN_TIME, "-")
 
     def stage_started(self, run: RunInfo, stage: str) -> None:
         self._notify("graft_on_stage_start", run=run, stage=stage)
@@ -225,12 +244,19 @@ class PluginHost:
     def epoch_ended(self, run: RunInfo, stage: str, epoch: int, metrics: Mapping[str, float]) -> None:
         self._notify("graft_on_epoch_end", run=run, stage=stage, epoch=epoch, metrics=dict(metrics))
 
+    def epoch_relayed(self, run: RunInfo, stage: str, epoch: int, metrics: Mapping[str, float]) -> None:
+        """An epoch that ended in a DDP rank-0 process: only this process's run-time observers hear it
+        here (plugins are loaded in that process too, and heard it there)."""
+        self._notify("graft_on_epoch_end", run_time_only=True, run=run, stage=stage, epoch=epoch, metrics=dict(metrics))
+
     def checkpoint_written(self, run: RunInfo, stage: str, path: str, step: int) -> None:
         self._notify("graft_on_checkpoint", run=run, stage=stage, path=path, step=step)
 
-    def _notify(self, event: str, **kwargs: Any) -> None:
+    def _notify(self, event: str, run_time_only: bool = False, **kwargs: Any) -> None:
         """Call every observer of `event` in pluggy's order; one that raises is logged and skipped."""
         for impl in reversed(getattr(self._pm.hook, event).get_hookimpls()):
+            if run_time_only and self.origins.get(impl.plugin_name, PluginOrigin("", "", "")).origin != RUN_TIME:
+                continue
             try:
                 impl.function(**{k: kwargs[k] for k in impl.argnames})
             except Exception as exc:
