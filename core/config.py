@@ -381,13 +381,26 @@ def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
     """One line per problem, each starting with the dotted field path."""
     lines = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
-        path = ".".join(filter(None, [prefix, loc])) or "config"
+        loc = dotted([p for p in err["loc"] if not str(p).startswith("function-")])
+        path = (f"{prefix}{loc}" if loc.startswith("[") else ".".join(filter(None, [prefix, loc]))) or "config"
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown field"
         lines.append(f"{path}: {msg}")
     return "\n".join(lines)
+
+
+def dotted(loc: Sequence[Any]) -> str:
+    """`("augment", "train", 0, "name")` → `augment.train[0].name`, as every message names a field."""
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def within(field: str, section: str) -> bool:
+    """Whether `field` is `section` or inside it (`a.b[0].c` is inside `a.b`)."""
+    return field == section or field.startswith((section + ".", section + "["))
 
 
 PLUGIN_SELECTORS = ("name", "kind")
@@ -563,15 +576,16 @@ def _drop(data: Any, loc: Sequence[Any]) -> str | None:
     if not path:
         return None
     del parent[path[-1]]
-    return ".".join(str(p) for p in path)
+    return dotted(path)
 
 
 def parse_partial(data: Any) -> tuple[PipelineConfig | None, list[str], list[str]]:
     """The config with every invalid field back at its default, the problems, and the fields dropped.
 
     Problems are one line each, as `parse_config` gives them. A later round (a check
-    that could only run once a field was dropped) adds problems only outside the
-    sections already reported, so a default stand-in never causes a complaint.
+    that could only run once a field was dropped, e.g. `data.mean` against a valid
+    `data.channels`) adds its problems, except a whole section's check over a field
+    that was set back to its default (`data.split`'s val + test with a stand-in val).
     """
     if data is None:
         data = {}
@@ -585,11 +599,9 @@ def parse_partial(data: Any) -> tuple[PipelineConfig | None, list[str], list[str
             return PipelineConfig.model_validate(work), problems, dropped
         except ValidationError as exc:
             errors = exc.errors()
-            reported = {d.rsplit(".", 1)[0] if "." in d else d for d in dropped}
             for line in format_validation_error(exc).splitlines():
                 field = line.split(":", 1)[0]
-                section = field.rsplit(".", 1)[0] if "." in field else field
-                if not dropped or (section not in reported and field not in reported):
+                if not any(within(d, field) and d != field for d in dropped):  # a section's check of a stand-in
                     problems.append(line)
             removed = [_drop(work, err["loc"]) for err in errors]
             if not any(removed):
@@ -614,7 +626,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: config file does not exist")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)

@@ -12,6 +12,7 @@ Plugins come from three places, in this order:
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.metadata as metadata
 import importlib.util
@@ -101,6 +102,20 @@ def _import_plugin(ref: str, where: str) -> ModuleType:
         raise PluginError(f"{where}: plugin '{ref}' failed to import: {type(exc).__name__}: {exc}") from exc
 
 
+@functools.lru_cache(maxsize=4)
+def _entry_points(search_path: tuple[str, ...]) -> tuple[tuple[metadata.EntryPoint, str, str], ...]:
+    """The `graft.plugins` entry points with their distribution's name and version.
+
+    Reading every installed distribution's metadata takes tens of milliseconds, and
+    every command, stage task and DDP rank makes a host: read once per `sys.path`.
+    """
+    found = []
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        dist = getattr(ep, "dist", None)
+        found.append((ep, dist.name if dist else "?", dist.version if dist else "?"))
+    return tuple(found)
+
+
 class PluginHost:
     """All registered plugins and the registries they filled."""
 
@@ -140,10 +155,7 @@ class PluginHost:
 
     # -- discovery -------------------------------------------------------------
     def _load_entry_points(self) -> None:
-        for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
-            dist = getattr(ep, "dist", None)
-            dist_name = dist.name if dist else "?"
-            version = dist.version if dist else "?"
+        for ep, dist_name, version in _entry_points(tuple(sys.path)):
             origin = "builtin" if dist_name == OWN_DISTRIBUTION else f"entry point ({dist_name})"
             if not self._permitted(ep.value):
                 log.info("plugin '%s' (%s) not loaded: excluded by %s/%s", ep.value, origin, ALLOW_VAR, DENY_VAR)

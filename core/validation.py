@@ -25,6 +25,7 @@ from graftflow.core.config import (
     parse_partial,
     read_yaml,
     resolve_paths,
+    within,
 )
 from graftflow.core.errors import ConfigError, GraftError
 from graftflow.core.plugin_manager import PluginHost
@@ -359,5 +360,5 @@ def load_checked(
 
 def _under(problem: str, dropped: Sequence[str]) -> bool:
     """Whether a problem is about a field already reported (and set back to its default)."""
-    field = problem.split(":", 1)[0].replace("[", ".").replace("]", "")
-    return any(field == d or field.startswith(d + ".") for d in dropped)
+    field = problem.split(":", 1)[0]
+    return any(within(field, d) for d in dropped)

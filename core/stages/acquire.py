@@ -105,6 +105,7 @@ def class_problems(ctx: StageContext, info: StoreInfo) -> list[str]:
     if cfg.pretrain.enabled and cfg.pretrain.source is None:
         pretext = ctx.host.pretexts.get(cfg.pretrain.pretext.name, "pretrain.pretext")
         tasks.append(("pretrain", cfg.pretrain.classes, 2 if pretext.needs_labels else 1))
+    short = []  # tasks that take every class of the store, and it has too few
     for section, classes, minimum in tasks:
         unknown = [c for c in classes or () if c not in names]
         if unknown:
@@ -117,11 +118,13 @@ def class_problems(ctx: StageContext, info: StoreInfo) -> list[str]:
         elif classes is not None and len(set(classes)) < minimum:
             problems.append(f"{section}.classes: names {len(set(classes))} class; {section} needs at least {minimum}")
         elif classes is None and len(names) < minimum:
-            problems.append(_too_few_classes(info, section, minimum))
-    return list(dict.fromkeys(problems))
+            short.append(section)
+    if short:
+        problems.append(_too_few_classes(info, short, max(m for s, _, m in tasks if s in short)))
+    return problems
 
 
-def _too_few_classes(info: StoreInfo, section: str, minimum: int) -> str:
+def _too_few_classes(info: StoreInfo, sections: list[str], minimum: int) -> str:
     """One class in the whole store: almost always a layout that did not find the classes; say how to fix it."""
     found = (
         f"{len(info.class_names)} class ('{info.class_names[0]}', {info.rows} images)"
@@ -135,7 +138,8 @@ def _too_few_classes(info: StoreInfo, section: str, minimum: int) -> str:
             "class-per-folder data keeps each class in its own sub-folder (<path>/cat/..., <path>/dog/...); "
             "if they sit deeper, set data.source.layout: {kind: folders, root: FOLDER} to the folder that holds them"
         )
-    return f"data.source: the data has {found}; {section} needs at least {minimum}: {hint}"
+    needs = f"{sections[0]} needs" if len(sections) == 1 else f"{' and '.join(sections)} need"
+    return f"data.source: the data has {found}; {needs} at least {minimum}: {hint}"
 
 
 def _pretrain_source(ctx: StageContext) -> tuple[dict[str, str], dict]:

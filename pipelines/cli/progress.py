@@ -29,7 +29,8 @@ MAX_METRICS = 4
 
 def format_metrics(metrics: Mapping[str, Any]) -> str:
     """`train_loss 0.412 · val_loss 0.398 · val_accuracy 0.931`: the metrics a person reads first."""
-    names = [n for n in SHOWN_METRICS if n in metrics] + sorted(n for n in metrics if n not in SHOWN_METRICS)
+    rest = sorted(n for n in metrics if n not in SHOWN_METRICS and not n.endswith("seconds"))
+    names = [n for n in SHOWN_METRICS if n in metrics] + rest
     parts = [f"{n} {metrics[n]:.4g}" for n in names if isinstance(metrics[n], int | float)][:MAX_METRICS]
     return " · ".join(parts)
 
@@ -68,7 +69,9 @@ class TerminalProgress:
                 self.progress.stop()
 
     def _print(self, text: str) -> None:
-        (self.progress.console if self.progress.live.is_started else self.console).print(text, highlight=False)
+        """A line kept whole (paths and numbers stay on one line for whoever reads the log)."""
+        console = self.progress.console if self.progress.live.is_started else self.console
+        console.print(text, highlight=False, soft_wrap=True)
 
     @hookimpl
     def graft_on_stage_start(self, run: RunInfo, stage: str) -> None:
@@ -89,6 +92,7 @@ class TerminalProgress:
             total = max(self.totals.get(stage, 0), epoch)
             if stage in self.tasks:
                 self.progress.update(self.tasks[stage], completed=epoch, total=total, metrics=text)
+                self.progress.refresh()  # epochs are seconds apart: draw each one now
             else:
                 self._print(f"  {stage} epoch {epoch}/{total}  {text}")
 
