@@ -94,7 +94,7 @@ def file_form(args: tuple[str, ...]) -> dict | None:
     if args[0] != "--set":
         return None
     data: dict = {}
-    for flag, assignment in zip(args[::2], args[1::2], strict=True):
+    for assignment in args[1::2]:  # ("--set", "a=1", "--set", "b=2")
         key, _, raw = assignment.partition("=")
         try:
             value = yaml.safe_load(raw)
