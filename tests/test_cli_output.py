@@ -53,12 +53,15 @@ def test_prefect_console_log_is_quiet_unless_verbose():
         quiet_prefect_console(verbose=False)
         emit("prefect.flow_runs", logging.INFO, "Finished in state Completed()")
         emit("prefect.task_runs", logging.ERROR, "Task run failed with exception: DataError")
-        emit("graft.data", logging.INFO, "new store: 1797 images")
-        emit("graft.data", logging.WARNING, "skipped 3 bad images")
+        emit("graft.train", logging.INFO, "finetune-all epoch 3: train_loss=0.1")  # the display shows epochs
+        emit("graft.data", logging.INFO, "data.source: store reused (cache hit)")
+        emit("graft.stage", logging.WARNING, "observer plugin 'x' failed")
+        emit("prefect.task_runs", logging.INFO, "Task run failed with DataError: HTTP 503 - Retry 1/3 will start 5s")
         emit("prefect.flow_runs", logging.CRITICAL, "the API is gone")
         shown = stream.getvalue()
-        assert "Finished in state" not in shown and "Task run failed" not in shown and "new store" not in shown
-        assert "skipped 3 bad images" in shown and "the API is gone" in shown
+        assert "Finished in state" not in shown and "exception: DataError" not in shown and "epoch 3" not in shown
+        assert "(cache hit)" in shown and "observer plugin" in shown and "Retry 1/3" in shown
+        assert "the API is gone" in shown
     finally:
         root.removeHandler(handler)
 

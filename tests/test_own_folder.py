@@ -75,7 +75,7 @@ def test_the_readme_config_runs_end_to_end_on_a_folder_of_images(prefect_api, tm
     data = summary["data"]
     assert data["class_names"] == ["cat", "dog", "fox"] and data["rows"] == 36
     assert data["path"].startswith(str(tmp_path / "cache"))  # the user's cache folder ...
-    assert f"store {data['path']}" in out.out  # ... shown in the summary
+    assert f"→ {data['path']}" in out.out  # ... shown in the summary
     ft = summary["finetune"]
     assert ft["phases"] == ["all"] and ft["weights_load"] is None  # nothing pretrained: no head-only epoch
     assert ft["epochs_run"] == 5

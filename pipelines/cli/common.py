@@ -56,12 +56,21 @@ def existing_runs(pipeline_url: str) -> list[str]:
 
 
 class _QuietPrefect(logging.Filter):
-    """Without -v the terminal shows graftflow's own lines: Prefect's records only when critical."""
+    """Without -v the terminal shows what a person acts on: warnings, what the data stages noticed
+    (cache hits, unchanged downloads), and Prefect's retry notices; not Prefect's flow and task chatter
+    nor the per-epoch and per-stage log lines the progress display already shows."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.name == "prefect" or record.name.startswith("prefect."):
-            return record.levelno >= logging.CRITICAL
+            return record.levelno >= logging.CRITICAL or _is_retry(record)
+        if record.name == "graft.data" or record.name.startswith("graft.data."):
+            return record.levelno >= logging.INFO
         return record.levelno >= logging.WARNING
+
+
+def _is_retry(record: logging.LogRecord) -> bool:
+    """Prefect's "Task run failed with ...: ... - Retry 1/3 will start in 5 second(s)": a passing failure."""
+    return record.name.startswith("prefect.task_runs") and " - Retry " in record.getMessage()
 
 
 def quiet_prefect_console(verbose: bool) -> None:
@@ -110,7 +119,7 @@ def print_summary(summary: dict[str, Any], path: str) -> None:
     if data and "acquire" in summary.get("stages", {}):
         console.print(
             f"data: {data['rows']} images, {data['classes']} classes ({data.get('target', 'single')})"
-            f"{', cache hit' if data.get('cache_hit') else ''} → store {data['path']}"
+            f"{', cache hit' if data.get('cache_hit') else ''} → {data['path']}"
         )
     test = summary.get("metrics", {}).get("test")
     if test:
