@@ -35,7 +35,8 @@ def config_for(root: Path, *extra: str):
 
 
 def untimed(metrics: dict) -> dict:
-    return {k: v for k, v in metrics.items() if k != "seconds"}
+    """Without wall times (`seconds`: the stage's, `epoch_seconds`: the reported epoch's)."""
+    return {k: v for k, v in metrics.items() if k not in ("seconds", "epoch_seconds")}
 
 
 def finetuned(config, run) -> dict[str, torch.Tensor]:
