@@ -41,7 +41,7 @@ class TerminalProgress:
     def __init__(self, config: PipelineConfig, console: Console | None = None):
         self.config = config
         self.console = console or Console(stderr=True)
-        self.live = self.console.is_terminal
+        self.animated = self.console.is_terminal  # a bar on a terminal; plain lines in a file or pipe
         self.progress = Progress(
             TextColumn("{task.description:<9}"),
             BarColumn(bar_width=24),
@@ -79,7 +79,7 @@ class TerminalProgress:
         epochs = declared.epochs(self.config) if declared.epochs is not None else 0
         with self._lock:
             self._print(f"[bold]{stage}[/bold] [dim]· {declared.description}[/dim]")
-            if epochs and self.live:
+            if epochs and self.animated:
                 if not self.progress.live.is_started:
                     self.progress.start()
                 self.tasks[stage] = self.progress.add_task(stage, total=epochs, metrics="")
