@@ -70,7 +70,9 @@ def _pretrain_epochs(config: PipelineConfig) -> int:
 
 
 def _finetune_epochs(config: PipelineConfig) -> int:
-    return config.finetune.freeze_epochs + config.finetune.epochs
+    from graftflow.core.config import head_only_epochs
+
+    return head_only_epochs(config, config.pretrain.enabled) + config.finetune.epochs
 
 
 STAGES: tuple[Stage, ...] = (

@@ -48,8 +48,10 @@ HEADER = """\
 #   make worker     # terminal 2: a worker that runs the pool's flow runs
 #
 # Entrypoints are module paths of the installed `graftflow`; the pull step sends the worker to the
-# repository root, so relative paths in the config (artifact_root, data.cache_dir) resolve as they do
-# for `graft run`. Parameters are the pydantic `PipelineConfig`: the UI's Custom run form edits every section.
+# repository root, so a relative artifact_root resolves as it does for `graft run` there (paths to inputs
+# were resolved from the config file's folder when this was generated; data.cache_dir unset: the
+# worker's cache folder). Parameters are the pydantic `PipelineConfig`: the UI's Custom run form edits
+# every section.
 """
 
 

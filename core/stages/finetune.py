@@ -15,6 +15,7 @@ import logging
 import torch
 
 from graftflow.core import storage
+from graftflow.core.config import head_only_epochs
 from graftflow.core.images import save_training_curves
 from graftflow.core.models.build import build_model, head_keys, layer_groups, model_meta
 from graftflow.core.models.saved import load_weights_file
@@ -59,6 +60,7 @@ def run(ctx: StageContext) -> StageResult:
     model = build_model(ctx.host, meta)
     groups = layer_groups(ctx.host, cfg.model.family, model)
     load_report = starting_weights(ctx, model, groups, keep_head=len(old_classes))
+    freeze_epochs = head_only_epochs(cfg, ctx.run.completed("pretrain"))  # unset: 1 only with weights to protect
 
     criterion = stage_loss(ctx, "finetune", ft.loss, train_sel)
     lrs = group_lrs(ft.lr, len(groups), ft.layer_decay)
@@ -68,7 +70,7 @@ def run(ctx: StageContext) -> StageResult:
     target, target_val = _target_stream(ctx, method, ft.batch_size)
     method.setup(
         _method_context(
-            ctx, method, model, meta, len(old_classes), target, (ft.freeze_epochs + ft.epochs) * len(train_loader)
+            ctx, method, model, meta, len(old_classes), target, (freeze_epochs + ft.epochs) * len(train_loader)
         )
     )
     opt_groups += method_param_groups(method, lrs[-1], ft.weight_decay)
@@ -83,11 +85,7 @@ def run(ctx: StageContext) -> StageResult:
     strategies = [
         target,
         FreezeSchedule(
-            model,
-            groups,
-            head_only_phases=["finetune-head"],
-            unfreeze=ft.unfreeze,
-            head_only_done=ft.freeze_epochs > 0,
+            model, groups, head_only_phases=["finetune-head"], unfreeze=ft.unfreeze, head_only_done=freeze_epochs > 0
         ),
         BatchNormPolicy(model, ft.bn),
         ema,
@@ -113,7 +111,7 @@ def run(ctx: StageContext) -> StageResult:
     if resumed_phase is not None:
         log.info("finetune: resuming from the checkpoint at step %d", checkpoint.resumed_from_step)
 
-    phases = [("finetune-head", ft.freeze_epochs), ("finetune-all", ft.epochs)]
+    phases = [("finetune-head", freeze_epochs), ("finetune-all", ft.epochs)]
     for index, (phase, epochs) in enumerate(phases):
         if epochs == 0 or history.stopped_early or (resumed_phase is not None and index < resumed_phase):
             continue
