@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.graftflow-installed
 CONFIG ?= pipelines/configs/digits.yaml
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= --durations=30
 LABELS ?= all 10 50
 # Two pytest-xdist workers, a test file each at a time (module fixtures are built once): most slow tests
 # wait on subprocesses and servers, so two workers fit two cores. TEST_WORKERS=0 runs in one process.
