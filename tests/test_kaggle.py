@@ -252,9 +252,11 @@ def test_http_errors_are_one_line_data_errors(source, standin, tmp_path, monkeyp
 
 def test_server_errors_and_dropped_connections_are_transient(source, standin, tmp_path):
     standin.add_competition("cats-dogs", class_folders())
-    standin.fail["DownloadDataFiles"] = [503]
+    standin.fail["DownloadDataFiles"] = [503, 429]
     with pytest.raises(TransientDataError, match="Kaggle answered HTTP 503 for competition 'cats-dogs'"):
         acquire(source, {"competition": "cats-dogs"}, tmp_path, "a")
+    with pytest.raises(TransientDataError, match="Kaggle answered HTTP 429 for competition 'cats-dogs'"):
+        acquire(source, {"competition": "cats-dogs"}, tmp_path, "a2")
     info, _ = acquire(source, {"competition": "cats-dogs"}, tmp_path, "b")  # the next attempt succeeds
     assert info.rows == 6
     standin.stop()  # nothing listens on the proxy port any more
@@ -496,11 +498,12 @@ def newest_summary(tmp_path: Path) -> dict:
 
 @pytest.mark.slow
 def test_severstal_through_graft_run(prefect_api, standin, tmp_path):
-    """`graft run --stages acquire`: a 503 retried by Prefect, labels per image, skip-unchanged, cache hit, no leak."""
+    """`graft run --stages acquire`: a 503 and a 429 retried by Prefect with exponential back-off, labels per image,
+    skip-unchanged, cache hit, no leak."""
     files, expected = severstal()
     files["train_images/0bad.jpg"] = b"\xff\xd8 not really a jpeg"
     standin.add_competition(COMP, files)
-    standin.fail["DownloadDataFiles"] = [503]
+    standin.fail["DownloadDataFiles"] = [503, 429]  # a server error, then "too many requests"
     config = steel_config(tmp_path)
     env = {**standin.env(), "KAGGLE_CONFIG_DIR": str(tmp_path / "kaggle-config")}
     outputs = []
@@ -508,9 +511,12 @@ def test_severstal_through_graft_run(prefect_api, standin, tmp_path):
     first = graft("run", str(config), "--stages", "acquire", env=env)
     outputs += [first.stdout, first.stderr]
     assert first.returncode == 0, first.stderr[-3000:]
-    assert "Traceback" not in first.stderr and "Retry 1/2" in first.stderr
+    assert "Traceback" not in first.stderr and "Retry 1/2" in first.stderr and "Retry 2/2" in first.stderr
     assert f"data: {len(expected)} images, 4 classes (multi) → " in first.stdout
-    assert len(standin.calls("DownloadDataFiles")) == 2  # the 503, then the retry
+    attempts = [c["at"] for c in standin.calls("DownloadDataFiles")]
+    assert len(attempts) == 3  # the 503, the 429, then the retry that succeeds
+    gaps = [b - a for a, b in zip(attempts, attempts[1:], strict=False)]
+    assert gaps[0] >= 0.2 and gaps[1] >= 0.4, gaps  # data.retry_delay 0.2 s, doubled for the second retry
     data = newest_summary(tmp_path)["data"]
     assert data["cache_hit"] is False and data["target"] == "multi" and data["classes"] == 4
     assert data["rows"] == len(expected) and Path(data["path"]).is_dir()
