@@ -44,7 +44,7 @@ def test_concurrent_full_runs_on_one_sqlite_server(prefect_api, tmp_path):
         procs.append(
             subprocess.Popen(
                 [str(BIN / "graft"), *args],
-                env=dict(os.environ),
+                env={**os.environ, "OMP_NUM_THREADS": "1"},  # four processes on two cores: no spinning threads
                 cwd=ROOT,
                 text=True,
                 stdout=subprocess.PIPE,
