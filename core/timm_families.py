@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import torch
 from pydantic import BaseModel, Field, ValidationError
 from timm.models import group_parameters
 from torch import nn
@@ -108,3 +109,13 @@ def timm_layer_groups(
 def reset_head(model: nn.Module, num_classes: int) -> None:
     """A fresh classifier with `num_classes` outputs (0: features only), timm's way."""
     model.reset_classifier(num_classes)
+
+
+def timm_split_forward(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pooled features, logits) of a timm model in one pass: what the classifier reads, and its output.
+
+    timm's `forward_head(..., pre_logits=True)` stops just before the classifier, so
+    `get_classifier()` of it equals `model(images)`. Domain adaptation aligns these features.
+    """
+    features = model.forward_head(model.forward_features(images), pre_logits=True)
+    return features, model.get_classifier()(features)

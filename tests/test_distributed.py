@@ -13,6 +13,7 @@ import pytest
 from safetensors.torch import load_file
 
 from graftflow.core.config import load_config
+from graftflow.core.hookspecs import hookimpl
 from graftflow.core.plugin_manager import PluginHost
 from graftflow.core.runs import Run
 from graftflow.core.stages.base import execute_stage
@@ -21,6 +22,17 @@ from tests.support import DIGITS, ROOT
 pytestmark = pytest.mark.slow
 
 PROBE = ROOT / "tests" / "ddp_probe.py"
+
+
+class EpochRecorder:
+    """A run-time observer in this process (like the CLI's progress display)."""
+
+    def __init__(self):
+        self.heard = []
+
+    @hookimpl
+    def graft_on_epoch_end(self, run, stage, epoch, metrics):
+        self.heard.append((stage, epoch, sorted(metrics)))
 
 
 def probe_records(directory: Path, stage: str) -> list[dict]:
@@ -58,6 +70,8 @@ def test_pretrain_and_finetune_run_as_two_gloo_processes(tmp_path, monkeypatch):
         ],
     )
     host = PluginHost(config.plugins)
+    recorder = EpochRecorder()
+    host.add_observer(recorder, "epoch-recorder")
     run = Run.open(config)
     for stage in ("acquire", "pretrain", "finetune"):
         execute_stage(stage, config, run, host)
@@ -92,3 +106,6 @@ def test_pretrain_and_finetune_run_as_two_gloo_processes(tmp_path, monkeypatch):
     weights = load_file(str(run_dir / "finetune" / "model" / "model.safetensors"))
     assert "fc.weight" in weights and not any(k.startswith("module.") for k in weights)
     assert list(run_dir.glob("*partial*")) == []  # rank 0's stage was published whole
+    # rank 0's epochs were relayed to this process as they ended, once each
+    assert [(stage, epoch) for stage, epoch, _ in recorder.heard] == [("pretrain", 1), ("finetune", 1), ("finetune", 2)]
+    assert all("train_loss" in names for _, _, names in recorder.heard)
