@@ -230,7 +230,9 @@ def test_early_stopping_saves_the_best_epochs_weights(pretrained_run, host):
     assert ft["stopped_early"] and ft["epochs_run"] == len(history) < 7
     assert ft["best_epoch"] == best["epoch"] and ft["epochs_run"] - ft["best_epoch"] == 1  # patience 1
     assert ft["restored_best"] and best["val_accuracy"] > history[-1]["val_accuracy"]
-    assert summary["metrics"]["finetune"] == {k: v for k, v in best.items() if k not in ("epoch", "phase")}
+    reported = dict(summary["metrics"]["finetune"])  # the best epoch's metrics; `seconds` is the stage's own
+    assert reported.pop("epoch_seconds") == best["seconds"] and reported.pop("seconds") > best["seconds"]
+    assert reported == {k: v for k, v in best.items() if k not in ("epoch", "phase", "seconds")}
     # The same run stopped after the best epoch: its weights are the ones that must have been saved ...
     head_epochs, all_epochs = (1, 0) if best["epoch"] == 1 else (1, best["epoch"] - 1)
     _, at_best = finetune_with(
