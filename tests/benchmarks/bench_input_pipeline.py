@@ -22,7 +22,8 @@ its images decoded once into memory (PIL images, still transformed per sample), 
 only the epochs after a warm-up epoch are timed, for both.
 
 Each figure is measured in repeats whose order alternates (ABC, CBA, ABC, ...), so
-machine drift and warm caches hit every pipeline alike; values are medians (min in `extra`).
+machine drift and warm caches hit every pipeline alike; values are medians, the fastest repeat
+of each (its minimum time) is in `extra` (`best`, `baseline_best`, `ratio_of_bests`).
 """
 
 from __future__ import annotations
@@ -156,16 +157,17 @@ def _result(
         extra={
             "images_per_s": rates[ours],
             "baseline_images_per_s": rates[base],
-            "min": min(rates[ours]),
-            "baseline_min": min(rates[base]),
-            "ratio_of_mins": min(rates[ours]) / min(rates[base]),
+            # the fastest repeat of each (its minimum time) next to the medians
+            "best": max(rates[ours]),
+            "baseline_best": max(rates[base]),
+            "ratio_of_bests": max(rates[ours]) / max(rates[base]),
             **extra,
         },
     )
 
 
-def run(quick: bool) -> list[Result]:
-    n, epochs, repeats = (192, 1, 2) if quick else (2000, 3, 4)
+def run(quick: bool = False, smoke: bool = False) -> list[Result]:
+    n, epochs, repeats = (64, 1, 2) if smoke else (192, 1, 2) if quick else (2000, 3, 4)
     with tempfile.TemporaryDirectory(prefix="graft-bench-input-") as tmp:
         root = Path(tmp) / "folder"
         _write_images(root, n)
