@@ -213,18 +213,36 @@ class BatchJitter:
 
 
 class BatchResizedCrop:
-    """Random resized crop per image (area in [scale_min, 1], aspect in [3/4, 4/3]), bilinear, vectorised."""
+    """Random resized crop per image, bilinear, vectorised, with torchvision's box distribution.
+
+    As `RandomResizedCrop.get_params`: up to 10 draws of (area in [scale_min, 1], log-uniform aspect in
+    [3/4, 4/3]) per image, the first whose box fits inside the image is kept, the whole image when none
+    does. Clamping an oversized box instead would shrink large crops and skew their aspect.
+    """
+
+    ATTEMPTS = 10
 
     def __init__(self, size: int, scale_min: float, ratio=(3 / 4, 4 / 3)):
         self.size, self.scale = size, (scale_min, 1.0)
         self.log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
 
+    def boxes(self, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(width, height) of each image's crop, as fractions of the image's."""
+        area = torch.empty(n, self.ATTEMPTS, device=device).uniform_(*self.scale)
+        ratio = torch.exp(torch.empty(n, self.ATTEMPTS, device=device).uniform_(*self.log_ratio))
+        w, h = torch.sqrt(area * ratio), torch.sqrt(area / ratio)
+        fits = (w <= 1) & (h <= 1)
+        first = fits.int().argmax(1, keepdim=True)  # the first draw that fits (0 when none does)
+        found = fits.any(1)
+        one = torch.ones(n, device=device)
+        return (
+            torch.where(found, w.gather(1, first).squeeze(1), one),
+            torch.where(found, h.gather(1, first).squeeze(1), one),
+        )
+
     def __call__(self, images: torch.Tensor, labels: torch.Tensor):
         n, device = len(images), images.device
-        area = torch.empty(n, device=device).uniform_(*self.scale)
-        ratio = torch.exp(torch.empty(n, device=device).uniform_(*self.log_ratio))
-        w = torch.sqrt(area * ratio).clamp(max=1.0)  # fractions of the width / height
-        h = torch.sqrt(area / ratio).clamp(max=1.0)
+        w, h = self.boxes(n, device)
         cx = (torch.rand(n, device=device) * 2 - 1) * (1 - w)  # centre in [-1, 1] coordinates
         cy = (torch.rand(n, device=device) * 2 - 1) * (1 - h)
         # The crop is axis-aligned, so its sampling grid is separable (cheaper than affine_grid).

@@ -23,6 +23,7 @@ import json
 import secrets
 import socket
 import threading
+import time
 import zipfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -174,7 +175,7 @@ class KaggleStandIn:
 
     def _record(self, entry: dict) -> None:
         with self._lock:
-            self.log.append(entry)
+            self.log.append({**entry, "at": time.monotonic()})
 
     def _next_failure(self, method: str) -> int | None:
         with self._lock:

@@ -174,10 +174,24 @@ def test_mix_probability_and_one_hot_when_skipped(host):
 
 
 def test_cross_entropy_trains_on_soft_targets(host):
+    """Training on MixUp's soft targets drives each prediction to that image's mix (smoothed): minimising the
+    configured loss over free logits ends at softmax = (1 − ε)·target + ε/C, the mixing weights of the op."""
+    op = build(host, "mixup", placement="auto", num_classes=8, alpha=0.4)
+    x, y = _distinct_batch()
+    _, soft = seeded(lambda: op(x, y), 3)
+    assert ((soft > 0.05) & (soft < 0.95)).any()  # genuinely mixed targets
     loss = host.losses.get("cross-entropy").factory(label_smoothing=0.1)
-    logits = torch.randn(4, 3)
-    hard = torch.tensor([0, 1, 2, 0])
-    assert torch.allclose(loss(logits, hard), loss(logits, torch.eye(3)[hard]))
+    logits = torch.zeros(8, 8, requires_grad=True)
+    opt = torch.optim.LBFGS([logits], max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        value = loss(logits, soft)
+        value.backward()
+        return value
+
+    opt.step(closure)
+    assert torch.allclose(logits.softmax(1), 0.9 * soft + 0.1 / 8, atol=1e-3)
 
 
 def test_compose_batch_converts_uint8_then_normalises(host):

@@ -1,5 +1,8 @@
 """Cross-run cache keys, the training-curves image, and the TensorBoard tracker (no Prefect)."""
 
+import shutil
+from pathlib import Path
+
 import pytest
 
 from graftflow.core import cache
@@ -19,6 +22,31 @@ def test_a_change_invalidates_its_stage_and_everything_after_it_only():
     assert all(base[s] != data[s] for s in base)
     exp = cache.stage_keys(load_config(DIGITS, ["export.formats=[onnx]"]))
     assert [s for s in base if base[s] != exp[s]] == ["export"]
+
+
+def test_editing_a_source_file_changes_every_stage_key(tmp_path, monkeypatch):
+    """The code version hashes core/ and plugins/: a copy of the tree keys the same, an edited plugin does not."""
+    root = Path(cache.__file__).resolve().parents[1]
+    for package in ("core", "plugins"):
+        shutil.copytree(root / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__"))
+    config = load_config(DIGITS)
+    real = cache.stage_keys(config)
+
+    def keys_of_the_copy() -> dict[str, str]:
+        with monkeypatch.context() as patch:
+            patch.setattr(cache, "__file__", str(tmp_path / "core" / "cache.py"))  # code_version hashes this tree
+            cache.code_version.cache_clear()
+            try:
+                return cache.stage_keys(config)
+            finally:
+                cache.code_version.cache_clear()
+
+    assert keys_of_the_copy() == real  # the same code: the same keys
+    exporters = tmp_path / "plugins" / "exporters.py"
+    exporters.write_text(exporters.read_text() + "\n# a one-line edit\n")
+    edited = keys_of_the_copy()
+    assert all(edited[s] != real[s] for s in real)  # every stage: the code version is in each key
+    assert cache.stage_keys(config) == real
 
 
 def test_pointer_names_a_run_only_while_it_has_the_stages(tmp_path):

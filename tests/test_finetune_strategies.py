@@ -1,5 +1,9 @@
 """Issue 6: discriminative LRs, layer decay, gradual unfreezing, BN policy, plateau, early stopping, EMA."""
 
+import hashlib
+import json
+from pathlib import Path
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -206,24 +210,64 @@ def test_gradual_unfreezing_and_layer_decay_in_the_stage(pretrained_run, host):
     assert history_path == "history.json" and summary["finetune"]["lr_spread"] == "layer_decay"
 
 
-def test_early_stopping_restores_the_best_epoch(pretrained_run, host):
-    # An absurd LR makes validation worse after the first epoch; patience 1 stops the run early.
-    summary, _ = finetune_with(
+# An absurd LR makes validation worse after the first epochs; a constant schedule without warm-up makes
+# a run's first k epochs the same whatever its length, so a run stopped at epoch k holds epoch k's weights.
+DIVERGING = [
+    "finetune.freeze_epochs=1",
+    "finetune.lr=3.0",
+    "finetune.schedule=constant",
+    "finetune.warmup=0",
+    "finetune.optimizer=sgd",
+    "finetune.monitor=val_accuracy",
+]
+
+
+def test_early_stopping_saves_the_best_epochs_weights(pretrained_run, host):
+    summary, saved = finetune_with(pretrained_run, host, *DIVERGING, "finetune.epochs=6", "finetune.early_stopping=1")
+    ft = summary["finetune"]
+    history = load_history(summary, pretrained_run)
+    best = max(history, key=lambda e: e["val_accuracy"])
+    assert ft["stopped_early"] and ft["epochs_run"] == len(history) < 7
+    assert ft["best_epoch"] == best["epoch"] and ft["epochs_run"] - ft["best_epoch"] == 1  # patience 1
+    assert ft["restored_best"] and best["val_accuracy"] > history[-1]["val_accuracy"]
+    reported = dict(summary["metrics"]["finetune"])  # the best epoch's metrics; `seconds` is the stage's own
+    assert reported.pop("epoch_seconds") == best["seconds"] and reported.pop("seconds") > best["seconds"]
+    assert reported == {k: v for k, v in best.items() if k not in ("epoch", "phase", "seconds")}
+    # The same run stopped after the best epoch: its weights are the ones that must have been saved ...
+    head_epochs, all_epochs = (1, 0) if best["epoch"] == 1 else (1, best["epoch"] - 1)
+    _, at_best = finetune_with(
         pretrained_run,
         host,
-        "finetune.freeze_epochs=1",
-        "finetune.epochs=6",
-        "finetune.lr=3.0",
-        "finetune.schedule=constant",
-        "finetune.optimizer=sgd",
-        "finetune.early_stopping=1",
-        "finetune.monitor=val_accuracy",
+        *DIVERGING,
+        f"finetune.freeze_epochs={head_epochs}",
+        f"finetune.epochs={all_epochs}",
+        "finetune.restore_best=false",
     )
-    ft = summary["finetune"]
-    assert ft["stopped_early"] and ft["epochs_run"] < 7
-    assert ft["best_epoch"] is not None and ft["epochs_run"] - ft["best_epoch"] == 1
-    best_acc = summary["metrics"]["finetune"]["val_accuracy"]
-    assert ft["restored_best"] is (ft["best_epoch"] != ft["epochs_run"]) and best_acc >= 0
+    assert saved.keys() == at_best.keys()
+    wrong = differing(saved, at_best)
+    assert not wrong, (
+        f"the saved weights are not epoch {best['epoch']}'s: {len(wrong)} tensors differ ({wrong[:3]}, ...)"
+    )
+    # ... and not the last epoch's, which the same run without restore_best saves
+    _, last = finetune_with(
+        pretrained_run,
+        host,
+        *DIVERGING,
+        "finetune.epochs=6",
+        "finetune.early_stopping=1",
+        "finetune.restore_best=false",
+    )
+    assert differing(last, at_best)
+
+
+def differing(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> list[str]:
+    return [k for k in a if not torch.equal(a[k], b[k])]
+
+
+def load_history(summary: dict, pretrained_run) -> list[dict]:
+    base, run_id, _ = pretrained_run
+    config = load_config(DIGITS, base)
+    return json.loads(Path(f"{config.artifact_root}/{config.name}/{run_id}/finetune/history.json").read_text())
 
 
 def test_ema_model_is_what_gets_saved(pretrained_run, host):
@@ -240,23 +284,49 @@ def test_ema_model_is_what_gets_saved(pretrained_run, host):
     assert moved(averaged) < 0.5 * moved(plain)  # an average over ~20 steps at 0.99 lags far behind
 
 
-def test_lr_range_test_restores_weights_and_finds_a_sane_lr(pretrained_run, host):
-    from graftflow.core.stages.lr_find import run as _lr_find  # noqa: F401  (the stage imports cleanly)
-
+def test_lr_find_stage_writes_only_its_own_folder(pretrained_run, host):
+    """lr-find trains from the pretrain backbone and restores: every other file of the run keeps its bytes."""
     base, run_id, _ = pretrained_run
     config = load_config(DIGITS, base + ["finetune.lr_find.steps=60", "finetune.lr=0.003"])
     run = Run(config, run_id)
-    finetuned = run.summary()["stages"].get("finetune", {}).get("status") == "completed"
-    before = (run.url + "/finetune/model/model.safetensors") if finetuned else None
-    weights_before = load_file(before) if before else None
+    before = file_digests(Path(run.url))
     execute_stage("lr-find", config, run, host)
+    after = file_digests(Path(run.url))
     found = run.summary()["lr_find"]
     assert found["start_weights"] == "pretrain backbone" and found["points"] >= 20
     assert 1e-6 < found["suggested_lr"] < 1.0
-    assert found["min_loss"] >= found["suggested_lr"] * 0.99  # the steepest descent lies before the minimum
-    if weights_before is not None:
-        after = load_file(before)
-        assert all(torch.equal(after[k], weights_before[k]) for k in after)
+    assert any(p.startswith("pretrain/backbone/") for p in before)  # the weights lr-find started from
+    changed = {p for p in before.keys() | after.keys() if before.get(p) != after.get(p)}
+    assert changed == {"summary.json", "lr-find/lr_find.json", "lr-find/lr_find.png"}, sorted(changed)
+
+
+def file_digests(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()
+    }
+
+
+def test_lr_range_test_suggests_a_rate_below_divergence_on_a_known_quadratic():
+    """Least squares with SGD: full-batch steps diverge above 2/λmax (λmax: the Hessian's largest eigenvalue).
+    The smoothed loss keeps falling for a while after that (its minimum lies past divergence), so the suggestion
+    must come from the steepest descent, within two decades below the divergence rate."""
+    from graftflow.core.device import Hardware, resolve_policy
+    from graftflow.core.training.lr_finder import lr_range_test
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(512, 8, generator=g)
+    y = x @ torch.randn(8, 1, generator=g)
+    diverges_at = 2 / float(torch.linalg.eigvalsh(2 * x.T @ x / len(x)).max())
+    model = nn.Linear(8, 1, bias=False)
+    nn.init.zeros_(model.weight)
+    opt = torch.optim.SGD([{"params": model.parameters(), "lr": 1.0, "base_lr": 1.0}])
+    policy = resolve_policy("cpu", "fp32", Hardware(0, None, None, None, False))
+    result = lr_range_test(
+        model, lambda a, b: nn.functional.mse_loss(model(a), b), [(x, y)], opt, policy, start=1e-4, end=100
+    )
+    hints = result.suggestions()
+    assert hints["min_loss"] > diverges_at  # the naive choice would diverge
+    assert diverges_at / 100 < hints["steepest"] < diverges_at
 
 
 def test_range_test_leaves_model_and_optimizer_as_they_were():

@@ -5,7 +5,9 @@ CUDA is not available here, so out-of-memory is injected by raising torch's own
 """
 
 import copy
+import json
 import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -51,6 +53,75 @@ def test_oom_halves_the_micro_batch_and_keeps_the_full_batch_gradient(caplog):
     for a, b in zip(reference.parameters(), backed_off.parameters(), strict=False):
         assert torch.allclose(a, b, atol=1e-6)  # same updates: accumulation keeps the effective batch
     assert "micro-batch 16 → 8" in caplog.text and "accumulating 4 micro-batches per step" in caplog.text
+
+
+def oom_in_the_optimizer_step(optimizer: torch.optim.Optimizer, times: int = 1) -> list[int]:
+    """Make the optimizer's own step raise CUDA's out-of-memory error the first `times` times (where Adam's
+    state is allocated on a real GPU), before it changes any weight; returns the calls, counted."""
+    real, calls = optimizer.step, []
+
+    def step(*args, **kwargs):
+        calls.append(1)
+        if len(calls) <= times:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 512.00 MiB")
+        return real(*args, **kwargs)
+
+    optimizer.step = step
+    return calls
+
+
+def test_oom_in_the_optimizer_step_retries_the_whole_step_with_half_the_micro_batch():
+    torch.manual_seed(0)
+    reference = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3))
+    backed_off = copy.deepcopy(reference)
+    fit(reference)
+    opt = torch.optim.SGD([{"params": backed_off.parameters(), "lr": 0.1, "base_lr": 0.1}])
+    calls = oom_in_the_optimizer_step(opt)
+    step = lambda x, y: nn.functional.cross_entropy(backed_off(x), y)  # noqa: E731
+    history = train(backed_off, step, batches(), opt, GroupScheduler(opt, "constant", 3, 0.0), CPU, 1, phase="test")
+    assert history.micro_batch == 8 and history.oom_backoffs == [{"step": 1, "batch": 16, "micro_batch": 8}]
+    assert len(calls) == 4 and history.steps == 3  # step 1 taken again whole, then steps 2 and 3
+    for a, b in zip(reference.parameters(), backed_off.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)  # each batch stepped once, on its full-batch gradient
+
+
+def test_the_finetune_stage_records_an_optimizer_step_oom_in_summary_json(tmp_path, monkeypatch):
+    from graftflow.core.config import load_config
+    from graftflow.core.plugin_manager import PluginHost
+    from graftflow.core.runs import Run
+    from graftflow.core.stages import finetune
+    from graftflow.core.stages.base import execute_stage
+    from tests.support import DIGITS
+
+    real = finetune.make_optimizer
+    monkeypatch.setattr(finetune, "make_optimizer", lambda *a, **k: _oom_once(real(*a, **k)))
+    config = load_config(
+        DIGITS,
+        [
+            f"artifact_root={tmp_path / 'runs'}",
+            f"data.cache_dir={tmp_path / 'ds'}",
+            "data.image_size=8",
+            "data.num_workers=0",
+            "pretrain.enabled=false",
+            "finetune.freeze_epochs=0",
+            "finetune.epochs=1",
+            "finetune.batch_size=32",
+            "finetune.classes=[5, 6]",
+            "augment.train=[]",
+        ],
+    )
+    host, run = PluginHost(), Run.open(config)
+    for stage in ("acquire", "finetune"):
+        execute_stage(stage, config, run, host)
+    recorded = json.loads((Path(run.url) / "summary.json").read_text())["finetune"]
+    assert recorded["micro_batch"] == 16
+    assert recorded["oom_backoffs"] == [{"step": 1, "batch": 32, "micro_batch": 16}]
+    assert recorded["steps"] == recorded["images"] // 32  # every (full) batch stepped, the first one taken again
+
+
+def _oom_once(optimizer):
+    oom_in_the_optimizer_step(optimizer)
+    return optimizer
 
 
 def test_oom_with_a_micro_batch_of_one_is_a_clear_error():

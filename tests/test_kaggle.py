@@ -31,6 +31,7 @@ from graftflow.core.errors import DataError, TransientDataError
 from graftflow.core.plugin_manager import PluginHost
 from graftflow.core.validation import plugin_params
 from tests.kaggle_standin import KaggleStandIn, zip_of
+from tests.leaks import assert_no_leak, find_leaks, secret_forms, server_records, sqlite_files, written_files
 from tests.support import ROOT, graft
 
 SPLIT = {"val": 0.1, "test": 0.2, "seed": 0}
@@ -238,19 +239,24 @@ def test_http_errors_are_one_line_data_errors(source, standin, tmp_path, monkeyp
     if scenario == "private-dataset":
         standin.add_dataset("someone/secret", class_folders(), private=True)
         params = {"dataset": "someone/secret"}
+    key = standin.key
     if scenario == "bad-key":
-        monkeypatch.setenv("KAGGLE_KEY", "wrong-key")
+        key = "wrong-" + standin.key[6:]  # the key in use is the one that must not leak
+        monkeypatch.setenv("KAGGLE_KEY", key)
     with pytest.raises(DataError, match=message) as caught:
         acquire(source, params, tmp_path)
     assert not isinstance(caught.value, TransientDataError)
-    assert "\n" not in str(caught.value) and standin.key not in str(caught.value)
+    assert "\n" not in str(caught.value)
+    assert not find_leaks(secret_forms(username=standin.username, key=key), [], {"the error": str(caught.value)})
 
 
 def test_server_errors_and_dropped_connections_are_transient(source, standin, tmp_path):
     standin.add_competition("cats-dogs", class_folders())
-    standin.fail["DownloadDataFiles"] = [503]
+    standin.fail["DownloadDataFiles"] = [503, 429]
     with pytest.raises(TransientDataError, match="Kaggle answered HTTP 503 for competition 'cats-dogs'"):
         acquire(source, {"competition": "cats-dogs"}, tmp_path, "a")
+    with pytest.raises(TransientDataError, match="Kaggle answered HTTP 429 for competition 'cats-dogs'"):
+        acquire(source, {"competition": "cats-dogs"}, tmp_path, "a2")
     info, _ = acquire(source, {"competition": "cats-dogs"}, tmp_path, "b")  # the next attempt succeeds
     assert info.rows == 6
     standin.stop()  # nothing listens on the proxy port any more
@@ -363,14 +369,40 @@ def test_credentials_from_kaggle_json_a_token_or_nowhere(source, standin, tmp_pa
 # --- through Prefect and the CLI ---------------------------------------------------------------
 
 
-def written_files(*roots: Path) -> list[Path]:
-    return [p for root in roots if root.exists() for p in root.rglob("*") if p.is_file()]
+def test_the_leak_check_finds_each_form_of_a_credential(tmp_path):
+    """The check below can fail: an Authorization header's base64 in a file, a token in a log line."""
+    forms = secret_forms(username="someone", key="KGLKEY0123456789", token="KGAT_abcdef0123")
+    (tmp_path / "debug.log").write_text("send: Authorization: Basic c29tZW9uZTpLR0xLRVkwMTIzNDU2Nzg5\n")
+    (tmp_path / "clean.json").write_text('{"secret_block": "kaggle-creds"}')
+    found = find_leaks(forms, written_files(tmp_path), {"log": "Bearer KGAT_abcdef0123", "ok": "nothing here"})
+    assert found == [f"HTTP Basic base64(username:key) in {tmp_path / 'debug.log'}", "token in log"]
 
 
-def assert_no_leak(secret: str, files: list[Path], *texts: str) -> None:
-    leaks = [str(p) for p in files if secret.encode() in p.read_bytes()]
-    leaks += [f"output #{i}" for i, t in enumerate(texts) if secret in t]
-    assert not leaks, f"the Kaggle key leaked into {leaks}"
+def test_error_details_are_scrubbed_of_every_form_of_the_credentials():
+    from graftflow.core.secrets import redact
+    from graftflow.plugins.sources.kaggle import Credentials
+
+    creds = Credentials("KAGGLE_USERNAME/KAGGLE_KEY", username="someone", key="KGLKEY0123456789")
+    detail = redact(
+        "401 for http://localhost/api/v1/x (Authorization: Basic c29tZW9uZTpLR0xLRVkwMTIzNDU2Nzg5)", creds.secrets()
+    )
+    assert detail == "401 for http://localhost/api/v1/x (Authorization: Basic ***)"
+
+
+def harness_db() -> list[Path]:
+    """The SQLite files of the session's Prefect test server (prefect_test_harness)."""
+    from prefect.settings import PREFECT_SERVER_DATABASE_CONNECTION_URL
+
+    return sqlite_files(PREFECT_SERVER_DATABASE_CONNECTION_URL.value())
+
+
+def harness_records() -> dict[str, str]:
+    """Flow and task run parameters, logs and artifacts on the session's Prefect test server."""
+    from prefect.settings import PREFECT_API_URL
+
+    records = server_records(PREFECT_API_URL.value())
+    assert any(k.startswith("logs/") for k in records) and any(k.startswith("flow_runs/") for k in records)
+    return records
 
 
 def prefect_artifacts() -> list:
@@ -380,26 +412,11 @@ def prefect_artifacts() -> list:
         return client.read_artifacts()
 
 
-def prefect_records() -> list[str]:
-    """What the Prefect server holds: flow and task run parameters, logs and artifacts, as text."""
-    from prefect.client.orchestration import get_client
-
-    with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs()
-        texts = [json.dumps(r.parameters, default=str) for r in runs]
-        texts += [log.message for log in client.read_logs()]
-    texts += [json.dumps(a.data, default=str) + str(a.description) for a in prefect_artifacts()]
-    assert runs and len(texts) > len(runs)
-    return texts
-
-
-def prefect_db_files(*homes: Path) -> list[Path]:
-    """The SQLite files of this process's Prefect home and of the servers given."""
-    return [p for home in (Path(os.environ["PREFECT_HOME"]), *homes) for p in home.glob("*.db*")]
-
-
 @pytest.mark.slow
-def test_secret_block_credentials_through_the_acquire_flow(prefect_harness, source, standin, tmp_path, monkeypatch):
+@pytest.mark.parametrize("held", ["username-key", "token"])
+def test_secret_block_credentials_through_the_acquire_flow(
+    prefect_harness, source, standin, tmp_path, monkeypatch, held
+):
     from prefect.blocks.system import Secret
 
     from graftflow.core.config import parse_config
@@ -407,7 +424,12 @@ def test_secret_block_credentials_through_the_acquire_flow(prefect_harness, sour
 
     monkeypatch.delenv("KAGGLE_USERNAME")
     monkeypatch.delenv("KAGGLE_KEY")
-    Secret(value={"username": standin.username, "key": standin.key}).save("graft-kaggle-test", overwrite=True)
+    if held == "token":
+        Secret(value=standin.token).save("graft-kaggle-test", overwrite=True)
+        forms, auth = secret_forms(token=standin.token), "bearer"
+    else:
+        Secret(value={"username": standin.username, "key": standin.key}).save("graft-kaggle-test", overwrite=True)
+        forms, auth = secret_forms(username=standin.username, key=standin.key), "basic"
     standin.add_competition("cats-dogs", class_folders())
     config = parse_config(
         {
@@ -428,8 +450,9 @@ def test_secret_block_credentials_through_the_acquire_flow(prefect_harness, sour
     result = acquire_flow(config=config)
     summary = json.loads((Path(result["url"]).parent / "summary.json").read_text())
     assert summary["data"]["rows"] == 6 and summary["config"]["data"]["source"]["secret_block"] == "graft-kaggle-test"
-    assert {c["auth"] for c in standin.calls() if c["method"] != "GET"} == {"basic"}
-    assert_no_leak(standin.key, written_files(tmp_path), *prefect_records())
+    assert {c["auth"] for c in standin.calls() if c["method"] != "GET"} == {auth}
+    # the block's value is stored encrypted in the server's database: not a single form of it in plain text
+    assert_no_leak(forms, written_files(tmp_path) + harness_db(), harness_records())
     assert any(a.key == "secret-dataset-card" and "cats-dogs" in str(a.data) for a in prefect_artifacts())
     missing = config.model_copy(deep=True)
     missing.data.source = type(config.data.source).model_validate(
@@ -475,11 +498,12 @@ def newest_summary(tmp_path: Path) -> dict:
 
 @pytest.mark.slow
 def test_severstal_through_graft_run(prefect_api, standin, tmp_path):
-    """`graft run --stages acquire`: a 503 retried by Prefect, labels per image, skip-unchanged, cache hit, no leak."""
+    """`graft run --stages acquire`: a 503 and a 429 retried by Prefect with exponential back-off, labels per image,
+    skip-unchanged, cache hit, no leak."""
     files, expected = severstal()
     files["train_images/0bad.jpg"] = b"\xff\xd8 not really a jpeg"
     standin.add_competition(COMP, files)
-    standin.fail["DownloadDataFiles"] = [503]
+    standin.fail["DownloadDataFiles"] = [503, 429]  # a server error, then "too many requests"
     config = steel_config(tmp_path)
     env = {**standin.env(), "KAGGLE_CONFIG_DIR": str(tmp_path / "kaggle-config")}
     outputs = []
@@ -487,9 +511,12 @@ def test_severstal_through_graft_run(prefect_api, standin, tmp_path):
     first = graft("run", str(config), "--stages", "acquire", env=env)
     outputs += [first.stdout, first.stderr]
     assert first.returncode == 0, first.stderr[-3000:]
-    assert "Traceback" not in first.stderr and "Retry 1/2" in first.stderr
+    assert "Traceback" not in first.stderr and "Retry 1/2" in first.stderr and "Retry 2/2" in first.stderr
     assert f"data: {len(expected)} images, 4 classes (multi) → " in first.stdout
-    assert len(standin.calls("DownloadDataFiles")) == 2  # the 503, then the retry
+    attempts = [c["at"] for c in standin.calls("DownloadDataFiles")]
+    assert len(attempts) == 3  # the 503, the 429, then the retry that succeeds
+    gaps = [b - a for a, b in zip(attempts, attempts[1:], strict=False)]
+    assert gaps[0] >= 0.2 and gaps[1] >= 0.4, gaps  # data.retry_delay 0.2 s, doubled for the second retry
     data = newest_summary(tmp_path)["data"]
     assert data["cache_hit"] is False and data["target"] == "multi" and data["classes"] == 4
     assert data["rows"] == len(expected) and Path(data["path"]).is_dir()
@@ -526,13 +553,21 @@ def test_severstal_through_graft_run(prefect_api, standin, tmp_path):
     assert newest_summary(tmp_path)["data"]["cache_hit"] is True and ", cache hit → " in third.stdout
     assert [c["method"] for c in standin.calls()[calls:]] == ["ListDataFiles"]  # the fingerprint, nothing more
     assert run_dir.is_dir()
-    assert_no_leak(standin.key, written_files(tmp_path) + prefect_db_files(prefect_api), *outputs)
+    texts = {f"output #{i}": text for i, text in enumerate(outputs)} | server_records(os.environ["PREFECT_API_URL"])
+    # the runs, stores and downloads, and the server's database and log
+    files = written_files(tmp_path, prefect_api.parent)
+    assert_no_leak(secret_forms(username=standin.username, key=standin.key), files, texts)
 
 
 USER_ERRORS = [
     (
         "bad-key",
         "error: data.source: Kaggle rejected the credentials from KAGGLE_USERNAME/KAGGLE_KEY (HTTP 401); "
+        "check the username and key (or the API token)",
+    ),
+    (
+        "bad-token",
+        "error: data.source: Kaggle rejected the credentials from KAGGLE_API_TOKEN (HTTP 401); "
         "check the username and key (or the API token)",
     ),
     (
@@ -544,13 +579,18 @@ USER_ERRORS = [
 ]
 
 
-def user_error_setup(standin: KaggleStandIn, tmp_path: Path, scenario: str) -> dict[str, str]:
+def user_error_setup(standin: KaggleStandIn, tmp_path: Path, scenario: str) -> tuple[dict[str, str], dict[str, str]]:
+    """The environment of a run that meets `scenario`, and every form of the credentials it sends."""
     if scenario != "unknown":
         standin.add_competition(COMP, severstal(4)[0], rules_accepted=scenario != "rules")
     env = {**standin.env(), "KAGGLE_CONFIG_DIR": str(tmp_path / "kaggle-config")}
     if scenario == "bad-key":
-        env["KAGGLE_KEY"] = "wrong-" + standin.key[6:]
-    return env
+        env["KAGGLE_KEY"] = "wrong-" + standin.key[6:]  # rejected: the 401 path, with this key in the request
+    if scenario == "bad-token":
+        del env["KAGGLE_USERNAME"], env["KAGGLE_KEY"]
+        env["KAGGLE_API_TOKEN"] = "KGAT_" + standin.token[5:][::-1]
+        return env, secret_forms(token=env["KAGGLE_API_TOKEN"])
+    return env, secret_forms(username=env["KAGGLE_USERNAME"], key=env["KAGGLE_KEY"])
 
 
 class _Records(logging.Handler):
@@ -567,12 +607,17 @@ class _Records(logging.Handler):
 def test_user_errors_exit_2_without_traceback(
     prefect_harness, standin, tmp_path, monkeypatch, capsys, scenario, message
 ):
-    """`graft run` in this process (the session's Prefect test server): exit 2, one `error:` line, and Prefect's
-    task and flow loggers get the failure without a traceback (the console script is checked below)."""
+    """`graft run` in this process (the session's Prefect test server): exit 2, one `error:` line, Prefect's
+    task and flow loggers get the failure without a traceback (the console script is checked below), and the
+    credentials in use — on the 401 paths the rejected ones — are nowhere: not in the output, the log
+    records, any file written, the server's database, nor its run parameters, logs and artifacts."""
     import graftflow.pipelines.flows  # noqa: F401  (its import finishes Prefect's logging set-up, which resets handlers)
     from graftflow.pipelines.cli import main
 
-    for var, value in user_error_setup(standin, tmp_path, scenario).items():
+    env, forms = user_error_setup(standin, tmp_path, scenario)
+    for var in ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    for var, value in env.items():
         monkeypatch.setenv(var, value)
     seen = _Records()
     loggers = [logging.getLogger(name) for name in ("prefect.task_runs", "prefect.flow_runs")]
@@ -583,22 +628,26 @@ def test_user_errors_exit_2_without_traceback(
     finally:
         for logger in loggers:
             logger.removeHandler(seen)
-    err = capsys.readouterr().err
+    captured = capsys.readouterr()
+    err = captured.err
     assert code == 2, err[-3000:]
     assert [line for line in err.splitlines() if line.startswith("error: ")] == [message]
     failures = [r for r in seen.records if r.levelno >= logging.ERROR]
     assert failures and all(r.exc_info is None and not r.exc_text for r in failures)
     assert any(message.removeprefix("error: ") in r.getMessage() for r in failures)
     assert not any("Retry 1/" in r.getMessage() for r in seen.records)  # a user error is not retried
-    assert not any(standin.key in r.getMessage() for r in seen.records)
     assert not (tmp_path / "datasets").exists() or not list((tmp_path / "datasets").iterdir())
+    if scenario.startswith("bad-"):
+        assert {c["auth"] for c in standin.calls()} == {None}  # the stand-in did see these credentials, and refused
+    texts = {"stdout": captured.out, "stderr": err} | {f"log #{i}": r.getMessage() for i, r in enumerate(seen.records)}
+    assert_no_leak(forms, written_files(tmp_path) + harness_db(), texts | harness_records())
 
 
 @pytest.mark.slow
 def test_the_console_script_reports_a_user_error_in_one_line(prefect_api, standin, tmp_path):
-    scenario, message = USER_ERRORS[1]
+    scenario, message = USER_ERRORS[2]
     proc = graft(
-        "run", str(steel_config(tmp_path)), "--stages", "acquire", env=user_error_setup(standin, tmp_path, scenario)
+        "run", str(steel_config(tmp_path)), "--stages", "acquire", env=user_error_setup(standin, tmp_path, scenario)[0]
     )
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert [line for line in proc.stderr.splitlines() if line.startswith("error: ")] == [message]

@@ -67,10 +67,19 @@ def test_layer_groups(family, variant, expected):
 
 @pytest.mark.parametrize("family,variant", SMALL)
 def test_reset_head_changes_outputs(family, variant):
+    """A new classifier over the same body: the features are untouched, the logits are the new head's."""
     spec = FAMILIES[family]
-    model = build(family, variant, num_classes=5)
+    model = build(family, variant, num_classes=5).eval()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        features, old = model.forward_head(model.forward_features(x), pre_logits=True), model(x)
+    body = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith(("fc.", "head."))}
     spec.reset_head(model, 7)
-    assert model(torch.randn(2, 3, 16, 16)).shape == (2, 7)
+    with torch.no_grad():
+        new = model(x)
+        assert torch.allclose(new, model.get_classifier()(features), atol=1e-5)  # new head on the same features
+    assert new.shape == (2, 7) and not torch.allclose(new[:, :5], old, atol=1e-3)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in body.items())
     groups = spec.layer_groups(model)
     assert_partition(model, groups)
     assert groups[-1].name == "head" and groups[-1].params == tuple(classifier_param_names(model))

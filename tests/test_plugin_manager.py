@@ -1,6 +1,7 @@
 """Discovery, registries and the observer contract of the plugin core."""
 
 import json
+import sys
 import textwrap
 
 import pytest
@@ -168,6 +169,49 @@ def test_allow_and_deny_lists(external_plugin):
     assert "squared-error" in ok.losses
     with pytest.raises(PluginError, match="plugins: plugin 'evil_module' is not allowed here"):
         PluginHost(config_plugins=["evil_module"], env={"GRAFT_PLUGINS_DENY": "evil_*"})
+
+
+STRANGER = """
+import os
+from graftflow.core import LossSpec, hookimpl
+from torch import nn
+
+open(os.environ["STRANGER_IMPORTED"], "a").write("imported\\n")  # what any module-level code could do
+
+
+@hookimpl
+def graft_losses():
+    return [LossSpec(name="stranger-loss", kind="classification", factory=nn.CrossEntropyLoss)]
+"""
+
+
+@pytest.fixture
+def installed_stranger(tmp_path, monkeypatch):
+    """A distribution on sys.path with a `graft.plugins` entry point, as `pip install` would leave it."""
+    site = tmp_path / "site"
+    (site / "stranger_dist-1.0.dist-info").mkdir(parents=True)
+    (site / "stranger_dist-1.0.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: stranger-dist\nVersion: 1.0\n"
+    )
+    (site / "stranger_dist-1.0.dist-info" / "entry_points.txt").write_text(
+        "[graft.plugins]\nstranger = stranger_graft_plugin\n"
+    )
+    (site / "stranger_graft_plugin.py").write_text(STRANGER)
+    monkeypatch.syspath_prepend(str(site))
+    marker = tmp_path / "imported.txt"
+    monkeypatch.setenv("STRANGER_IMPORTED", str(marker))
+    yield marker
+    sys.modules.pop("stranger_graft_plugin", None)
+
+
+@pytest.mark.parametrize("env", [{"GRAFT_PLUGINS_DENY": "stranger_*"}, {"GRAFT_PLUGINS_ALLOW": "graftflow.plugins.*"}])
+def test_excluded_entry_points_are_never_imported(installed_stranger, env):
+    host = PluginHost(env=env)
+    assert "stranger-loss" not in host.losses and "cross-entropy" in host.losses
+    assert not installed_stranger.exists() and "stranger_graft_plugin" not in sys.modules
+    # the negative control: the same installation without the list is found and imported
+    assert "stranger-loss" in PluginHost(env={}).losses
+    assert installed_stranger.read_text() == "imported\n"
 
 
 def test_a_plugin_written_for_another_contract_major_is_refused_by_name(tmp_path):

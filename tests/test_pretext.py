@@ -1,5 +1,7 @@
 """Self-supervised pretexts on tiny real digits: views, masks, momentum encoders, and that they learn."""
 
+import copy
+
 import pytest
 import torch
 from sklearn.datasets import load_digits
@@ -155,5 +157,29 @@ def test_moco_key_encoder_is_a_frozen_moving_average_and_the_queue_fills(host, d
         assert torch.allclose(k, 0.9 * k0 + 0.1 * 2 * p0, atol=1e-6)
     assert int(module.queue_ptr) == 32
     assert torch.allclose(module.queue.norm(dim=1), torch.ones(64), atol=1e-5)
-    losses = train(module, digits, steps=20)
-    assert all(torch.isfinite(torch.tensor(losses)))
+
+
+def test_moco_step_descends_its_own_objective(host, digits):
+    """The gradient of a step reaches the query encoder and points downhill: a small move along it lowers the same
+    objective (same views, same queue). A query detached from the graph, or a loss that ignored it, would fail."""
+    module = MoCo(context(host), proj_dim=16, queue=64, momentum=0.999)
+    for start in range(0, 64, 16):  # fill the queue with real keys
+        module.step(digits[start : start + 16], None)
+    batch = digits[64:96]
+
+    def objective(m) -> torch.Tensor:
+        torch.manual_seed(7)  # the same views every time
+        return copy.deepcopy(m).step(batch, None)  # a copy: the queue and key encoder stay as they are
+
+    before = objective(module)
+    trainable = [p for p in module.parameters() if p.requires_grad]
+    probe = copy.deepcopy(module)
+    torch.manual_seed(7)
+    names = [n for n, p in probe.named_parameters() if p.requires_grad]
+    grads = torch.autograd.grad(probe.step(batch, None), [p for p in probe.parameters() if p.requires_grad])
+    reached = {n.split(".")[0] for n, g in zip(names, grads, strict=True) if float(g.abs().sum()) > 0}
+    assert reached == {"backbone", "projector"}  # the key encoder is not trained (requires_grad=False)
+    with torch.no_grad():
+        for p, g in zip(trainable, grads, strict=True):
+            p.sub_(1e-2 * g / (g.norm() + 1e-12))
+    assert float(objective(module)) < float(before) - 1e-4

@@ -81,6 +81,36 @@ def test_resume_after_a_crash_gives_identical_weights(tmp_path, monkeypatch, ref
     assert not (Path(run.url) / "_checkpoints" / "finetune").exists()  # cleared once the stage succeeded
 
 
+@pytest.mark.slow
+def test_a_prefect_retry_of_the_stage_resumes_from_its_checkpoint(prefect_api, tmp_path, monkeypatch, reference):
+    """The finetune stage's flow with Prefect retries: the first attempt dies at step 19, Prefect runs the flow
+    again with the same parameters, and that attempt continues from the step-15 checkpoint to the reference
+    weights (the flow of a deployment configured with `retries`, or a stage flow retried from the UI)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from graftflow.pipelines.flows import STAGE_FLOWS
+
+    config = config_for(tmp_path)
+    real, attempts = loop.GradientStep.accumulate, []
+
+    def crashing_once(self, step_fn, images, labels, micro):
+        if self.history.steps + 1 == 19 and not attempts:
+            attempts.append("crashed")
+            raise RuntimeError("simulated crash")
+        return real(self, step_fn, images, labels, micro)
+
+    run = Run.open(config)
+    execute_stage("acquire", config, run, PluginHost())
+    monkeypatch.setattr(loop.GradientStep, "accumulate", crashing_once)
+    with temporary_settings(updates={PREFECT_API_URL: os.environ["PREFECT_API_URL"]}):  # the session's server
+        STAGE_FLOWS["finetune"].with_options(retries=1, retry_delay_seconds=0)(config=config, run_id=run.run_id)
+    summary = run.summary()
+    assert attempts == ["crashed"] and summary["stages"]["finetune"]["status"] == "completed"
+    assert summary["finetune"]["resumed_from_step"] == 15
+    weights, expected = finetuned(config, run), reference[0]
+    assert weights.keys() == expected.keys() and all(torch.equal(weights[k], expected[k]) for k in expected)
+
+
 def test_incomplete_checkpoints_are_never_loaded(tmp_path):
     ckpt = Checkpointer(str(tmp_path / "ck"), every_steps=1)
     ckpt.save(3, {"w": torch.ones(2)}, {"step": 3})

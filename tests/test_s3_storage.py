@@ -22,6 +22,7 @@ from prefect.blocks.system import Secret
 from graftflow.core.config import PipelineConfig
 from graftflow.core.errors import ConfigError
 from graftflow.pipelines.storage_credentials import ENVIRONMENT, block_credentials, storage_credentials
+from tests.leaks import find_leaks, secret_forms, server_records
 from tests.prefect_server import BIN, free_port
 from tests.support import graft
 
@@ -143,14 +144,21 @@ def test_acquire_train_kill_and_resume_on_s3_without_leaking_credentials(s3, pre
     assert s3.exists(f"{run_url}/finetune/model/model.safetensors")
     assert not s3.exists(f"{run_url}/_checkpoints/finetune")  # removed once the stage succeeded
 
+    # both storage keys, in every file written (the bucket, the runs' folders, the Prefect server's home and
+    # database) and in everything printed and held by the server (run parameters, logs, artifacts)
+    forms = secret_forms(**{"S3 access key id": KEY_ID, "S3 secret access key": SECRET})
     leaks = [
-        where
+        f"{name} in {where}"
         for where, data in written_files(s3, tmp_path, prefect_api)
-        if KEY_ID.encode() in data or SECRET.encode() in data
+        for name, value in forms.items()
+        if value.encode() in data
     ]
-    leaks += [
-        name for name, out in (("first run", killed), ("resumed run", resumed)) if SECRET in out.stdout + out.stderr
-    ]
+    texts = {
+        f"{name} {kind}": getattr(out, kind)
+        for name, out in (("first run", killed), ("resumed run", resumed))
+        for kind in ("stdout", "stderr")
+    }
+    leaks += find_leaks(forms, [], texts | server_records(os.environ["PREFECT_API_URL"]))
     assert not leaks, leaks
 
 

@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import threading
 import uuid
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -225,9 +226,11 @@ def custom_run_in_ui(server, tmp_path: Path) -> None:
             page.goto(f"{server.ui}/v2/deployments/deployment/{deployment['id']}")
             page.get_by_role("button", name="Run", exact=True).click()
             page.get_by_role("menuitem", name="Custom run").click()
-            # Every section of the pydantic config is in the form, with its description.
+            # Every section of the pydantic config is in the form, each with its fields' descriptions.
             expect(page.get_by_text("FinetuneConfig (Optional)", exact=True)).to_be_visible(timeout=30_000)
-            expect(page.get_by_text("Head-only epochs with the body frozen, before the rest.")).to_be_visible()
+            for label, description in form_sections(deployment["parameter_openapi_schema"]):
+                expect(page.get_by_text(label, exact=True).first).to_be_visible()
+                expect(page.get_by_text(description, exact=True).first).to_be_visible()
             label = page.locator(
                 "xpath=//label[normalize-space()='FinetuneConfig (Optional)']"
                 "/ancestor::div[.//label[normalize-space()='Epochs (Optional)']][1]"
@@ -268,6 +271,26 @@ def custom_run_in_ui(server, tmp_path: Path) -> None:
             expect(page.get_by_text("Completed", exact=True).first).to_be_visible(timeout=60_000)
         finally:
             browser.close()
+
+
+def form_sections(schema: dict) -> list[tuple[str, str]]:
+    """(label, a description) the Custom run form must show for every field of the config: a section's label
+    is its model's name (the form's title for a `$ref`), with the description of its first plain field."""
+    definitions = schema["definitions"]
+    top = definitions["PipelineConfig"]["properties"]
+    models = {k: definitions[p["$ref"].rsplit("/", 1)[1]] for k, p in top.items() if "$ref" in p}
+    # a description no other section's field has (pretrain and finetune share many), so each check is its own
+    counts = Counter(f.get("description") for m in models.values() for f in m["properties"].values())
+    sections: list[tuple[str, str]] = []
+    for name, prop in top.items():
+        if name in models:
+            fields = models[name]["properties"].values()
+            unique = next(f["description"] for f in fields if counts[f.get("description")] == 1 and "$ref" not in f)
+            sections.append((f"{models[name]['title']} (Optional)", unique))
+        else:
+            sections.append((f"{prop['title']} (Optional)", prop["description"]))
+    assert len(sections) >= 17, sections
+    return sections
 
 
 def with_two_epochs(run: dict) -> bool:

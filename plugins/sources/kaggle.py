@@ -22,6 +22,7 @@ unchanged, the content-addressed store is reused without a single download.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import io
@@ -113,7 +114,9 @@ class Credentials:
     token: str | None = field(default=None, repr=False)
 
     def secrets(self) -> list[str | None]:
-        return [self.key, self.token]
+        """Every form these credentials travel in: the key, the token, and HTTP Basic's base64(username:key)."""
+        basic = base64.b64encode(f"{self.username}:{self.key}".encode()).decode() if self.key else None
+        return [self.key, self.token, basic]
 
 
 def _config_dirs() -> list[Path]:

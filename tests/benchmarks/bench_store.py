@@ -61,9 +61,9 @@ def _store_read(url: str) -> tuple[float, int]:
     return time.perf_counter() - start, len(dataset)
 
 
-def run(quick: bool) -> list[Result]:
-    n = 500 if quick else 2000
-    repeats = 1 if quick else 3
+def run(quick: bool = False, smoke: bool = False) -> list[Result]:
+    n = 40 if smoke else 500 if quick else 2000
+    repeats = 1 if quick or smoke else 3
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory(prefix="graft-bench-store-") as tmp:
         root = Path(tmp) / "folder"
