@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from graftflow.core.specs import AugmentationSpec, DataSource, Exporter, LossSpec, ModelFamily, PretextTask, RunInfo
 
 PROJECT = "graft"
-CONTRACT_VERSION = (2, 0)
+CONTRACT_VERSION = (2, 1)
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 

@@ -7,6 +7,7 @@ Every problem is one line that starts with the field path.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, get_args
@@ -16,7 +17,8 @@ from pydantic import BaseModel, ValidationError
 from graftflow.core.config import LossRef, PipelineConfig, PluginRef, format_validation_error
 from graftflow.core.errors import ConfigError, GraftError
 from graftflow.core.plugin_manager import PluginHost
-from graftflow.core.specs import AugmentationSpec
+from graftflow.core.pretrained_weights import auto_inputs, resolve_pretrained
+from graftflow.core.specs import AugmentationSpec, ModelFamily
 
 
 def plugin_params(spec: Any, params: dict[str, Any], field: str) -> dict[str, Any]:
@@ -124,6 +126,39 @@ def check_loss(host: PluginHost, ref: PluginRef, field: str, kind: str | None, h
     return params
 
 
+LISTED_VARIANTS = 40  # a family with more (the `timm` family) is named by close matches instead
+
+
+def unknown_variant_message(family: ModelFamily, variant: str) -> str:
+    """One line: the family's variants, or for a family of hundreds the closest names and `graft models`."""
+    head = f"model.variant: unknown variant '{variant}' of family '{family.name}'"
+    names = list(family.variants)
+    if len(names) <= LISTED_VARIANTS:
+        return f"{head}; available: {', '.join(names)}"
+    arch = variant.split(".", 1)[0]
+    if "." in variant and arch in family.variants:
+        return f"{head}; the variant is the architecture ('{arch}'): name the weights in model.pretrained"
+    close = difflib.get_close_matches(variant, names, n=5, cutoff=0.6)
+    hint = f"close: {', '.join(close)}; " if close else ""
+    return f"{head}; {hint}`graft models PATTERN` lists the {len(names)} names"
+
+
+def check_pretrained(config: PipelineConfig, family: ModelFamily, stages: list[str] | None) -> None:
+    """model.pretrained names weights the variant takes, that are cached or reachable; `auto` inputs have a source.
+
+    The weights are looked for only when a stage that builds from them will run
+    (pretrain, finetune); their cfg (for `auto`) is read whatever runs.
+    """
+    model = config.model
+    if model.pretrained not in (None, False, "") and model.weights:
+        raise ConfigError(
+            "model.pretrained: model.weights is set too; give one of them (the file's weights, or the pretrained ones)"
+        )
+    if stages is None or {"pretrain", "finetune"} & set(stages):
+        resolve_pretrained(family, model.variant, model.pretrained, fetch=False)
+    auto_inputs(config, family)
+
+
 def validate_config(config: PipelineConfig, host: PluginHost, stages: list[str] | None = None) -> None:
     """Raise one ConfigError listing every problem, one line each."""
     problems: list[str] = []
@@ -138,10 +173,9 @@ def validate_config(config: PipelineConfig, host: PluginHost, stages: list[str] 
     family = check(host.families.get, config.model.family, "model.family")
     if family is not None:
         if config.model.variant not in family.variants:
-            problems.append(
-                f"model.variant: unknown variant '{config.model.variant}' of family '{family.name}'; "
-                f"available: {', '.join(family.variants)}"
-            )
+            problems.append(unknown_variant_message(family, config.model.variant))
+        else:
+            check(check_pretrained, config, family, stages)
         check(plugin_params, family, config.model.params, "model")
 
     sources = [("data.source", config.data.source)]

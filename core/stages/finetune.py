@@ -14,8 +14,10 @@ import logging
 from graftflow.core import storage
 from graftflow.core.images import save_training_curves
 from graftflow.core.models.build import build_model, head_keys, layer_groups, model_meta
+from graftflow.core.models.pretrained import load_report as weights_report
 from graftflow.core.models.saved import load_weights_file
 from graftflow.core.models.weights import META, WEIGHTS, load_into, read_weights, save_model
+from graftflow.core.pretrained_weights import PretrainedWeights, resolve_pretrained
 from graftflow.core.stages.base import Artifact, StageContext, StageResult
 from graftflow.core.stages.inputs import checkpoint_url, stage_loss, task_loaders
 from graftflow.core.training.callbacks import Callbacks
@@ -37,9 +39,10 @@ def run(ctx: StageContext) -> StageResult:
     cfg, ft = ctx.config, ctx.config.finetune
     train_loader, val_loader, train_sel, batch_op = task_loaders(ctx, "finetune", ft.classes, ft.batch_size)
     meta = model_meta(cfg, train_sel.class_names)
-    model = build_model(ctx.host, meta)
+    pretrained = pretrained_start(ctx)
+    model = build_model(ctx.host, meta, pretrained=pretrained)
     groups = layer_groups(ctx.host, cfg.model.family, model)
-    load_report = starting_weights(ctx, model, groups)
+    load_report = weights_report(model, pretrained) if pretrained else starting_weights(ctx, model, groups)
 
     criterion = stage_loss(ctx, "finetune", ft.loss, train_sel)
     opt_groups, records = build_param_groups(
@@ -131,6 +134,7 @@ def run(ctx: StageContext) -> StageResult:
                 "phases": [p.removeprefix("finetune-") for p, e in phases if e],
                 "loss": criterion.name,
                 "weights_load": load_report,
+                "inputs": {k: meta[k] for k in ("in_chans", "image_size", "mean", "std")},
                 "steps": history.steps,
                 "epochs_run": len(history.epochs),
                 "stopped_early": history.stopped_early,
@@ -167,10 +171,22 @@ def _lr_spread(ft) -> str:
     return "layer_decay" if ft.layer_decay else ("lo-hi" if isinstance(ft.lr, list) else "uniform")
 
 
+def _has_backbone(ctx: StageContext) -> bool:
+    summary = ctx.run.summary()
+    return ctx.config.finetune.pretrained and summary.get("stages", {}).get("pretrain", {}).get("status") == "completed"
+
+
+def pretrained_start(ctx: StageContext) -> PretrainedWeights | None:
+    """`model.pretrained`, fetched, unless fine-tuning starts from this run's pretrain backbone."""
+    if _has_backbone(ctx):
+        return None
+    family = ctx.host.families.get(ctx.config.model.family, "model.family")
+    return resolve_pretrained(family, ctx.config.model.variant, ctx.config.model.pretrained)
+
+
 def starting_weights(ctx: StageContext, model, groups) -> dict | None:
     """The pretrain stage's backbone when this run has one, else `model.weights`, else none (scratch)."""
-    summary = ctx.run.summary()
-    if ctx.config.finetune.pretrained and summary.get("stages", {}).get("pretrain", {}).get("status") == "completed":
+    if _has_backbone(ctx):
         directory = ctx.input("pretrain", "backbone")
         meta = storage.read_json(str(directory / META))
         state = read_weights(str(directory / WEIGHTS))
