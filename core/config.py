@@ -103,7 +103,8 @@ def parse_tta_view(view: str) -> list[tuple[str, float | None]]:
     return ops
 
 
-def _tta_views(value: Any) -> Any:
+def parse_tta_views(value: Any) -> list[str]:
+    """`original,hflip` or a list → the checked list of views."""
     if isinstance(value, str):
         value = [v for v in value.split(",") if v.strip()]
     if not isinstance(value, (list, tuple)) or not value:
@@ -113,7 +114,7 @@ def _tta_views(value: Any) -> Any:
     return [str(v).strip() for v in value]
 
 
-TTAViews = Annotated[list[str], BeforeValidator(_tta_views)]
+TTAViews = Annotated[list[str], BeforeValidator(parse_tta_views)]
 ClassList = Annotated[list[str] | None, BeforeValidator(lambda v: None if v is None else [str(c) for c in v])]
 
 

@@ -293,3 +293,18 @@ def auto_inputs(config: PipelineConfig, family: ModelFamily) -> PipelineConfig:
     values = inputs_from_cfg(weights.cfg, config.data.channels)
     data = config.data.model_copy(update={name: values[name] for name in auto})
     return config.model_copy(update={"data": data})
+
+
+def hub_cached(name: str) -> bool:
+    """Whether the Hugging Face cache holds the weights timm's registry calls `name` (no network)."""
+    import timm
+
+    try:
+        cfg = timm.models.get_pretrained_cfg(name)
+    except RuntimeError:
+        return False
+    if cfg is None or not cfg.hf_hub_id:
+        return False
+    repo, revision = _repo_and_revision(cfg.hf_hub_id)
+    names = [cfg.hf_hub_filename] if cfg.hf_hub_filename else HUB_WEIGHT_FILES
+    return any(hub.cached_file(repo, n, revision) for n in names)

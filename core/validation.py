@@ -159,6 +159,17 @@ def check_pretrained(config: PipelineConfig, family: ModelFamily, stages: list[s
     auto_inputs(config, family)
 
 
+def check_predict(config: PipelineConfig) -> None:
+    """The predict stage has images to read and a file format it can write."""
+    cfg = config.predict
+    if not cfg.inputs and cfg.split is None:
+        raise ConfigError(
+            "predict.inputs: name the images to score (files, folders, globs, URLs, archives) or set predict.split"
+        )
+    if cfg.out and not cfg.out.split("?", 1)[0].lower().endswith((".csv", ".parquet")):
+        raise ConfigError(f"predict.out: '{cfg.out}' must end in .csv or .parquet")
+
+
 def validate_config(config: PipelineConfig, host: PluginHost, stages: list[str] | None = None) -> None:
     """Raise one ConfigError listing every problem, one line each."""
     problems: list[str] = []
@@ -244,6 +255,8 @@ def validate_config(config: PipelineConfig, host: PluginHost, stages: list[str] 
 
     for i, fmt in enumerate(config.export.formats):
         check(host.exporters.get, fmt, f"export.formats[{i}]")
+    if stages is not None and "predict" in stages:
+        check(check_predict, config)
 
     if problems:
         raise ConfigError("\n".join(dict.fromkeys(problems)))

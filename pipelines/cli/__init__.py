@@ -15,7 +15,7 @@ import sys
 from graftflow.core.errors import GraftError
 from graftflow.pipelines.cli.common import print_error
 
-COMMANDS = ("run", "lr_find", "plugins")  # modules of this package, in --help order
+COMMANDS = ("run", "lr_find", "predict", "models", "plugins")  # modules of this package, in --help order
 
 
 def build_parser() -> argparse.ArgumentParser:
