@@ -218,7 +218,7 @@ class Predictor:
             pixels = []
             for item, image in zip(readable, self._decoded(encoded), strict=True):
                 if isinstance(image, Exception):
-                    skipped.append((item.name, f"cannot be decoded as an image ({_first_line(image)})"))
+                    skipped.append((item.name, f"cannot be decoded as an image ({_decode_reason(image)})"))
                     continue
                 pixels.append(image)
                 names.append(item.name)
@@ -250,6 +250,13 @@ def _chunks(items: Sequence, size: int) -> Iterable[Sequence]:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def _decode_reason(exc: BaseException) -> str:
+    """torchvision's decoder error without its C++ source location: "Unsupported image file. ..."."""
+    text = _first_line(exc.__cause__ or exc)
+    parts = [p for p in text.split(", ") if ".cpp:" not in p and p.strip() != "decode_image"]
+    return (", ".join(parts) or text).split(". ")[0]
 
 
 def _as_input(item: Any, i: int) -> ImageInput:
