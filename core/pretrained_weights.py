@@ -20,6 +20,7 @@ weights' values.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any, Literal
@@ -121,7 +122,9 @@ def describe_pretrained(family: ModelFamily, variant: str, value: bool | str | N
 
 
 def _looks_like_file(text: str) -> bool:
-    return "://" in text or "/" in text or "\\" in text or text.lower().endswith(WEIGHT_SUFFIXES)
+    return (
+        "://" in text or "/" in text or "\\" in text or text.lower().endswith(WEIGHT_SUFFIXES) or os.path.isfile(text)
+    )
 
 
 def _from_registry(arch: str, name: str, request: str) -> PretrainedWeights:
@@ -129,6 +132,11 @@ def _from_registry(arch: str, name: str, request: str) -> PretrainedWeights:
     import timm
 
     named_arch, _tag = timm.models.split_model_name_tag(name)
+    if named_arch != arch and not timm.is_model(named_arch):
+        raise ConfigError(
+            f"{FIELD}: '{request}' is neither weights timm knows (ARCHITECTURE.TAG, or a TAG of {arch}) "
+            f"nor a weights file ({', '.join(WEIGHT_SUFFIXES)}) nor hf-hub:ORG/NAME"
+        )
     if named_arch != arch:
         raise ConfigError(f"{FIELD}: '{request}' are weights of '{named_arch}', but the model is '{arch}'")
     try:
