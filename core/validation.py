@@ -161,13 +161,15 @@ def check_pretrained(config: PipelineConfig, family: ModelFamily, stages: list[s
 
 def check_predict(config: PipelineConfig) -> None:
     """The predict stage has images to read and a file format it can write."""
-    cfg = config.predict
+    cfg, problems = config.predict, []
     if not cfg.inputs and cfg.split is None:
-        raise ConfigError(
+        problems.append(
             "predict.inputs: name the images to score (files, folders, globs, URLs, archives) or set predict.split"
         )
     if cfg.out and not cfg.out.split("?", 1)[0].lower().endswith((".csv", ".parquet")):
-        raise ConfigError(f"predict.out: '{cfg.out}' must end in .csv or .parquet")
+        problems.append(f"predict.out: '{cfg.out}' must end in .csv or .parquet")
+    if problems:
+        raise ConfigError("\n".join(problems))
 
 
 def validate_config(config: PipelineConfig, host: PluginHost, stages: list[str] | None = None) -> None:
