@@ -33,7 +33,7 @@ from graftflow.core.device import DevicePolicy, Hardware, resolve_policy
 from graftflow.core.errors import ConfigError, DataError
 from graftflow.core.inference.engines import ENGINES, EagerEngine, OnnxEngine, TorchScriptEngine
 from graftflow.core.inference.locate import ModelLocation, resolve_model
-from graftflow.core.inference.sources import ImageInput
+from graftflow.core.inference.sources import ImageInput, open_inputs
 from graftflow.core.inference.tta import tta_probabilities
 from graftflow.core.models.build import build_model
 from graftflow.core.models.weights import load_into, read_weights
@@ -188,10 +188,14 @@ class Predictor:
         return self.engine(images).float().softmax(1).cpu()
 
     def __call__(self, images: Any, progress: Callable[[int, int], None] | None = None) -> Predictions:
-        """Images (one, or a sequence): paths or URLs, encoded bytes, PIL images, uint8 arrays or tensors."""
+        """Images (one, or a sequence): paths, folders, globs or URLs (as `graft predict` reads them),
+        encoded bytes, PIL images, uint8 arrays or tensors."""
         single = isinstance(images, (str, Path, bytes, np.ndarray, torch.Tensor)) or hasattr(images, "convert")
         items = [images] if single else list(images)
-        if items and all(isinstance(x, (str, Path, bytes)) or hasattr(x, "convert") for x in items):
+        if items and all(isinstance(x, (str, Path)) for x in items):
+            with open_inputs([str(x) for x in items], "images") as inputs:
+                return self.predict_inputs(inputs, progress)
+        if items and all(isinstance(x, bytes) or hasattr(x, "convert") for x in items):
             return self.predict_inputs([_as_input(x, i) for i, x in enumerate(items)], progress)
         names = [f"image[{i}]" for i in range(len(items))]
         probs = [
@@ -262,13 +266,10 @@ def _decode_reason(exc: BaseException) -> str:
 def _as_input(item: Any, i: int) -> ImageInput:
     if isinstance(item, bytes):
         return ImageInput(f"image[{i}]", lambda: item)
-    if hasattr(item, "convert"):  # a PIL image: encoded losslessly, then decoded as any file is
-        buffer = io.BytesIO()
-        item.save(buffer, format="PNG")
-        data = buffer.getvalue()
-        return ImageInput(f"image[{i}]", lambda: data)
-    url = str(item)
-    return ImageInput(url, lambda: storage.filesystem(url)[0].cat_file(storage.filesystem(url)[1]))
+    buffer = io.BytesIO()  # a PIL image: encoded losslessly, then decoded as any file is
+    item.save(buffer, format="PNG")
+    data = buffer.getvalue()
+    return ImageInput(f"image[{i}]", lambda: data)
 
 
 # --- loading ------------------------------------------------------------------------------------

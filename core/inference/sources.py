@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
+from fsspec.implementations.local import LocalFileSystem
 
 from graftflow.core import storage
 from graftflow.core.data.archives import looks_like_archive, safe_extract
@@ -77,6 +78,8 @@ def _file(fs, path: str, field: str, stack: ExitStack) -> list[ImageInput]:
             raise DataError(f"{field}: {exc}") from None
         members = sorted((m for m in members if _is_image_name(m)), key=natural_key)
         return [ImageInput(f"{name}!{m}", _reader_local(dest / m)) for m in members]
+    if isinstance(fs, LocalFileSystem):
+        return [ImageInput(name, Path(path).read_bytes)]
     return [ImageInput(name, lambda fs=fs, path=path: fs.cat_file(path))]
 
 
