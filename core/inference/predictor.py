@@ -21,14 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import torch
+from torchvision.io import ImageReadMode
 from torchvision.transforms import v2
 
 from graftflow.core import storage
 from graftflow.core.config import DEFAULT_TTA_VIEWS, PluginRef
 from graftflow.core.data.augmentation import sample_transforms
-from graftflow.core.data.dataset import ArrowImageDataset, Selection, base_transform, normalizer
+from graftflow.core.data.dataset import base_transform, decode_resized, normalizer
 from graftflow.core.device import DevicePolicy, Hardware, resolve_policy
 from graftflow.core.errors import ConfigError, DataError
 from graftflow.core.inference.engines import ENGINES, EagerEngine, OnnxEngine, TorchScriptEngine
@@ -118,6 +118,7 @@ class Predictor:
         self.transforms = v2.Compose(list(transforms)) if transforms else None
         self.normalize = normalizer(meta["mean"], meta["std"], self.channels)
         self.resize = base_transform(self.image_size)
+        self.mode = ImageReadMode.GRAY if self.channels == 1 else ImageReadMode.RGB
         self.tta_views = list(tta_views) if tta_views else None
         self.batch_size = batch_size
 
@@ -145,16 +146,11 @@ class Predictor:
     # -- preprocessing ---------------------------------------------------------------------
     def _decoded(self, encoded: Sequence[bytes]) -> list[torch.Tensor | Exception]:
         """uint8 (C, S, S) per image, decoded and resized as the data store's images are; the error when not."""
-        dataset = ArrowImageDataset(
-            Selection(pa.array(list(encoded), pa.binary()), np.zeros(len(encoded), dtype=np.int64), self.class_names),
-            self.channels,
-            self.image_size,
-        )
         out: list[torch.Tensor | Exception] = []
-        for i in range(len(encoded)):
+        for data in encoded:
             try:
-                out.append(dataset.decode_encoded(i))
-            except (DataError, RuntimeError, ValueError) as exc:
+                out.append(decode_resized(data, self.mode, self.resize))
+            except (RuntimeError, ValueError) as exc:
                 out.append(exc)
         return out
 
