@@ -48,21 +48,22 @@ def write_predictions(predictions: Predictions, url: str, top_k: int, described:
     """Write the rows to `url` (.csv or .parquet) and the record to `url + '.json'`; returns the record."""
     fmt = output_format(url)
     rows = predictions.rows(top_k)
-    data = _csv(rows) if fmt == ".csv" else _parquet(rows, predictions, described)
+    data = csv_text(rows).encode() if fmt == ".csv" else _parquet(rows, predictions, described)
     _put(url, data)
     meta = record(predictions, described, top_k)
     storage.write_json(url + ".json", meta)
     return meta
 
 
-def _csv(rows: list[dict[str, Any]]) -> bytes:
+def csv_text(rows: list[dict[str, Any]]) -> str:
+    """The rows as CSV (probabilities to 6 significant digits), what `graft predict` prints without --out."""
     buffer = io.StringIO()
     columns = list(dict.fromkeys(k for row in rows for k in row)) or ["source", "prediction", "probability"]
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for row in rows:
         writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})
-    return buffer.getvalue().encode()
+    return buffer.getvalue()
 
 
 def _parquet(rows: list[dict[str, Any]], predictions: Predictions, described: dict[str, Any]) -> bytes:

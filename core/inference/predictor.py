@@ -315,8 +315,9 @@ def _engine(name: str, location: ModelLocation, host: PluginHost, policy: Device
         return EagerEngine(model, policy)
     fmt = "onnx" if name == "onnx" else "torchscript"
     if fmt not in location.exports:
+        engine_field = "--engine" if field == "MODEL" else field.rsplit(".", 1)[0] + ".engine"
         raise ConfigError(
-            f"--engine {name}: '{location.ref}' has no {fmt} export; run the export stage with "
+            f"{engine_field} {name}: '{location.ref}' has no {fmt} export; run the export stage with "
             f"export.formats including {fmt} (--stages export --run-id RUN)"
         )
     url = location.exports[fmt]

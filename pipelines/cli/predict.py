@@ -39,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def main(args: argparse.Namespace) -> int:
     from graftflow.core.config import DEFAULT_TTA_VIEWS, parse_tta_views
     from graftflow.core.errors import ConfigError
-    from graftflow.core.inference.outputs import output_format, record, write_predictions
+    from graftflow.core.inference.outputs import csv_text, output_format, record, write_predictions
     from graftflow.core.inference.predictor import load_predictor
     from graftflow.core.inference.sources import prediction_inputs
 
@@ -62,19 +62,13 @@ def main(args: argparse.Namespace) -> int:
     )
     run_url = predictor.location.run_url if predictor.location else None
     with prediction_inputs(args.inputs, args.split, run_url, predictor.class_names) as images:
-        with _progress(len(images)) as progress:
+        with ProgressBar(len(images)) as progress:
             predictions = predictor.predict_inputs(images, progress)
     described = predictor.describe()
     if args.out:
         write_predictions(predictions, args.out, args.top_k, described)
     else:
-        import csv
-
-        rows = predictions.rows(args.top_k)
-        columns = list(dict.fromkeys(k for row in rows for k in row)) or ["source", "prediction", "probability"]
-        writer = csv.DictWriter(sys.stdout, fieldnames=columns, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in r.items()} for r in rows)
+        sys.stdout.write(csv_text(predictions.rows(args.top_k)))
     meta = record(predictions, described, args.top_k)
     tta = f" + TTA ({', '.join(predictor.tta_views)})" if predictor.tta_views else ""
     print(
@@ -86,7 +80,7 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-class _progress:
+class ProgressBar:
     """A rich progress bar on the terminal's stderr; nothing when stderr is not a terminal (scripts, CI)."""
 
     def __init__(self, total: int):
