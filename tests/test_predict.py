@@ -211,17 +211,24 @@ def test_split_of_the_runs_own_store_carries_labels(trained, tmp_path, capsys):
     assert [r["label"] for r in rows] == [e["label"] for e in trained.evaluated]
 
 
-def test_archives_and_globs_are_inputs(trained, tmp_path):
+def test_archives_globs_and_fsspec_urls_are_inputs(trained, tmp_path):
+    import fsspec
+
     archive = tmp_path / "batch.zip"
     with zipfile.ZipFile(archive, "w") as zf:
         for i in range(3):
             zf.write(trained.folder / f"test_{i:04d}.png", f"inside/test_{i:04d}.png")
+    bucket = fsspec.filesystem("memory")  # an fsspec filesystem standing in for a bucket
+    for i in (20, 21):
+        bucket.pipe(f"/graft-predict-bucket/new/test_{i:04d}.png", (trained.folder / f"test_{i:04d}.png").read_bytes())
     predictor = load_predictor(trained.run.url)
-    with open_inputs([str(archive), str(trained.folder / "test_001[0-2].png")]) as images:
+    inputs = [str(archive), str(trained.folder / "test_001[0-2].png"), "memory://graft-predict-bucket/new/*.png"]
+    with open_inputs(inputs) as images:
         got = predictor.predict_inputs(images)
     assert got.names[:3] == [f"{archive}!inside/test_{i:04d}.png" for i in range(3)]
-    assert [Path(n).name for n in got.names[3:]] == ["test_0010.png", "test_0011.png", "test_0012.png"]
-    assert got.classes == [trained.evaluated[i]["prediction"] for i in (0, 1, 2, 10, 11, 12)]
+    assert [Path(n).name for n in got.names[3:6]] == ["test_0010.png", "test_0011.png", "test_0012.png"]
+    assert got.names[6:] == [f"memory://graft-predict-bucket/new/test_{i:04d}.png" for i in (20, 21)]
+    assert got.classes == [trained.evaluated[i]["prediction"] for i in (0, 1, 2, 10, 11, 12, 20, 21)]
 
 
 def test_bad_model_and_input_are_one_line(trained, tmp_path, capsys):
