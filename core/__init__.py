@@ -7,14 +7,17 @@ used (a listing of plugins never has to import torch).
 
 - the contract: `hookimpl`, `CONTRACT_VERSION` (see `graftflow.core.hookspecs`)
 - specs a hook returns: `ModelFamily`, `LayerGroup`, `LossSpec`, `DataSource`, `ImageRecord`,
-  `AugmentationSpec`, `PretextTask`, `Exporter`; what the core hands back: `LossContext`,
+  `AugmentationSpec`, `PretextTask`, `Exporter`, `ModelStore`; what the core hands back: `LossContext`,
   `AugmentContext`, `PretextContext`, `RunInfo`
+- `open_model(url, plugins)`: a saved model folder (model.safetensors + model.json) as a module
 - `Params`, the base of a plugin's parameters model; `LossRef` for a loss named inside one
 - errors a plugin raises for the user: `GraftError`, `ConfigError`, `PluginError`, `DataError`,
   `TransientDataError`, `StageError`
-- model families on timm: `timm_layer_groups`, `reset_head`, `classifier_param_names`,
-  `module_path`, `DropParams`, `validate_params`, `unknown_variant`, `timm_capabilities`
-  (+ `TOKEN_INTERFACE`); pretrained weights: `create_timm_model`, `PretrainedWeights`
+- model families on timm: `timm_layer_groups`, `timm_split_forward`, `reset_head`,
+  `classifier_param_names`, `module_path`, `DropParams`, `validate_params`, `unknown_variant`,
+  `timm_capabilities` (+ `TOKEN_INTERFACE`); pretrained weights: `create_timm_model`, `PretrainedWeights`
+- fine-tuning methods: `MethodSpec`, `FinetuneMethod` (+ `MethodContext`), `grad_reverse`, `ramp`,
+  `SourceConfig` (a data-source block in a method's parameters)
 - using a trained model (notebooks): `load_predictor(run)` → a `Predictor`; it returns `Predictions`
 - data sources: `ImageSourceParams`, `FoldersLayout`, `TableLayout`, `Records`, `image_records`,
   `listing`, archives (`archive_kind`, `looks_like_archive`, `safe_extract`) and secrets
@@ -41,18 +44,23 @@ _EXPORTS: dict[str, tuple[str, str]] = {
             "LayerGroup",
             "LossContext",
             "LossSpec",
+            "MethodSpec",
             "ModelFamily",
+            "ModelStore",
             "Params",
             "PretextContext",
             "PretextTask",
             "RunInfo",
         )
     },
+    **{n: ("graftflow.core.training.methods", n) for n in ("FinetuneMethod", "MethodContext", "grad_reverse", "ramp")},
+    "SourceConfig": ("graftflow.core.config", "SourceConfig"),
     **{
         n: ("graftflow.core.errors", n)
         for n in ("ConfigError", "DataError", "GraftError", "PluginError", "StageError", "TransientDataError")
     },
     "LossRef": ("graftflow.core.config", "LossRef"),
+    "open_model": ("graftflow.core.models.saved", "open_model"),
     **{
         n: ("graftflow.core.timm_families", n)
         for n in (
@@ -63,6 +71,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
             "reset_head",
             "timm_capabilities",
             "timm_layer_groups",
+            "timm_split_forward",
             "unknown_variant",
             "validate_params",
         )
@@ -98,7 +107,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
-    from graftflow.core.config import LossRef
+    from graftflow.core.config import LossRef, SourceConfig
     from graftflow.core.data.archives import archive_kind, looks_like_archive, safe_extract
     from graftflow.core.data.layouts import FoldersLayout, ImageSourceParams, Records, TableLayout, listing
     from graftflow.core.data.layouts import records as image_records
@@ -106,6 +115,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from graftflow.core.hookspecs import CONTRACT_VERSION, hookimpl
     from graftflow.core.inference.predictor import Predictions, Predictor, load_predictor
     from graftflow.core.models.pretrained import create_timm_model
+    from graftflow.core.models.saved import open_model
     from graftflow.core.pretrained_weights import PretrainedWeights
     from graftflow.core.secrets import lookup as lookup_secret
     from graftflow.core.secrets import redact, secret_ref
@@ -118,7 +128,9 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
         LayerGroup,
         LossContext,
         LossSpec,
+        MethodSpec,
         ModelFamily,
+        ModelStore,
         Params,
         PretextContext,
         PretextTask,
@@ -132,6 +144,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
         reset_head,
         timm_capabilities,
         timm_layer_groups,
+        timm_split_forward,
         unknown_variant,
         validate_params,
     )
+    from graftflow.core.training.methods import FinetuneMethod, MethodContext, grad_reverse, ramp

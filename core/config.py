@@ -9,6 +9,9 @@ params model, which `graftflow.core.validation` checks against the registries.
 
 from __future__ import annotations
 
+import copy
+import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -23,11 +26,24 @@ from pydantic import (
     PositiveFloat,
     PositiveInt,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from graftflow.core.errors import ConfigError
+
+# A field (or plugin parameter) naming a local file or folder: in a config file, a relative value
+# resolves from the file's folder (`resolve_paths`). URLs and absolute paths are kept as written.
+LOCAL_PATH: dict[str, Any] = {"format": "path"}
+
+
+def default_cache_dir() -> str:
+    """$GRAFT_CACHE_DIR, else $XDG_CACHE_HOME/graftflow/datasets, else ~/.cache/graftflow/datasets."""
+    if os.environ.get("GRAFT_CACHE_DIR"):
+        return os.environ["GRAFT_CACHE_DIR"]
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return str(Path(cache) / "graftflow" / "datasets")
 
 
 class Section(BaseModel):
@@ -56,7 +72,10 @@ class PluginRef(BaseModel):
 def _learning_rate(value: Any) -> Any:
     """A positive number, or `[lo, hi]` with 0 < lo <= hi (fastai's slice(lo, hi))."""
     if isinstance(value, str):
-        value = yaml.safe_load(value)
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ValueError(f"expected a number or [lo, hi], got {value!r}") from None
     if isinstance(value, (list, tuple)):
         if len(value) != 2:
             raise ValueError(f"expected a number or [lo, hi], got a list of {len(value)}")
@@ -157,7 +176,13 @@ class DataConfig(Section):
         [0.5], description="Per-channel normalisation std (auto: the pretrained weights' pretrained_cfg)."
     )
     split: SplitConfig = Field(default_factory=SplitConfig)
-    cache_dir: str = Field(".graft/datasets", description="Content-addressed Arrow store (any fsspec URL).")
+    cache_dir: str | None = Field(
+        None,
+        description="Folder of the content-addressed Arrow stores (any fsspec URL; relative: from the config "
+        "file's folder). Unset: $GRAFT_CACHE_DIR, else $XDG_CACHE_HOME/graftflow/datasets "
+        "(~/.cache/graftflow/datasets).",
+        json_schema_extra=LOCAL_PATH,
+    )
     batch_size: PositiveInt = Field(64, description="Training batch size.")
     num_workers: NonNegativeInt | Literal["auto"] = Field(
         0,
@@ -180,6 +205,23 @@ class DataConfig(Section):
         5.0, description="Seconds before the first acquire retry; each further retry waits twice as long."
     )
 
+    @field_validator("mean", "std", mode="after")
+    @classmethod
+    def _one_value_per_channel(cls, values: Any, info: ValidationInfo) -> Any:
+        """One value (for every channel) or one per channel; "auto" (from the weights) is checked later."""
+        channels = info.data.get("channels")  # absent when channels itself is invalid
+        if isinstance(values, list) and channels is not None and len(values) not in (1, channels):
+            raise ValueError(
+                f"{len(values)} values for {channels} channel{'s' if channels > 1 else ''} (data.channels); "
+                f"give one value for all channels, or one per channel"
+            )
+        return values
+
+    @property
+    def store_root(self) -> str:
+        """Where Arrow stores live: `cache_dir`, else $GRAFT_CACHE_DIR, else the user's cache folder."""
+        return self.cache_dir or default_cache_dir()
+
 
 class ModelConfig(BaseModel):
     """The backbone shared by pretraining and fine-tuning; extra keys go to the family's build."""
@@ -188,7 +230,10 @@ class ModelConfig(BaseModel):
     family: str = Field("resnet", description="Model-family plugin (resnet, vit, ...).")
     variant: str = Field("tiny", description="Variant within the family (see `graft plugins`).")
     weights: str | None = Field(
-        None, description="Initial weights: a local or fsspec .safetensors file (head keys are dropped)."
+        None,
+        description="Initial weights: a local or fsspec .safetensors file (head keys are dropped; relative: from "
+        "the config file's folder).",
+        json_schema_extra=LOCAL_PATH,
     )
     pretrained: bool | str | None = Field(
         None,
@@ -247,7 +292,9 @@ class LossRef(PluginRef):
 
 class PretrainConfig(TrainingConfig):
     enabled: bool = Field(
-        True, description="Run pretraining; when off, fine-tuning starts from model.weights or scratch."
+        False,
+        description="Run the pretrain stage (off unless asked: a config that transfers from a source task, or "
+        "pretrains self-supervised, sets it); when off, fine-tuning starts from model.weights or scratch.",
     )
     pretext: PluginRef = Field(default_factory=lambda: PluginRef(name="supervised"), description="Pretext task plugin.")
     loss: PluginRef | None = Field(
@@ -269,7 +316,12 @@ class LRFindConfig(Section):
 
 
 class FinetuneConfig(TrainingConfig):
-    freeze_epochs: NonNegativeInt = Field(1, description="Head-only epochs with the body frozen, before the rest.")
+    freeze_epochs: NonNegativeInt | None = Field(
+        None,
+        description="Head-only epochs with the body frozen, before the rest. Unset: 1 when fine-tuning starts "
+        "from pretrained weights (this run's pretrain stage, model.weights or model.pretrained), else 0 "
+        "(nothing pretrained to protect).",
+    )
     pretrained: bool = Field(True, description="Start from the pretrain stage's backbone when this run has one.")
     labels_per_class: PositiveInt | None = Field(
         None, description="Fine-tune on only this many labelled train images per class (a fixed subsample by `seed`)."
@@ -280,8 +332,10 @@ class FinetuneConfig(TrainingConfig):
     bn: Literal["train", "freeze-stats", "freeze"] = Field(
         "train", description="BatchNorm: train normally, keep running statistics fixed, or also freeze its weights."
     )
-    monitor: Literal["val_loss", "val_accuracy"] = Field(
-        "val_loss", description="Validation metric for early stopping, plateau and the best checkpoint."
+    monitor: Literal["val_loss", "val_accuracy", "target_entropy"] = Field(
+        "val_loss",
+        description="Validation metric for early stopping, plateau and the best checkpoint (target_entropy: the "
+        "mean prediction entropy on the unlabelled target domain, for domain-adaptation methods).",
     )
     early_stopping: PositiveInt | None = Field(None, description="Stop after this many epochs without improvement.")
     restore_best: bool = Field(True, description="End with the weights of the best epoch by `monitor`.")
@@ -289,6 +343,16 @@ class FinetuneConfig(TrainingConfig):
         None, gt=0, lt=1, description="Keep an exponential moving average of the weights (e.g. 0.999) and use it."
     )
     lr_find: LRFindConfig = Field(default_factory=LRFindConfig, description="Settings of `graft lr-find`.")
+    method: PluginRef = Field(
+        default_factory=lambda: PluginRef(name="standard"),
+        description="Fine-tuning method plugin (standard, mmd, dann, cdan, lwf) and its parameters; domain adaptation "
+        "methods take `target:`, an unlabelled data source block.",
+    )
+    head: Literal["new", "extend"] = Field(
+        "new",
+        description="new: a fresh head for finetune.classes; extend: the pretrained head keeps its classes "
+        "(pretrain.classes) and the new ones are appended (class-incremental learning, e.g. method lwf).",
+    )
 
 
 class EvaluateConfig(Section):
@@ -350,13 +414,70 @@ class CheckpointConfig(Section):
 
 
 class DistributedConfig(Section):
+    """DDP for the training stages: `nproc_per_node` processes on each of `nnodes` hosts.
+
+    Across hosts, each host's worker runs the same stage of the same run (`run_id`) with its own
+    `node_rank`; they meet at node 0's c10d rendezvous (`rdzv_endpoint`), and global rank 0 writes.
+    """
+
     nproc_per_node: PositiveInt = Field(1, description="Processes (one per GPU) for training stages; > 1 launches DDP.")
+    nnodes: PositiveInt = Field(
+        1, description="Hosts that train together; > 1: every host runs the stage with its own node_rank."
+    )
+    node_rank: NonNegativeInt = Field(
+        0, description="This host's index, 0..nnodes-1; node 0 hosts the c10d rendezvous at rdzv_endpoint."
+    )
+    rdzv_endpoint: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9._\[\]:-]+:\d+$",
+        description="HOST:PORT of the c10d rendezvous on node 0, reachable from every host (needed when nnodes > 1).",
+    )
+    rdzv_timeout: PositiveInt = Field(600, description="Seconds to wait for every host to join the rendezvous.")
+
+    @model_validator(mode="after")
+    def _hosts_agree(self) -> DistributedConfig:
+        if self.node_rank >= self.nnodes:
+            raise ValueError(f"node_rank must be < nnodes ({self.nnodes}), got {self.node_rank}")
+        if self.nnodes > 1 and not self.rdzv_endpoint:
+            raise ValueError("nnodes > 1 needs rdzv_endpoint: HOST:PORT of node 0, reachable from every host")
+        return self
+
+    @property
+    def world_size(self) -> int:
+        return self.nnodes * self.nproc_per_node
 
 
 class GpuSlotConfig(Section):
     name: str = Field("gpu", description="Prefect global concurrency limit that GPU stages hold one slot of.")
     hold: Literal["auto", "always", "never"] = Field(
         "auto", description="auto: only when the run uses CUDA; always: every training stage (e.g. CPU-bound hosts)."
+    )
+
+
+class PromoteConfig(Section):
+    metric: str = Field(
+        description="The metric that decides, dotted inside summary.json `metrics`: test.macro_f1, test.accuracy."
+    )
+    mode: Literal["max", "min"] = Field("max", description="max: a higher value is better; min: a lower one.")
+    alias: str = Field(
+        "champion", pattern=r"^[A-Za-z0-9_-]+$", description="Registry alias moved to the better model version."
+    )
+
+
+class TrackingConfig(Section):
+    """What a tracker plugin (e.g. graftflow.plugins.trackers.mlflow, named in `plugins:`) records where."""
+
+    uri: str | None = Field(
+        None,
+        description="Tracking URI (a folder, http(s)://, sqlite:///...); unset: $MLFLOW_TRACKING_URI, else ./mlruns.",
+    )
+    experiment: str | None = Field(None, description="Experiment name; unset: the pipeline's name.")
+    registered_model: str | None = Field(
+        None, description="Registered model the fine-tuned model becomes a version of; unset: the pipeline's name."
+    )
+    log_model: bool = Field(True, description="Log the fine-tuned model and register it as a new model version.")
+    promote: PromoteConfig | None = Field(
+        None, description="Move an alias (champion) to the new version when it beats the current holder's metric."
     )
 
 
@@ -368,7 +489,10 @@ class PipelineConfig(Section):
         pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
         description="Pipeline name; runs go under artifact_root/name/.",
     )
-    artifact_root: str = Field("./.graft/runs", description="Where runs are written (any fsspec URL).")
+    artifact_root: str = Field(
+        "./.graft/runs",
+        description="Where runs are written (any fsspec URL); a relative path is from the folder the command runs in.",
+    )
     device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$", description="auto, cpu, cuda, cuda:N or mps.")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="Mixed precision policy.")
     seed: int = Field(0, description="Seed for weights init, shuffling and augmentation.")
@@ -386,7 +510,13 @@ class PipelineConfig(Section):
         default_factory=GpuSlotConfig,
         description="On a Prefect server, training stages queue for a global concurrency slot.",
     )
-    plugins: list[str] = Field(default_factory=list, description="Extra plugin modules or .py files to load.")
+    plugins: list[str] = Field(
+        default_factory=list,
+        description="Extra plugin modules or .py files to load (a relative .py path: from the config file's folder).",
+    )
+    tracking: TrackingConfig = Field(
+        default_factory=TrackingConfig, description="Experiment tracking and the model registry (tracker plugins)."
+    )
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
@@ -411,13 +541,26 @@ def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
     """One line per problem, each starting with the dotted field path."""
     lines = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
-        path = ".".join(filter(None, [prefix, loc])) or "config"
+        loc = dotted([p for p in err["loc"] if not str(p).startswith("function-")])
+        path = (f"{prefix}{loc}" if loc.startswith("[") else ".".join(filter(None, [prefix, loc]))) or "config"
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown field"
         lines.append(f"{path}: {msg}")
     return "\n".join(lines)
+
+
+def dotted(loc: Sequence[Any]) -> str:
+    """`("augment", "train", 0, "name")` → `augment.train[0].name`, as every message names a field."""
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def within(field: str, section: str) -> bool:
+    """Whether `field` is `section` or inside it (`a.b[0].c` is inside `a.b`)."""
+    return field == section or field.startswith((section + ".", section + "["))
 
 
 PLUGIN_SELECTORS = ("name", "kind")
@@ -427,31 +570,59 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
     """Apply one `--set a.b.c=value`; the value is parsed as YAML (numbers, lists, ...).
 
     Setting a plugin reference's `name` (or a source's `kind`) to a different
-    plugin drops the parameters written for the previous one.
+    plugin drops the parameters written for the previous one. A value that opens
+    a YAML list, mapping or quote but does not parse is an error naming the field;
+    any other text that is not YAML is taken as a plain string.
     """
     key, sep, raw = assignment.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set {assignment}: expected FIELD=VALUE, e.g. finetune.epochs=3")
     parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"--set {assignment}: '{key.strip()}' is not a field path (a.b.c)")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        if raw.strip()[0] in "[{\"'":
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigError(f"{key.strip()}: --set value {raw.strip()!r} is not valid YAML: {problem}") from None
+        value = raw
     node = data
     for part in parts[:-1]:
         child = node.get(part)
         if child is None:
             child = node[part] = {}
-        elif isinstance(child, str) and part in ("loss", "pretext"):
+        elif isinstance(child, str) and part in ("loss", "pretext", "method"):
             child = node[part] = {"name": child}
         elif not isinstance(child, dict):
             raise ConfigError(f"--set {assignment}: '{part}' is not a section")
         node = child
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
     if parts[-1] in PLUGIN_SELECTORS and node.get(parts[-1]) not in (None, value) and _selects_plugin(parts[:-1]):
         # Another plugin is chosen: the old one's parameters mean nothing to it.
         for key in [k for k in node if k != parts[-1]]:
             del node[key]
     node[parts[-1]] = value
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> list[str]:
+    """Apply every `--set`; returns one problem line per override that cannot be applied."""
+    problems = []
+    for assignment in overrides:
+        try:
+            apply_override(data, assignment)
+        except ConfigError as exc:
+            problems.append(str(exc))
+    return problems
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model a field holds (through Optional / unions / lists), if any."""
+    candidates = [annotation, *getattr(annotation, "__args__", ())]
+    for candidate in candidates:
+        inner = getattr(candidate, "__args__", None)
+        if inner and getattr(candidate, "__origin__", None) is list:
+            candidates.extend(inner)
+    return next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
 
 
 def _selects_plugin(path: list[str]) -> bool:
@@ -461,11 +632,142 @@ def _selects_plugin(path: list[str]) -> bool:
         field = getattr(model, "model_fields", {}).get(part)
         if field is None:
             return False
-        candidates = [field.annotation, *getattr(field.annotation, "__args__", ())]
-        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        model = _model_of(field.annotation)
         if model is None:
             return False
     return model is not PipelineConfig and issubclass(model, (PluginRef, SourceConfig))
+
+
+# --- paths relative to the config file --------------------------------------------
+
+
+def is_relative_local(value: Any) -> bool:
+    """A relative path on the local disk: not a URL (`s3://`), not absolute, not `~`."""
+    return (
+        isinstance(value, str)
+        and bool(value.strip())
+        and "://" not in value
+        and not os.path.isabs(os.path.expanduser(value))
+    )
+
+
+def is_path_field(info: Any) -> bool:
+    extra = getattr(info, "json_schema_extra", None)
+    return isinstance(extra, dict) and extra.get("format") == LOCAL_PATH["format"]
+
+
+ParamsLookup = Callable[[str, str], "type[BaseModel] | None"]
+
+
+def resolve_paths(
+    data: dict[str, Any], base: str | Path, params_model: ParamsLookup | None = None, skip: Sequence[str] = ()
+) -> dict[str, Any]:
+    """Make the relative local paths written in a config file absolute, from the file's folder `base`.
+
+    Fields marked `LOCAL_PATH`, `.py` entries of `plugins`, and the parameters of a
+    source or loss that its params model marks (found through `params_model(field,
+    plugin name)`). Dotted paths in `skip` (and below them) were set on the command
+    line and are left as typed (relative to the current folder). Changes `data` in place.
+    """
+    base = os.path.abspath(base)
+    skipped = tuple(skip)
+
+    def overridden(path: str) -> bool:
+        return any(path == s or path.startswith(s + ".") for s in skipped)
+
+    def fix(node: dict, key: str, path: str) -> None:
+        if not overridden(path) and is_relative_local(node.get(key)):
+            node[key] = os.path.normpath(os.path.join(base, os.path.expanduser(node[key])))
+
+    def walk(model: type[BaseModel], node: Any, prefix: str) -> None:
+        if not isinstance(node, dict):
+            return
+        for name, info in model.model_fields.items():
+            path = f"{prefix}{name}"
+            if name not in node:
+                continue
+            if is_path_field(info):
+                fix(node, name, path)
+                continue
+            sub = _model_of(info.annotation)
+            if sub is None:
+                continue
+            if issubclass(sub, (PluginRef, SourceConfig)):
+                selector = "kind" if issubclass(sub, SourceConfig) else "name"
+                value = node[name]
+                if isinstance(value, dict) and params_model is not None and isinstance(value.get(selector), str):
+                    params = params_model(path, value[selector])
+                    if params is not None:
+                        walk(params, value, path + ".")
+            elif issubclass(sub, BaseModel):
+                walk(sub, node[name], path + ".")
+
+    walk(PipelineConfig, data, "")
+    plugins = data.get("plugins")
+    if isinstance(plugins, list) and not overridden("plugins"):
+        for i, ref in enumerate(plugins):
+            if isinstance(ref, str) and (ref.endswith(".py") or "/" in ref) and is_relative_local(ref):
+                plugins[i] = os.path.normpath(os.path.join(base, ref))
+    return data
+
+
+def override_keys(overrides: Sequence[str]) -> list[str]:
+    """The dotted fields a list of `--set FIELD=VALUE` assigns."""
+    return [o.partition("=")[0].strip() for o in overrides if "=" in o]
+
+
+# --- every problem at once ----------------------------------------------------------
+
+
+def _drop(data: Any, loc: Sequence[Any]) -> str | None:
+    """Remove the deepest part of `data` that `loc` reaches, so the field falls back to its default.
+
+    Returns the dotted path removed, or None when nothing could be (a problem at the top level).
+    """
+    node, path = data, []
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            parent, node = node, node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            parent, node = node, node[part]
+        else:
+            break
+        path.append(part)
+    if not path:
+        return None
+    del parent[path[-1]]
+    return dotted(path)
+
+
+def parse_partial(data: Any) -> tuple[PipelineConfig | None, list[str], list[str]]:
+    """The config with every invalid field back at its default, the problems, and the fields dropped.
+
+    Problems are one line each, as `parse_config` gives them. A later round (a check
+    that could only run once a field was dropped, e.g. `data.mean` against a valid
+    `data.channels`) adds its problems, except a whole section's check over a field
+    that was set back to its default (`data.split`'s val + test with a stand-in val).
+    """
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        return None, [f"config: expected a mapping of sections at the top level, got {type(data).__name__}"], []
+    work = copy.deepcopy(data)
+    problems: list[str] = []
+    dropped: list[str] = []
+    for _ in range(32):
+        try:
+            return PipelineConfig.model_validate(work), problems, dropped
+        except ValidationError as exc:
+            errors = exc.errors()
+            for line in format_validation_error(exc).splitlines():
+                field = line.split(":", 1)[0]
+                if not any(within(d, field) and d != field for d in dropped):  # a section's check of a stand-in
+                    problems.append(line)
+            removed = [_drop(work, err["loc"]) for err in errors]
+            if not any(removed):
+                return None, list(dict.fromkeys(problems)), dropped
+            dropped += [r for r in removed if r]
+    return None, list(dict.fromkeys(problems)), dropped
 
 
 def parse_config(data: Any, source: str = "config") -> PipelineConfig:
@@ -484,7 +786,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: config file does not exist")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
@@ -496,8 +798,33 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data or {}
 
 
-def load_config(path: str | Path, overrides: list[str] = ()) -> PipelineConfig:
-    data = read_yaml(path)
+def load_config(
+    path: str | Path, overrides: Sequence[str] = (), params_model: ParamsLookup | None = None
+) -> PipelineConfig:
+    """The config in `path` with relative paths resolved from its folder, then the `--set` overrides."""
+    data = resolve_paths(read_yaml(path), Path(path).parent, params_model)
     for assignment in overrides:
         apply_override(data, assignment)
     return parse_config(data, str(path))
+
+
+# --- what the rest of the config implies --------------------------------------------
+
+
+def starts_pretrained(config: PipelineConfig, pretrain_completed: bool) -> bool:
+    """Whether fine-tuning starts from learned weights: this run's pretrain stage (when
+    `finetune.pretrained`), `model.weights`, or `model.pretrained`."""
+    pretrained = getattr(config.model, "pretrained", None)
+    return bool(
+        (pretrain_completed and config.finetune.pretrained)
+        or config.model.weights
+        or (pretrained is not None and pretrained is not False and str(pretrained).lower() not in ("false", "no"))
+    )
+
+
+def head_only_epochs(config: PipelineConfig, pretrain_completed: bool) -> int:
+    """`finetune.freeze_epochs`, or unset: 1 when there are pretrained weights to protect, else 0."""
+    explicit = config.finetune.freeze_epochs
+    if explicit is not None:
+        return explicit
+    return 1 if starts_pretrained(config, pretrain_completed) else 0

@@ -13,7 +13,7 @@ import torch.distributed as dist
 
 from graftflow.core import stage_table
 from graftflow.core.config import PipelineConfig
-from graftflow.core.distributed import DistInfo, result_to_json
+from graftflow.core.distributed import EVENTS_ENV, DistInfo, EpochRelay, result_to_json
 from graftflow.core.errors import GraftError
 from graftflow.core.plugin_manager import PluginHost
 from graftflow.core.runs import Run
@@ -35,18 +35,23 @@ def main(stage: str, config_path: str, run_id: str, out: str, exchange: str) -> 
     info = DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, backend)
     seed_everything(config.seed)
     scratch = None if info.is_main else tempfile.TemporaryDirectory(prefix="graft-rank-")
+    if info.is_main and os.environ.get(EVENTS_ENV):
+        host.add_observer(EpochRelay(os.environ[EVENTS_ENV]), "graftflow-ddp-relay")
     ctx = StageContext(
         stage, config, host, Run(config, run_id), policy, Path(out) if info.is_main else Path(scratch.name), dist=info
     )
     try:
         result = stage_table.stage(stage).function(ctx)
         if info.is_main:
-            result.summary.setdefault(stage, {})["distributed"] = {"world_size": info.world_size, "backend": backend}
+            layout = {"world_size": info.world_size, "backend": backend}
+            if config.distributed.nnodes > 1:
+                layout["nnodes"] = config.distributed.nnodes
+            result.summary.setdefault(stage, {})["distributed"] = layout
             Path(exchange, "result.json").write_text(json.dumps(result_to_json(result), default=str))
         dist.barrier()
         return 0
     except GraftError as exc:
-        if info.is_main:
+        if info.is_main or local_rank == 0:  # each host's launcher reports the user's mistake in one line
             Path(exchange, "error.json").write_text(json.dumps({"message": str(exc)}))
         raise
     finally:

@@ -12,7 +12,7 @@ Contract version
     `graft_contract = 2`: the host refuses it, naming it, when the majors differ,
     instead of failing mid-run.
 
-Registration hooks (`graft_model_families` ... `graft_exporters`)
+Registration hooks (`graft_model_families` ... `graft_exporters`, `graft_model_stores`)
     Called once by every `PluginHost`: at the start of each command, of each
     stage's Prefect task and of every rank of a distributed stage. They must be
     cheap and free of side effects (return specs; import heavy libraries inside
@@ -40,10 +40,21 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
-    from graftflow.core.specs import AugmentationSpec, DataSource, Exporter, LossSpec, ModelFamily, PretextTask, RunInfo
+    from graftflow.core.specs import (
+        AugmentationSpec,
+        DataSource,
+        Exporter,
+        LossSpec,
+        MethodSpec,
+        ModelFamily,
+        ModelStore,
+        PretextTask,
+        RunInfo,
+    )
 
 PROJECT = "graft"
-CONTRACT_VERSION = (2, 1)
+# 2.1: graft_model_stores, graft_finetune_methods; 2.2: ModelFamily.pretrained and capabilities_of
+CONTRACT_VERSION = (2, 2)
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
@@ -89,8 +100,31 @@ def graft_pretext_tasks() -> list[PretextTask]:
 
 
 @hookspec
+def graft_finetune_methods() -> list[MethodSpec]:
+    """Fine-tuning methods, selected by `finetune.method` (`standard` is the default).
+
+    A method adds to the standard recipe: a second data stream, loss terms with their
+    own weight schedules, extra trainable modules, metrics; the fine-tune stage trains
+    through it under every strategy (discriminative LRs, freezing, resume, DDP).
+    """
+
+
+@hookspec
 def graft_exporters() -> list[Exporter]:
     """Exporters, named in `export.formats`; each verifies its artifact against eager."""
+
+
+@hookspec
+def graft_model_stores() -> list[ModelStore]:
+    """Model stores: where a model URI with the store's scheme, e.g. `models:/NAME@champion`, is fetched from.
+
+    Added in contract 2.1. `ModelStore.name` is the URI scheme it serves. Code that reads a
+    model by URI (meant for `graft predict` and the Python API) goes through
+    `graftflow.core.model_stores.resolve_model_uri(host, uri)`, which calls the store's
+    `fetch(uri, dest)` in the calling process (any rank) only when a URI has that
+    scheme; the folder it returns (model.safetensors + model.json) is what is loaded.
+    A fetch that fails raises a `GraftError` naming the URI.
+    """
 
 
 # --- event hooks (observers) ----------------------------------------------------

@@ -12,13 +12,15 @@ Plugins come from three places, in this order:
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.metadata as metadata
 import importlib.util
 import logging
 import os
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from fnmatch import fnmatch
 from pathlib import Path
@@ -30,7 +32,17 @@ import pluggy
 from graftflow.core import hookspecs
 from graftflow.core.errors import PluginError
 from graftflow.core.registry import Registry
-from graftflow.core.specs import AugmentationSpec, DataSource, Exporter, LossSpec, ModelFamily, PretextTask, RunInfo
+from graftflow.core.specs import (
+    AugmentationSpec,
+    DataSource,
+    Exporter,
+    LossSpec,
+    MethodSpec,
+    ModelFamily,
+    ModelStore,
+    PretextTask,
+    RunInfo,
+)
 
 log = logging.getLogger("graft.plugins")
 
@@ -47,8 +59,26 @@ _REGISTRATIONS = {
     "graft_augmentations": ("augmentations", AugmentationSpec, "augmentation"),
     "graft_pretext_tasks": ("pretexts", PretextTask, "pretext task"),
     "graft_exporters": ("exporters", Exporter, "exporter"),
+    "graft_model_stores": ("model_stores", ModelStore, "model store"),
+    "graft_finetune_methods": ("methods", MethodSpec, "fine-tuning method"),
 }
 _EVENTS = ("graft_on_stage_start", "graft_on_stage_end", "graft_on_epoch_end", "graft_on_checkpoint")
+RUN_TIME = "run time"  # the origin of observers added while running (progress displays), not loaded as plugins
+
+# Observers every PluginHost made in this process registers (e.g. the CLI's terminal display, which must
+# hear the stages that Prefect tasks run with hosts of their own): see `process_observer`.
+_PROCESS_OBSERVERS: dict[str, Any] = {}
+
+
+@contextmanager
+def process_observer(observer: Any, name: str) -> Iterator[None]:
+    """While the block runs, every PluginHost created in this process gets `observer` (its `graft_on_*`
+    methods) as a run-time observer; a DDP stage's epochs reach it through `epoch_relayed`."""
+    _PROCESS_OBSERVERS[name] = observer
+    try:
+        yield
+    finally:
+        _PROCESS_OBSERVERS.pop(name, None)
 
 
 @dataclass(frozen=True)
@@ -84,6 +114,20 @@ def _import_plugin(ref: str, where: str) -> ModuleType:
         raise PluginError(f"{where}: plugin '{ref}' failed to import: {type(exc).__name__}: {exc}") from exc
 
 
+@functools.lru_cache(maxsize=4)
+def _entry_points(search_path: tuple[str, ...]) -> tuple[tuple[metadata.EntryPoint, str, str], ...]:
+    """The `graft.plugins` entry points with their distribution's name and version.
+
+    Reading every installed distribution's metadata takes tens of milliseconds, and
+    every command, stage task and DDP rank makes a host: read once per `sys.path`.
+    """
+    found = []
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        dist = getattr(ep, "dist", None)
+        found.append((ep, dist.name if dist else "?", dist.version if dist else "?"))
+    return tuple(found)
+
+
 class PluginHost:
     """All registered plugins and the registries they filled."""
 
@@ -117,14 +161,15 @@ class PluginHost:
         self.augmentations: Registry[AugmentationSpec] = Registry("augmentation", "augmentation")
         self.pretexts: Registry[PretextTask] = Registry("pretext", "pretext task")
         self.exporters: Registry[Exporter] = Registry("exporter", "exporter")
+        self.model_stores: Registry[ModelStore] = Registry("model_store", "model store")
+        self.methods: Registry[MethodSpec] = Registry("finetune_method", "fine-tuning method")
         self._collect()
+        for name, observer in list(_PROCESS_OBSERVERS.items()):
+            self.add_observer(observer, name)
 
     # -- discovery -------------------------------------------------------------
     def _load_entry_points(self) -> None:
-        for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
-            dist = getattr(ep, "dist", None)
-            dist_name = dist.name if dist else "?"
-            version = dist.version if dist else "?"
+        for ep, dist_name, version in _entry_points(tuple(sys.path)):
             origin = "builtin" if dist_name == OWN_DISTRIBUTION else f"entry point ({dist_name})"
             if not self._permitted(ep.value):
                 log.info("plugin '%s' (%s) not loaded: excluded by %s/%s", ep.value, origin, ALLOW_VAR, DENY_VAR)
@@ -214,7 +259,7 @@ class PluginHost:
     # -- events ----------------------------------------------------------------
     def add_observer(self, observer: Any, name: str) -> None:
         """Register an object whose `graft_on_*` methods observe this host's events (e.g. a progress display)."""
-        self._register(observer, name, "run time", "-")
+        self._register(observer, name, RUN_TIME, "-")
 
     def stage_started(self, run: RunInfo, stage: str) -> None:
         self._notify("graft_on_stage_start", run=run, stage=stage)
@@ -225,12 +270,19 @@ class PluginHost:
     def epoch_ended(self, run: RunInfo, stage: str, epoch: int, metrics: Mapping[str, float]) -> None:
         self._notify("graft_on_epoch_end", run=run, stage=stage, epoch=epoch, metrics=dict(metrics))
 
+    def epoch_relayed(self, run: RunInfo, stage: str, epoch: int, metrics: Mapping[str, float]) -> None:
+        """An epoch that ended in a DDP rank-0 process: only this process's run-time observers hear it
+        here (plugins are loaded in that process too, and heard it there)."""
+        self._notify("graft_on_epoch_end", run_time_only=True, run=run, stage=stage, epoch=epoch, metrics=dict(metrics))
+
     def checkpoint_written(self, run: RunInfo, stage: str, path: str, step: int) -> None:
         self._notify("graft_on_checkpoint", run=run, stage=stage, path=path, step=step)
 
-    def _notify(self, event: str, **kwargs: Any) -> None:
+    def _notify(self, event: str, run_time_only: bool = False, **kwargs: Any) -> None:
         """Call every observer of `event` in pluggy's order; one that raises is logged and skipped."""
         for impl in reversed(getattr(self._pm.hook, event).get_hookimpls()):
+            if run_time_only and self.origins.get(impl.plugin_name, PluginOrigin("", "", "")).origin != RUN_TIME:
+                continue
             try:
                 impl.function(**{k: kwargs[k] for k in impl.argnames})
             except Exception as exc:

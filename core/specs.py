@@ -69,6 +69,8 @@ class ModelFamily:
     description: str = ""
     pretrained: Callable[[str], str | None] | None = None
     capabilities_of: Callable[[str], frozenset[str]] | None = None
+    # (features, logits) of a batch in one pass, for methods that align features (domain adaptation)
+    split_forward: Callable[[nn.Module, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def variant_capabilities(self, variant: str) -> frozenset[str]:
         """What models of `variant` can do: channels_last, masked-image-modeling, ..."""
@@ -263,6 +265,38 @@ class Exporter:
     name: str
     export: Callable[[nn.Module, torch.Tensor, Path], Sequence[Path]]
     verify: Callable[[Sequence[Path], torch.Tensor, Callable[[], nn.Module]], torch.Tensor]
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class ModelStore:
+    """Fetches models by URI from a registry, e.g. MLflow's `models:/NAME@alias` or `models:/NAME/3`.
+
+    `name` is the URI scheme it serves ("models"). `fetch(uri, dest)` downloads the model
+    under the local folder `dest` and returns the folder that holds model.safetensors and
+    model.json, as a run's `finetune/model` does.
+    """
+
+    name: str
+    fetch: Callable[[str, Path], Path]
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A fine-tuning method, selected by `finetune.method`; `build(**params)` → a `FinetuneMethod`.
+
+    The method object (`graftflow.core.FinetuneMethod`) says what it needs as class
+    attributes — a second, unlabelled data stream (`needs_target`: the source block at
+    `finetune.method.target` is acquired into a store of its own and its labels are never
+    read in training), the model's features (`needs_features`), an extended head
+    (`extends_head`), rehearsal exemplars (`replay_per_class`) — and adds loss terms,
+    modules and metrics through `loss()` and the training-callback events.
+    """
+
+    name: str
+    build: Callable[..., Any]
+    params_model: type | None = None
     description: str = ""
 
 

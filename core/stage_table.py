@@ -70,7 +70,9 @@ def _pretrain_epochs(config: PipelineConfig) -> int:
 
 
 def _finetune_epochs(config: PipelineConfig) -> int:
-    return config.finetune.freeze_epochs + config.finetune.epochs
+    from graftflow.core.config import head_only_epochs
+
+    return head_only_epochs(config, config.pretrain.enabled) + config.finetune.epochs
 
 
 STAGES: tuple[Stage, ...] = (
@@ -78,8 +80,8 @@ STAGES: tuple[Stage, ...] = (
         "acquire",
         "graftflow.core.stages.acquire",
         "Fetch the data source and normalise it into the content-addressed Arrow store.",
-        outputs=("dataset", "card", "samples", "pretrain_dataset"),
-        reads=("data", "pretrain.source"),
+        outputs=("dataset", "card", "samples", "pretrain_dataset", "target_dataset"),
+        reads=("data", "pretrain.source", "finetune.method"),
         retry_transient=True,
     ),
     Stage(

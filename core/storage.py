@@ -4,6 +4,14 @@ Every location in graftflow is an fsspec URL. Training code needs local files
 (torch, onnx and safetensors write to paths), so a stage writes into a local
 staging directory and `publish_dir` moves it into place in one step: a crash
 never leaves a half-written stage where the next run would trust it.
+
+Object stores (s3:// through s3fs) have no rename: there a folder is uploaded
+file by file, its completion markers (a store's `_SUCCESS`, a checkpoint's
+`COMPLETE`) last, and a stage folder is trusted only once summary.json lists
+it. Credentials never pass through here: s3fs takes them from the environment
+(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_PROFILE, an instance role) and
+the endpoint from AWS_ENDPOINT_URL_S3 (MinIO, a local S3), so no URL, config or
+log line ever holds one.
 """
 
 from __future__ import annotations
@@ -33,18 +41,22 @@ def join(url: str, *parts: str) -> str:
     return "/".join([url.rstrip("/"), *(p.strip("/") for p in parts)])
 
 
+# Files that say "this folder is whole" (the data store's and a checkpoint's); uploaded after the rest.
+COMPLETION_MARKERS = frozenset({"_SUCCESS", "COMPLETE"})
+
+
 def write_json(url: str, data: Any) -> None:
-    """Write JSON atomically: a temp sibling then a rename (or a single put)."""
+    """Write JSON atomically: a temp sibling then a rename locally; one PUT (atomic per object) elsewhere."""
     text = json.dumps(data, indent=2, sort_keys=False, default=str)
     fs, path = filesystem(url)
+    if not isinstance(fs, LocalFileSystem):
+        fs.pipe_file(path, text.encode("utf-8"))
+        return
     fs.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
     with fs.open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
-    if isinstance(fs, LocalFileSystem):
-        os.replace(tmp, path)
-    else:
-        fs.mv(tmp, path)
+    os.replace(tmp, path)
 
 
 def read_json(url: str) -> Any:
@@ -80,11 +92,16 @@ def publish_dir(local: Path, final_url: str) -> None:
         else:
             os.replace(local, path)
         return
-    partial = f"{path}.partial-{uuid.uuid4().hex[:8]}"
-    fs.put(str(local), partial, recursive=True)
     if fs.exists(path):
         fs.rm(path, recursive=True)
-    fs.mv(partial, path, recursive=True)
+    files = sorted(p for p in local.rglob("*") if p.is_file())
+    for batch in (
+        [f for f in files if f.name not in COMPLETION_MARKERS],
+        [f for f in files if f.name in COMPLETION_MARKERS],
+    ):
+        if batch:
+            fs.put([str(f) for f in batch], [f"{path}/{f.relative_to(local).as_posix()}" for f in batch])
+    fs.invalidate_cache(path)
     shutil.rmtree(local, ignore_errors=True)
 
 

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
+import torch
 from pydantic import BaseModel, Field, ValidationError
 from timm.models import group_parameters
 from torch import nn
@@ -134,3 +135,13 @@ def timm_capabilities(architecture: str) -> frozenset[str]:
     if all(hasattr(model, name) for name in TOKEN_INTERFACE):
         capabilities.add("masked-image-modeling")
     return frozenset(capabilities)
+
+
+def timm_split_forward(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pooled features, logits) of a timm model in one pass: what the classifier reads, and its output.
+
+    timm's `forward_head(..., pre_logits=True)` stops just before the classifier, so
+    `get_classifier()` of it equals `model(images)`. Domain adaptation aligns these features.
+    """
+    features = model.forward_head(model.forward_features(images), pre_logits=True)
+    return features, model.get_classifier()(features)

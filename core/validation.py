@@ -7,14 +7,28 @@ Every problem is one line that starts with the field path.
 
 from __future__ import annotations
 
+import copy
 import difflib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, get_args
 
 from pydantic import BaseModel, ValidationError
 
-from graftflow.core.config import LossRef, PipelineConfig, PluginRef, format_validation_error
+from graftflow.core.config import (
+    LossRef,
+    PipelineConfig,
+    PluginRef,
+    SourceConfig,
+    apply_overrides,
+    format_validation_error,
+    override_keys,
+    parse_partial,
+    read_yaml,
+    resolve_paths,
+    within,
+)
 from graftflow.core.errors import ConfigError, GraftError
 from graftflow.core.plugin_manager import PluginHost
 from graftflow.core.pretrained_weights import auto_inputs, resolve_pretrained
@@ -172,8 +186,53 @@ def check_predict(config: PipelineConfig) -> None:
         raise ConfigError("\n".join(problems))
 
 
+def finetune_method(host: PluginHost, config: PipelineConfig) -> Any:
+    """The `FinetuneMethod` object `finetune.method` names, its parameters checked."""
+    spec = host.methods.get(config.finetune.method.name, "finetune.method.name")
+    return spec.build(**plugin_params(spec, config.finetune.method.params, "finetune.method"))
+
+
+def method_problems(config: PipelineConfig, method: Any, family: Any) -> list[str]:
+    """What the chosen method needs from the rest of the config, one line per thing missing."""
+    ft, name, problems = config.finetune, config.finetune.method.name, []
+    if method.needs_features and family is not None and family.split_forward is None:
+        problems.append(
+            f"finetune.method: '{name}' aligns features, and model family '{family.name}' does not "
+            f"expose them (its ModelFamily has no split_forward)"
+        )
+    if method.extends_head and ft.head != "extend":
+        problems.append(f"finetune.head: method '{name}' keeps the pretrained classes; set finetune.head: extend")
+    if ft.monitor == "target_entropy" and not method.needs_target:
+        problems.append(
+            f"finetune.monitor: target_entropy needs a domain-adaptation method with a target domain; '{name}' has none"
+        )
+    if ft.head == "extend":
+        pre = config.pretrain
+        if not pre.enabled or pre.pretext.name != "supervised" or pre.epochs == 0:
+            problems.append(
+                "finetune.head: extend appends new classes to the pretrained head, which needs supervised "
+                "pretraining in the same run (pretrain.enabled: true, pretrain.pretext: supervised)"
+            )
+        elif pre.classes and ft.classes and set(pre.classes) & set(ft.classes):
+            both = ", ".join(sorted(set(pre.classes) & set(ft.classes)))
+            problems.append(
+                f"finetune.classes: with head: extend the new classes must differ from pretrain.classes; "
+                f"both have {both}"
+            )
+        elif pre.source is not None:
+            problems.append("finetune.head: extend needs the old classes in the main data; pretrain.source is set")
+    return problems
+
+
 def validate_config(config: PipelineConfig, host: PluginHost, stages: list[str] | None = None) -> None:
     """Raise one ConfigError listing every problem, one line each."""
+    problems = config_problems(config, host, stages)
+    if problems:
+        raise ConfigError("\n".join(problems))
+
+
+def config_problems(config: PipelineConfig, host: PluginHost, stages: list[str] | None = None) -> list[str]:
+    """Every problem of a parsed config against the registered plugins, one line each."""
     problems: list[str] = []
 
     def check(fn, *args) -> Any:
@@ -189,11 +248,18 @@ def validate_config(config: PipelineConfig, host: PluginHost, stages: list[str] 
             problems.append(unknown_variant_message(family, config.model.variant))
         else:
             check(check_pretrained, config, family, stages)
-        check(plugin_params, family, config.model.params, "model")
+        model_params = check(plugin_params, family, config.model.params, "model")
+        if model_params is not None and config.model.variant in family.variants:
+            check(check_model_input, family, config, model_params)
 
+    method = check(finetune_method, host, config)
+    if method is not None:
+        problems.extend(method_problems(config, method, family))
     sources = [("data.source", config.data.source)]
     if config.pretrain.source is not None:
         sources.append(("pretrain.source", config.pretrain.source))
+    if method is not None and method.needs_target and config.finetune.method.params.get("target"):
+        sources.append(("finetune.method.target", SourceConfig.model_validate(config.finetune.method.params["target"])))
     for field, source_cfg in sources:
         source = check(host.sources.get, source_cfg.kind, f"{field}.kind")
         if source is not None:
@@ -259,6 +325,139 @@ def validate_config(config: PipelineConfig, host: PluginHost, stages: list[str] 
         check(host.exporters.get, fmt, f"export.formats[{i}]")
     if stages is not None and "predict" in stages:
         check(check_predict, config)
+    return list(dict.fromkeys(line for p in problems for line in p.splitlines()))
 
-    if problems:
-        raise ConfigError("\n".join(dict.fromkeys(problems)))
+
+_INPUT_CHECKED: dict[tuple, str | None] = {}
+
+
+def check_model_input(family: ModelFamily, config: PipelineConfig, params: dict[str, Any]) -> None:
+    """The family builds the variant for the data's channels and image size, and a batch goes through.
+
+    Built and run on torch's meta device: no memory, no weights, milliseconds, so
+    a size the family refuses (a ViT patch that does not divide the image, an
+    image too small for the network's strides) is one line before any work. An
+    image size or channel count of "auto" (taken from pretrained weights) is
+    checked when the weights are read.
+    """
+    size, channels = config.data.image_size, config.data.channels
+    if not isinstance(size, int) or not isinstance(channels, int):
+        return
+    key = (id(family), config.model.variant, channels, size, repr(sorted(params.items())))
+    if key not in _INPUT_CHECKED:
+        _INPUT_CHECKED[key] = _dry_run(family, config.model.variant, channels, size, params)
+    if _INPUT_CHECKED[key]:
+        raise ConfigError(_INPUT_CHECKED[key])
+
+
+def _dry_run(family: ModelFamily, variant: str, channels: int, size: int, params: dict[str, Any]) -> str | None:
+    import torch
+
+    what = f"model '{family.name}' variant '{variant}'"
+    try:
+        with torch.device("meta"):
+            model = family.build(variant, num_classes=2, in_chans=channels, image_size=size, **params)
+    except GraftError as exc:
+        return str(exc).splitlines()[0]
+    except Exception as exc:
+        if _meta_limit(exc):
+            return None
+        return f"model.variant: {what} cannot be built for {channels}-channel {size} px images: {_first_line(exc)}"
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, channels, size, size, device="meta"))
+    except Exception as exc:
+        if _meta_limit(exc):
+            return None
+        return (
+            f"data.image_size: {what} cannot take {channels}×{size}×{size} images ({_first_line(exc)}); "
+            f"use a larger data.image_size or another variant"
+        )
+    return None
+
+
+def _meta_limit(exc: BaseException) -> bool:
+    """What the meta device cannot do (an op without a meta kernel, `.item()`): nothing learned, so the
+    family is trusted here and its code meets the real tensors when the stage runs."""
+    return isinstance(exc, NotImplementedError) or "meta" in str(exc).lower()
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+# --- from a config file to a checked config ------------------------------------------
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A config that passed every check, and the plugin host it was checked against."""
+
+    config: PipelineConfig
+    host: PluginHost
+
+
+def _params_lookup(host: PluginHost):
+    """field, plugin name → the plugin's params model (for the paths it names)."""
+
+    def lookup(field: str, name: str):
+        registry = host.sources if field.endswith("source") else host.losses if field.endswith("loss") else None
+        if registry is None or name not in registry:
+            return None
+        return getattr(registry.get(name), "params_model", None)
+
+    return lookup
+
+
+def load_checked(
+    path: str | Path,
+    overrides: Sequence[str] = (),
+    stages: list[str] | None = None,
+    problems: Sequence[str] = (),
+    checks: Sequence[Callable[[PipelineConfig], list[str]]] = (),
+) -> Checked:
+    """Read, override, resolve and check a config file; every problem at once, one line each.
+
+    `problems` found by the caller (e.g. `--stages`) are reported with the config's, and so
+    are those of `checks(config)` (e.g. that `--run-id` names a run).
+    An invalid field is set back to its default for the checks that follow, so the
+    README's `--set model.family=resnt --set finetune.lr=-1` names both mistakes.
+    Relative paths written in the file resolve from its folder; those given with
+    `--set` from the current folder.
+    """
+    found = list(problems)
+
+    def fail(*more: str) -> ConfigError:
+        return ConfigError("\n".join(dict.fromkeys([*found, *more])))
+
+    try:
+        data = read_yaml(path)
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
+    base, typed = Path(path).parent, override_keys(overrides)
+    found += apply_overrides(data, overrides)
+    resolve_paths(data, base, skip=typed)  # core fields and plugin files: the plugins are not loaded yet
+    config, invalid, dropped = parse_partial(data)
+    found += invalid
+    if config is None:
+        raise fail()
+    try:
+        host = PluginHost(config.plugins)
+    except GraftError as exc:
+        raise fail(str(exc)) from None
+    before = copy.deepcopy(data)
+    resolve_paths(data, base, _params_lookup(host), skip=typed)  # plugin parameters that name files
+    if data != before:
+        config, _, dropped = parse_partial(data)
+    found += [p for p in config_problems(config, host, stages) if not _under(p, dropped)]
+    for extra in checks:
+        found += extra(config)
+    if found:
+        raise fail()
+    return Checked(config, host)
+
+
+def _under(problem: str, dropped: Sequence[str]) -> bool:
+    """Whether a problem is about a field already reported (and set back to its default)."""
+    field = problem.split(":", 1)[0]
+    return any(within(field, d) for d in dropped)

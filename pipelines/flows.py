@@ -17,7 +17,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
 
 from graftflow.core import cache, secrets, stage_table, storage
-from graftflow.core.config import PipelineConfig
+from graftflow.core.config import PipelineConfig, head_only_epochs
 from graftflow.core.errors import DataError, GraftError, TransientDataError
 from graftflow.core.plugin_manager import PluginHost
 from graftflow.core.runs import Run
@@ -168,7 +168,7 @@ def _transfer_name() -> str:
         config.name,
         "+".join(stages) if stages else "all stages",
         f"{config.model.family}-{config.model.variant}",
-        f"ft {ft.freeze_epochs}+{ft.epochs} ep",
+        f"ft {head_only_epochs(config, config.pretrain.enabled)}+{ft.epochs} ep",
         f"lr {lr}",
     ]
     if params.get("run_id"):

@@ -85,9 +85,9 @@ class Server:
     def deployment(self, flow: str, name: str = "digits") -> dict:
         return self.get(f"/deployments/name/{flow}/{name}")
 
-    def run_deployment(self, flow: str, params: dict[str, object], timeout: float = 300) -> dict:
-        """`prefect deployment run FLOW/digits -p k=JSON ...`, then wait for the flow run to finish."""
-        args = ["deployment", "run", f"{flow}/digits"]
+    def run_deployment(self, flow: str, params: dict[str, object], timeout: float = 300, name: str = "digits") -> dict:
+        """`prefect deployment run FLOW/NAME -p k=JSON ...`, then wait for the flow run to finish."""
+        args = ["deployment", "run", f"{flow}/{name}"]
         for key, value in params.items():
             args += ["-p", f"{key}={json.dumps(value)}"]
         proc = prefect(*args, env=self.env)
@@ -117,9 +117,9 @@ class Server:
 
 
 @contextmanager
-def deployed_server(workdir: Path) -> Iterator[Server]:
-    """Server, pool and GPU limit, `prefect deploy --all` from deploy/, and a worker started elsewhere."""
-    with prefect_server(workdir) as env:
+def deployed_server(workdir: Path, db: str = "sqlite") -> Iterator[Server]:
+    """Server (SQLite or PostgreSQL), pool and GPU limit, `prefect deploy --all` from deploy/, a worker elsewhere."""
+    with prefect_server(workdir, db=db) as env:
         env = {**env, "GRAFT_ROOT": str(ROOT), "PREFECT_WORKER_QUERY_SECONDS": "1"}
         for args in (["work-pool", "create", "local", "--type", "process"], ["gcl", "create", "gpu", "--limit", "1"]):
             proc = prefect(*args, env=env)

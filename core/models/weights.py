@@ -85,3 +85,22 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], drop: set[str], 
         "unexpected": sorted(result.unexpected_keys),
         "dropped_head": dropped,
     }
+
+
+def extend_head(model: nn.Module, old_head: dict[str, torch.Tensor], rows: int) -> int:
+    """Copy a smaller head's tensors into the first `rows` class rows of `model`'s head (class-incremental learning).
+
+    Head tensors are indexed by class on their first dimension (a linear classifier's
+    weight and bias), so the pretrained classes keep their outputs and the classes
+    appended after them start as the model built them. Returns the rows copied.
+    """
+    own = model.state_dict()
+    for key, value in old_head.items():
+        if key not in own or own[key].shape[1:] != value.shape[1:] or value.shape[0] != rows:
+            raise StageError(
+                f"finetune.head: extend: the pretrained head's '{key}' {tuple(value.shape)} does not fit "
+                f"the extended head {tuple(own[key].shape) if key in own else '(missing)'}"
+            )
+        with torch.no_grad():
+            own[key][:rows].copy_(value)
+    return rows

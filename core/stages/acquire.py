@@ -22,14 +22,16 @@ from graftflow.core.config import SourceConfig
 from graftflow.core.data.dataset import ArrowImageDataset, Selection, select
 from graftflow.core.data.splits import stratified_split
 from graftflow.core.data.store import StoreInfo, build_store, is_complete, read_info, read_table, store_key
+from graftflow.core.errors import DataError
 from graftflow.core.images import save_grid
 from graftflow.core.stages.base import Artifact, StageContext, StageResult
-from graftflow.core.validation import check_source, plugin_params
+from graftflow.core.validation import check_source, finetune_method, plugin_params
 
 log = logging.getLogger("graft.data")
 
 DATASET_FILE = "dataset.json"
 PRETRAIN_DATASET_FILE = "pretrain_dataset.json"
+TARGET_DATASET_FILE = "target_dataset.json"
 CARD_FILE = "dataset_card.md"
 
 
@@ -41,7 +43,7 @@ def acquire_store(ctx: StageContext, cfg: SourceConfig, field: str) -> StoreInfo
     split = ctx.config.data.split.model_dump()
     keyed = {k: v for k, v in params.items() if k not in source.cache_exempt}
     url = storage.join(
-        ctx.config.data.cache_dir,
+        ctx.config.data.store_root,
         store_key({"source": source.name, "params": keyed, "fingerprint": source.fingerprint(params), "split": split}),
     )
     if is_complete(url):
@@ -63,19 +65,24 @@ def acquire_store(ctx: StageContext, cfg: SourceConfig, field: str) -> StoreInfo
 
 def run(ctx: StageContext) -> StageResult:
     info = acquire_store(ctx, ctx.config.data.source, "data.source")
+    problems = class_problems(ctx, info)
+    if problems:  # the store is whole and kept: a fixed config finds it again (cache hit)
+        raise DataError("\n".join(problems))
     storage.write_json(str(ctx.out / DATASET_FILE), info.as_summary())
     sample = _sample_grid(ctx, info)
     card = _card(ctx, info, sample)
     counts = [{"class": name, "images": n} for name, n in info.class_counts.items()]
     pretrain_outputs, pretrain_summary = _pretrain_source(ctx)
+    target_outputs, target_summary = _method_target(ctx)
     return StageResult(
         outputs={
             "dataset": DATASET_FILE,
             "card": CARD_FILE,
             **({"samples": sample} if sample else {}),
             **pretrain_outputs,
+            **target_outputs,
         },
-        summary={"data": info.as_summary(), **pretrain_summary},
+        summary={"data": info.as_summary(), **pretrain_summary, **target_summary},
         artifacts=[
             Artifact(
                 "table",
@@ -90,6 +97,54 @@ def run(ctx: StageContext) -> StageResult:
     )
 
 
+def class_problems(ctx: StageContext, info: StoreInfo) -> list[str]:
+    """The classes the config names, and the number the tasks need, against the store: as soon as it
+    exists, before anything trains on it. One line per problem."""
+    if info.target != "single":
+        return []  # label sets: the training stages say what they accept
+    cfg, names = ctx.config, info.class_names
+    problems = []
+    tasks = [("finetune", cfg.finetune.classes, 2)]
+    if cfg.pretrain.enabled and cfg.pretrain.source is None:
+        pretext = ctx.host.pretexts.get(cfg.pretrain.pretext.name, "pretrain.pretext")
+        tasks.append(("pretrain", cfg.pretrain.classes, 2 if pretext.needs_labels else 1))
+    short = []  # tasks that take every class of the store, and it has too few
+    for section, classes, minimum in tasks:
+        unknown = [c for c in classes or () if c not in names]
+        if unknown:
+            listed = ", ".join(f"'{c}'" for c in unknown)
+            verb = "is" if len(unknown) == 1 else "are"
+            problems.append(
+                f"{section}.classes: class{'es' if len(unknown) > 1 else ''} {listed} {verb} not in the data; "
+                f"classes are {', '.join(names)}"
+            )
+        elif classes is not None and len(set(classes)) < minimum:
+            problems.append(f"{section}.classes: names {len(set(classes))} class; {section} needs at least {minimum}")
+        elif classes is None and len(names) < minimum:
+            short.append(section)
+    if short:
+        problems.append(_too_few_classes(info, short, max(m for s, _, m in tasks if s in short)))
+    return problems
+
+
+def _too_few_classes(info: StoreInfo, sections: list[str], minimum: int) -> str:
+    """One class in the whole store: almost always a layout that did not find the classes; say how to fix it."""
+    found = (
+        f"{len(info.class_names)} class ('{info.class_names[0]}', {info.rows} images)"
+        if info.class_names
+        else "0 classes"
+    )
+    if info.report.get("layout") == "table":
+        hint = "check data.source.layout.label_column (each image's class)"
+    else:
+        hint = (
+            "class-per-folder data keeps each class in its own sub-folder (<path>/cat/..., <path>/dog/...); "
+            "if they sit deeper, set data.source.layout: {kind: folders, root: FOLDER} to the folder that holds them"
+        )
+    needs = f"{sections[0]} needs" if len(sections) == 1 else f"{' and '.join(sections)} need"
+    return f"data.source: the data has {found}; {needs} at least {minimum}: {hint}"
+
+
 def _pretrain_source(ctx: StageContext) -> tuple[dict[str, str], dict]:
     """`pretrain.source`, when set: a store of its own (e.g. unlabelled images) for the pretrain stage."""
     cfg = ctx.config.pretrain.source
@@ -98,6 +153,16 @@ def _pretrain_source(ctx: StageContext) -> tuple[dict[str, str], dict]:
     info = acquire_store(ctx, cfg, "pretrain.source")
     storage.write_json(str(ctx.out / PRETRAIN_DATASET_FILE), info.as_summary())
     return {"pretrain_dataset": PRETRAIN_DATASET_FILE}, {"pretrain_data": info.as_summary()}
+
+
+def _method_target(ctx: StageContext) -> tuple[dict[str, str], dict]:
+    """A domain-adaptation method's `finetune.method.target`: the unlabelled target domain, a store of its own."""
+    if not finetune_method(ctx.host, ctx.config).needs_target:
+        return {}, {}
+    cfg = SourceConfig.model_validate(ctx.config.finetune.method.params["target"])
+    info = acquire_store(ctx, cfg, "finetune.method.target")
+    storage.write_json(str(ctx.out / TARGET_DATASET_FILE), info.as_summary())
+    return {"target_dataset": TARGET_DATASET_FILE}, {"target_data": info.as_summary()}
 
 
 def _sample_grid(ctx: StageContext, info: StoreInfo, per_class: int = 4) -> str | None:
@@ -169,6 +234,12 @@ def _card(ctx: StageContext, info: StoreInfo, sample: str | None) -> str:
 
 def _report_lines(report: dict[str, Any]) -> list[str]:
     lines: list[str] = []
+    if report.get("stepped_into"):
+        lines += [
+            "",
+            f"The data holds a single folder at the top, so it was stepped into: `{report['stepped_into']}/` "
+            f"(set `data.source.layout.root` to read another folder).",
+        ]
     downloads = report.get("downloads")
     if downloads:
         lines += ["", "## Downloads (when the store was built)", "", "| file | status | bytes |", "|---|---|---|"]

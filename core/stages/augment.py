@@ -117,7 +117,7 @@ def materialize(ctx: StageContext, copies: int) -> dict:
     source = read_info(source_url)
     policy = augment_policy(ctx.host, cfg.augment.train, "augment.train", "cpu")  # per-sample forms of every op
     url = storage.join(
-        cfg.data.cache_dir,
+        cfg.data.store_root,
         store_key(
             {
                 "materialized_from": source_url,

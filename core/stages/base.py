@@ -112,6 +112,16 @@ def device_policy(config: PipelineConfig, host: PluginHost) -> DevicePolicy:
     return policy
 
 
+def stage_seconds(metrics: dict[str, Any] | None, seconds: float) -> None:
+    """`metrics.<stage>.seconds` is the whole stage's wall time, as in `stages.<stage>.seconds`; the
+    reported epoch's own time, which a training stage's metrics carry, moves to `epoch_seconds`."""
+    if not isinstance(metrics, dict):
+        return
+    if "seconds" in metrics:
+        metrics["epoch_seconds"] = metrics["seconds"]
+    metrics["seconds"] = seconds
+
+
 def execute_stage(stage: str, config: PipelineConfig, run: Run, host: PluginHost) -> dict[str, Any]:
     """Run one stage and record it; returns the stage's entry of summary.json plus its artifacts."""
     declared = stage_table.stage(stage)
@@ -127,9 +137,17 @@ def execute_stage(stage: str, config: PipelineConfig, run: Run, host: PluginHost
     seed_everything(config.seed)
     start = time.perf_counter()
     try:
-        nproc = config.distributed.nproc_per_node
-        if nproc > 1 and declared.distributed:
-            result = _from_json(launch(stage, config, run.run_id, staging, nproc))
+        if config.distributed.world_size > 1 and declared.distributed:
+
+            def relay(epoch: int, metrics: dict) -> None:
+                host.epoch_relayed(run.info(), stage, epoch, metrics)
+
+            rank0 = launch(stage, config, run.run_id, staging, on_epoch=relay)
+            if rank0 is None:  # this host trained its shards; the host with global rank 0 publishes the stage
+                storage.discard_dir(staging)
+                seconds = round(time.perf_counter() - start, 3)
+                return {"stage": stage, "status": "joined", "seconds": seconds, "url": final_url, "artifacts": []}
+            result = _from_json(rank0)
         else:
             result = declared.function(ctx)
         undeclared = sorted(set(result.outputs) - set(declared.outputs))
@@ -163,6 +181,7 @@ def execute_stage(stage: str, config: PipelineConfig, run: Run, host: PluginHost
         summary["stages"][stage] = entry
         summary.setdefault("device", {}).update(policy.as_summary())  # keeps what stages added (compiled)
         deep_merge(summary, result.summary)
+        stage_seconds(summary.get("metrics", {}).get(stage), seconds)
 
     run.update(record)
     host.stage_ended(run.info(), stage, result.status, seconds, result.outputs)

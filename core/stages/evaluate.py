@@ -30,6 +30,7 @@ from graftflow.core.inference.tta import tta_probabilities
 from graftflow.core.models.saved import read_model
 from graftflow.core.stages.base import Artifact, StageContext, StageResult
 from graftflow.core.stages.inputs import eval_loader, load_trained
+from graftflow.core.stages.transfer_metrics import transfer_metrics
 from graftflow.core.training.loop import predict
 
 
@@ -82,7 +83,7 @@ def run(ctx: StageContext) -> StageResult:
         f"{split}: accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}",
     )
     rows = [{"class": name, **{k: round(v, 4) for k, v in m.items()}} for name, m in metrics["per_class"].items()]
-    summary = {"metrics": {split: metrics}}
+    summary = {"metrics": {split: metrics, **transfer_metrics(ctx, model, meta, logits, labels)}}
     interpretation = [
         Artifact("image", "top-losses", f"top losses on the {split} split: {TOP_LOSS_TITLE}", path=losses[0]),
         Artifact(

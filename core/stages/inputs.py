@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -29,6 +30,7 @@ from graftflow.core.data.dataset import (
     require_classes,
     select,
 )
+from graftflow.core.errors import DataError
 from graftflow.core.models.build import build_model
 from graftflow.core.models.weights import META, WEIGHTS, load_into, read_weights
 from graftflow.core.specs import AugmentContext
@@ -92,7 +94,16 @@ def task_loaders(
     source, whose every split is used for training). `<section>.labels_per_class`,
     when the section has it set, keeps that many train images per class (seeded by `seed`).
     """
-    cfg = ctx.config
+    train, val = task_selections(ctx, section, classes, min_classes, store)
+    baked = store == "dataset" and materialized_url(ctx) is not None
+    train_loader, val_loader, batch_op = loaders_for(ctx, train, val, batch_size, baked)
+    return train_loader, val_loader, train, batch_op
+
+
+def task_selections(
+    ctx: StageContext, section: str, classes: Sequence[str] | None, min_classes: int = 2, store: str = "dataset"
+) -> tuple[Selection, Selection]:
+    """The train and val rows of a class filter (a separate pretraining source: all of it is train)."""
     url = dataset_url(ctx, store)
     if store != "dataset":  # a source of its own: all of it is pretraining data
         train = select(url, ["train", "val", "test"], classes, f"{section}.classes")
@@ -102,14 +113,45 @@ def task_loaders(
         train = select(url, "train", classes, f"{section}.classes")
         require_classes(train, "train", f"{section}.classes", min_classes)
         val = select(url, "val", train.class_names, f"{section}.classes")
-    per_class = getattr(getattr(cfg, section, None), "labels_per_class", None)
+    per_class = getattr(getattr(ctx.config, section, None), "labels_per_class", None)
     if per_class:
-        train = per_class_subsample(train, per_class, cfg.seed)
+        train = per_class_subsample(train, per_class, ctx.config.seed)
+    return train, val
+
+
+def incremental_selections(ctx: StageContext, old_classes: Sequence[str], replay: int) -> tuple[Selection, Selection]:
+    """`finetune.head: extend`: new classes labelled after the old ones, plus `replay` exemplars per old class.
+
+    The class list is old + new, so label i means the same class for the pretrained
+    head and the extended one. Validation holds the new classes only: in
+    class-incremental learning the old classes' data is gone, but for the exemplars.
+    """
+    ft = ctx.config.finetune
+    new = [
+        c
+        for c in (ft.classes or select(dataset_url(ctx), "train", None, "finetune.classes").class_names)
+        if c not in old_classes
+    ]
+    train, val = task_selections(ctx, "finetune", new)
+    names = [*old_classes, *train.class_names]
+    train, val = (offset_labels(sel, len(old_classes), names) for sel in (train, val))
+    if replay:
+        exemplars = per_class_subsample(
+            select(dataset_url(ctx), "train", list(old_classes), "finetune.method.replay"), replay, ctx.config.seed
+        )
+        train = concat_selections(exemplars, train, names)
+    return train, val
+
+
+def loaders_for(
+    ctx: StageContext, train: Selection, val: Selection, batch_size: int | None, baked: bool = False
+) -> tuple[DataLoader, DataLoader | None, Callable | None]:
+    """Loaders over two selections with the run's augmentations, normalisation and device settings."""
+    cfg = ctx.config
     norm = normalizer(cfg.data.mean, cfg.data.std, cfg.data.channels)
     context = AugmentContext(
         num_classes=len(train.class_names), image_size=cfg.data.image_size, channels=cfg.data.channels
     )
-    baked = store == "dataset" and materialized_url(ctx) is not None
     train_policy = augment_policy(
         ctx.host, cfg.augment.train, "augment.train", ctx.policy.device_type, context, baked=baked
     )
@@ -149,15 +191,49 @@ def task_loaders(
             val, cfg.data.channels, cfg.data.image_size, eval_ops, norm, cache=settings.pop("cache")
         )
         val_loader = make_loader(val_ds, bs * 2, False, seed=cfg.seed, pin_memory=ctx.policy.pin_memory, **settings)
-    return train_loader, val_loader, train, batch_op
+    return train_loader, val_loader, batch_op
+
+
+def target_loaders(ctx: StageContext, batch_size: int | None) -> tuple[DataLoader, DataLoader | None, Callable | None]:
+    """The unlabelled target domain (`finetune.method.target`): its train rows for training, val rows for entropy.
+
+    The labels are replaced by zeros here, before any loader sees them, so whatever the
+    target store holds as classes can never reach a training step.
+    """
+    url = dataset_url(ctx, "target_dataset")
+    unlabelled = [unlabel(select(url, split, None, "finetune.method.target")) for split in ("train", "val")]
+    if not len(unlabelled[0]):
+        raise DataError("finetune.method.target: the target domain has no training images")
+    return loaders_for(ctx, *unlabelled, batch_size)
+
+
+def unlabel(sel: Selection) -> Selection:
+    return Selection(images=sel.images, labels=np.zeros(len(sel), dtype=np.int64), class_names=["unlabelled"])
+
+
+def offset_labels(sel: Selection, offset: int, class_names: Sequence[str]) -> Selection:
+    return Selection(images=sel.images, labels=sel.labels + offset, class_names=list(class_names))
+
+
+def concat_selections(first: Selection, second: Selection, class_names: Sequence[str]) -> Selection:
+    images = pa.concat_arrays([first.images, second.images])
+    return Selection(images=images, labels=np.concatenate([first.labels, second.labels]), class_names=list(class_names))
 
 
 def eval_loader(
-    ctx: StageContext, split: str, class_names: Sequence[str], batch_size: int, per_class: int | None = None
+    ctx: StageContext,
+    split: str,
+    class_names: Sequence[str] | None,
+    batch_size: int,
+    per_class: int | None = None,
+    store: str = "dataset",
 ) -> tuple[DataLoader, Selection]:
-    """Eval-transformed images of `split` (at most `per_class` per class, seeded like fine-tuning's budget)."""
+    """Eval-transformed images of `split` (at most `per_class` per class, seeded like fine-tuning's budget).
+
+    `store` names the acquire output to read ("target_dataset": a method's target domain).
+    """
     cfg = ctx.config
-    sel = select(dataset_url(ctx), split, class_names, "evaluate.split")
+    sel = select(dataset_url(ctx, store), split, class_names, "evaluate.split")
     if per_class:
         sel = per_class_subsample(sel, per_class, cfg.seed)
     eval_ops, _ = sample_transforms(ctx.host, cfg.augment.eval, "augment.eval")

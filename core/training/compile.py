@@ -18,7 +18,7 @@ from torch import nn
 log = logging.getLogger("graft.train")
 
 
-def compiled_forward(model: nn.Module, enabled: bool) -> tuple[Callable[[torch.Tensor], torch.Tensor], dict[str, Any]]:
+def compiled_forward(model: nn.Module, enabled: bool) -> tuple[Callable[..., torch.Tensor], dict[str, Any]]:
     status: dict[str, Any] = {"requested": enabled, "compiled": False, "error": None}
     if not enabled:
         return model, status
@@ -28,15 +28,15 @@ def compiled_forward(model: nn.Module, enabled: bool) -> tuple[Callable[[torch.T
         return _fallback(model, status, exc), status
     current: dict[str, Callable] = {"fn": compiled}
 
-    def forward(images: torch.Tensor) -> torch.Tensor:
+    def forward(*inputs: torch.Tensor) -> torch.Tensor:
         if current["fn"] is compiled:
             try:
-                out = compiled(images)
+                out = compiled(*inputs)
                 status["compiled"] = True
                 return out
             except Exception as exc:
                 current["fn"] = _fallback(model, status, exc)
-        return current["fn"](images)
+        return current["fn"](*inputs)
 
     return forward, status
 

@@ -47,3 +47,32 @@ class Validation(Callback):
 
     def on_validate(self, loop: Loop) -> None:
         loop.metrics.update(loss_and_accuracy(self.model, self.loader, self.loss, self.policy))
+
+
+@torch.no_grad()
+def mean_entropy(model: nn.Module, loader: DataLoader, policy: DevicePolicy) -> float | None:
+    """Mean entropy of `model`'s class probabilities over `loader`: a score that needs no labels."""
+    model.eval()
+    total, seen = 0.0, 0
+    for images, _ in loader:
+        with policy.autocast():
+            probs = model(policy.to_device(images)).float().softmax(1)
+        total += float(-(probs * probs.clamp_min(1e-12).log()).sum(1).sum())
+        seen += len(probs)
+    return total / seen if seen else None
+
+
+class TargetEntropy(Callback):
+    """`target_entropy` of `model` on the unlabelled target domain's val rows, every epoch (lower: more confident).
+
+    Model selection for domain adaptation cannot use target labels; prediction
+    entropy on the target is the unsupervised score recorded beside source validation.
+    """
+
+    def __init__(self, model: nn.Module, loader: DataLoader, policy: DevicePolicy):
+        self.model, self.loader, self.policy = model, loader, policy
+
+    def on_validate(self, loop: Loop) -> None:
+        value = mean_entropy(self.model, self.loader, self.policy)
+        if value is not None:
+            loop.metrics["target_entropy"] = value

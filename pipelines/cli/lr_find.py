@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from graftflow.pipelines.cli.common import add_config_arguments, prefect_defaults
+from graftflow.pipelines.cli.common import (
+    add_config_arguments,
+    prefect_defaults,
+    quiet_prefect_console,
+    run_id_problems,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -15,16 +20,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from graftflow.core.config import load_config
-    from graftflow.core.plugin_manager import PluginHost
     from graftflow.core.runs import Run
-    from graftflow.core.validation import validate_config
+    from graftflow.core.validation import load_checked
 
-    config = load_config(args.config, args.set or [])
-    validate_config(config, PluginHost(config.plugins), ["acquire"])
+    checks = [lambda c: run_id_problems(c, args.run_id)]
+    config = load_checked(args.config, args.set or [], ["acquire"], checks=checks).config
     run = Run.open(config, args.run_id)
     prefect_defaults()
     from graftflow.pipelines.flows import lr_find
+
+    quiet_prefect_console(args.verbose)
 
     result = lr_find(config=config, run_id=run.run_id)
     found = run.summary()["lr_find"]

@@ -1,10 +1,26 @@
-"""`graft run CONFIG`: the transfer pipeline (or some of its stages) with no server needed."""
+"""`graft run CONFIG`: the transfer pipeline (or some of its stages) with no server needed.
+
+Everything is checked first (the config, the plugins, `--stages`, `--run-id`): a
+mistake is one line per problem and exit 2 before anything is written. While the
+stages run, the terminal shows a line per stage and a bar per training stage
+(Prefect's own log with `-v`); a failure ends with the stage table so far, the run
+id, the error and the command that resumes the run.
+"""
 
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
 
-from graftflow.pipelines.cli.common import add_config_arguments, prefect_defaults, print_summary
+from graftflow.pipelines.cli.common import (
+    add_config_arguments,
+    prefect_defaults,
+    print_stage_table,
+    print_summary,
+    quiet_prefect_console,
+    run_id_problems,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,20 +33,60 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from graftflow.core.config import load_config
-    from graftflow.core.plugin_manager import PluginHost
+    from graftflow.core.errors import GraftError
     from graftflow.core.runs import Run
     from graftflow.core.stage_table import parse_stages
-    from graftflow.core.validation import validate_config
+    from graftflow.core.validation import load_checked
 
-    config = load_config(args.config, args.set or [])
-    stages = parse_stages(args.stages)
-    validate_config(config, PluginHost(config.plugins), stages)
+    stages, problems = None, []
+    try:
+        stages = parse_stages(args.stages)
+    except GraftError as exc:
+        problems.append(str(exc))
+    checked = load_checked(
+        args.config, args.set or [], stages, problems, checks=[lambda c: run_id_problems(c, args.run_id)]
+    )
+    config = checked.config
     run = Run.open(config, args.run_id)  # an unwritable artifact_root fails here, before Prefect starts
 
     prefect_defaults()
+    from graftflow.pipelines.cli.progress import TerminalProgress
     from graftflow.pipelines.flows import transfer
 
-    result = transfer(config=config, stages=stages, run_id=run.run_id, force=args.force)
+    quiet_prefect_console(args.verbose)
+    print(f"run {run.run_id} → {run.url}", flush=True)
+    try:
+        with TerminalProgress(config).attached():
+            result = transfer(config=config, stages=stages, run_id=run.run_id, force=args.force)
+    except BaseException as exc:
+        return _failed(args, run, exc)
     print_summary(run.summary(), result["summary"])
     return 0
+
+
+def _failed(args: argparse.Namespace, run, exc: BaseException) -> int:
+    """The stage table so far, the run id, the error and how to resume; a bug keeps its traceback."""
+    from graftflow.core.errors import GraftError
+    from graftflow.pipelines.cli.common import print_error
+
+    try:
+        print_stage_table(run.summary())
+    except Exception:  # the summary itself may be what failed; the error below still says why
+        pass
+    print(
+        f"run {run.run_id} did not finish; after fixing the problem, continue it with:\n  {resume_command(args, run)}"
+    )
+    sys.stdout.flush()
+    if isinstance(exc, GraftError):
+        return print_error(exc)
+    raise exc
+
+
+def resume_command(args: argparse.Namespace, run) -> str:
+    """The command line that continues this run: the same config and overrides, plus --run-id."""
+    words = ["graft", "run", args.config]
+    for assignment in args.set or []:
+        words += ["--set", assignment]
+    if args.stages:
+        words += ["--stages", args.stages]
+    return shlex.join([*words, "--run-id", run.run_id])

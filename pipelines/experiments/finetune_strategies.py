@@ -7,9 +7,11 @@ held-out 5–9 test images:
   uniform         pretrained body; head-only epoch, then all groups at one lr (hi)
   head-only       pretrained body frozen for every epoch; only the head trains (lr hi)
   scratch         no pretraining; all groups at one lr (hi)
-Everything runs through the real Prefect flows.
+Everything runs through the real Prefect flows. `--labels 10 50` repeats the four arms with only
+that many labelled 5–9 training images per class (`finetune.labels_per_class`, a fixed subsample
+by seed), where transfer matters most; `all` is the whole training split.
 
-    python -m graftflow.pipelines.experiments.finetune_strategies [--seeds 0 1 2]
+    python -m graftflow.pipelines.experiments.finetune_strategies [--seeds 0 1 2] [--labels all 10 50]
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ def variants(lo: float, hi: float, epochs: int, backbone: str) -> dict[str, list
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--labels", nargs="+", default=["all"], help="label budgets per class: all, or numbers")
     parser.add_argument("--root", default=str(OUT / "finetune-strategies"), help="artifact root of the runs")
     args = parser.parse_args(argv)
 
@@ -67,24 +70,30 @@ def main(argv: list[str] | None = None) -> int:
     demo = load_config(CONFIG, base)
     lo, hi = demo.finetune.lr
     epochs = demo.finetune.epochs
-    scores: dict[str, list[float]] = {}
+    scores: dict[str, dict[str, list[float]]] = {}
     started = time.perf_counter()
     for seed in args.seeds:
         seeded = base + [f"seed={seed}", f"data.split.seed={seed}"]
         pre = transfer(config=load_config(CONFIG, seeded), stages=["acquire", "pretrain"])
         backbone = f"{pre['url']}/pretrain/backbone/model.safetensors"
-        for name, overrides in variants(lo, hi, epochs, backbone).items():
-            config = load_config(CONFIG, seeded + ["pretrain.enabled=false", *overrides])
-            result = transfer(config=config, stages=["acquire", "finetune", "evaluate"])
-            summary = Run(config, result["run_id"]).summary()
-            scores.setdefault(name, []).append(summary["metrics"]["test"]["accuracy"])
-            print(f"seed {seed} {name:15s} test accuracy {scores[name][-1]:.4f}", flush=True)
+        for budget in args.labels:
+            labels = [] if budget == "all" else [f"finetune.labels_per_class={int(budget)}"]
+            for name, overrides in variants(lo, hi, epochs, backbone).items():
+                config = load_config(CONFIG, seeded + ["pretrain.enabled=false", *labels, *overrides])
+                result = transfer(config=config, stages=["acquire", "finetune", "evaluate"])
+                summary = Run(config, result["run_id"]).summary()
+                scores.setdefault(budget, {}).setdefault(name, []).append(summary["metrics"]["test"]["accuracy"])
+                accuracy = scores[budget][name][-1]
+                print(f"seed {seed} labels {budget:>4} {name:15s} test accuracy {accuracy:.4f}", flush=True)
 
-    rows = ["| strategy | test accuracy (mean ± std) | runs |", "|---|---|---|"]
-    for name, values in scores.items():
-        std = statistics.stdev(values) if len(values) > 1 else 0.0
-        rows.append(f"| {name} | {statistics.mean(values):.4f} ± {std:.4f} | {len(values)} |")
-    table = "\n".join(rows)
+    tables = []
+    for budget, arms in scores.items():
+        rows = [f"labels per class: {budget}", "", "| strategy | test accuracy (mean ± std) | runs |", "|---|---|---|"]
+        for name, values in arms.items():
+            std = statistics.stdev(values) if len(values) > 1 else 0.0
+            rows.append(f"| {name} | {statistics.mean(values):.4f} ± {std:.4f} | {len(values)} |")
+        tables.append("\n".join(rows))
+    table = "\n\n".join(tables)
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "finetune_strategies.md").write_text(table + "\n")
     (OUT / "finetune_strategies.json").write_text(
@@ -93,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                 "seeds": args.seeds,
                 "lr": [lo, hi],
                 "epochs": 1 + epochs,
+                "labels": args.labels,
                 "accuracy": scores,
                 "seconds": round(time.perf_counter() - started, 1),
             },

@@ -19,6 +19,7 @@ from graftflow.core import (
     hookimpl,
     reset_head,
     timm_layer_groups,
+    timm_split_forward,
     unknown_variant,
     validate_params,
 )
@@ -85,6 +86,7 @@ FAMILY = ModelFamily(
     layer_groups=layer_groups,
     reset_head=reset_head,
     capabilities=frozenset({"channels_last"}),
+    split_forward=timm_split_forward,
     params_model=ResNetParams,
     description="Residual CNNs (timm); small-input variants keep full resolution for tiny images.",
     pretrained=pretrained_architecture,

@@ -21,6 +21,7 @@ from graftflow.core import (
     hookimpl,
     reset_head,
     timm_layer_groups,
+    timm_split_forward,
     unknown_variant,
     validate_params,
 )
@@ -110,6 +111,7 @@ FAMILY = ModelFamily(
     layer_groups=layer_groups,
     reset_head=reset_head,
     capabilities=frozenset({"masked-image-modeling"}),
+    split_forward=timm_split_forward,
     params_model=ViTParams,
     description="Vision Transformers (timm), built for the configured image size.",
     pretrained=pretrained_architecture,

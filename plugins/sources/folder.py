@@ -40,7 +40,11 @@ _VERSION_KEYS = (
 
 
 class FolderParams(ImageSourceParams):
-    path: str = Field(description="A folder, or a .zip/.tar(.gz) archive of one: a local path or any fsspec URL.")
+    path: str = Field(
+        description="A folder, or a .zip/.tar(.gz) archive of one: a local path (relative: from the config "
+        "file's folder) or any fsspec URL.",
+        json_schema_extra={"format": "path"},  # resolved from the config file's folder when relative
+    )
 
 
 def _params(params: dict) -> FolderParams:

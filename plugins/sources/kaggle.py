@@ -77,7 +77,10 @@ class KaggleParams(ImageSourceParams):
         None, description='Name of a Prefect Secret block holding {"username", "key"} or an API token.'
     )
     download_dir: str | None = Field(
-        None, description="Where downloads are kept between runs (default ~/.cache/graftflow/kaggle)."
+        None,
+        description="Where downloads are kept between runs (default ~/.cache/graftflow/kaggle; relative: from the "
+        "config file's folder).",
+        json_schema_extra={"format": "path"},
     )
     force: bool = Field(False, description="Download again even when the local copy is up to date.")
 

@@ -1,0 +1,1 @@
+"""Built-in fine-tuning methods (`finetune.method`): the standard recipe, domain adaptation, LwF."""
