@@ -30,6 +30,7 @@ from graftflow.core.config import (
     within,
 )
 from graftflow.core.errors import ConfigError, GraftError
+from graftflow.core.model_stores import unserved_store_message
 from graftflow.core.plugin_manager import PluginHost
 from graftflow.core.pretrained_weights import auto_inputs, resolve_pretrained
 from graftflow.core.specs import AugmentationSpec, ModelFamily
@@ -173,9 +174,11 @@ def check_pretrained(config: PipelineConfig, family: ModelFamily, stages: list[s
     auto_inputs(config, family)
 
 
-def check_predict(config: PipelineConfig) -> None:
-    """The predict stage has images to read and a file format it can write."""
+def check_predict(config: PipelineConfig, host: PluginHost) -> None:
+    """The predict stage has images to read, a file format it can write, and a store for a model URI."""
     cfg, problems = config.predict, []
+    if cfg.model and (unserved := unserved_store_message(host, cfg.model, "predict.model")):
+        problems.append(unserved)
     if not cfg.inputs and cfg.split is None:
         problems.append(
             "predict.inputs: name the images to score (files, folders, globs, URLs, archives) or set predict.split"
@@ -324,7 +327,7 @@ def config_problems(config: PipelineConfig, host: PluginHost, stages: list[str] 
     for i, fmt in enumerate(config.export.formats):
         check(host.exporters.get, fmt, f"export.formats[{i}]")
     if stages is not None and "predict" in stages:
-        check(check_predict, config)
+        check(check_predict, config, host)
     return list(dict.fromkeys(line for p in problems for line in p.splitlines()))
 
 

@@ -5,6 +5,7 @@ export, in process: the real stages), and every test below reads that run: `graf
 folder of PNGs written from its held-out test images gives exactly evaluate's predictions, the ONNX
 and TorchScript engines agree with eager, TTA is deterministic and recorded, the notebook API and
 the predict flow (through Prefect) give the same rows, and bad input is one line.
+(`models:/NAME@champion` from a real MLflow registry: tests/test_mlflow_tracking.py.)
 """
 
 from __future__ import annotations
@@ -227,7 +228,8 @@ def test_archives_globs_and_fsspec_urls_are_inputs(trained, tmp_path):
         got = predictor.predict_inputs(images)
     assert got.names[:3] == [f"{archive}!inside/test_{i:04d}.png" for i in range(3)]
     assert [Path(n).name for n in got.names[3:6]] == ["test_0010.png", "test_0011.png", "test_0012.png"]
-    assert got.names[6:] == [f"memory://graft-predict-bucket/new/test_{i:04d}.png" for i in (20, 21)]
+    # named as fsspec names them: the memory filesystem's paths start at its root, hence the third slash
+    assert got.names[6:] == [f"memory:///graft-predict-bucket/new/test_{i:04d}.png" for i in (20, 21)]
     assert got.classes == [trained.evaluated[i]["prediction"] for i in (0, 1, 2, 10, 11, 12, 20, 21)]
 
 
@@ -244,6 +246,7 @@ def test_bad_model_and_input_are_one_line(trained, tmp_path, capsys):
         ([trained.run.url, str(trained.folder), "--out", str(tmp_path / "x.txt")], "error: --out: "),
         ([str(model_only), "--split", "test"], "error: --split: the model is not inside a run folder"),
         ([trained.run.url], "error: INPUT: name images"),
+        (["models:/cnx@champion", str(trained.folder)], "error: MODEL: 'models:/cnx@champion': no model store serves"),
     ]
     for args, message in cases:
         assert graft_main(["predict", *args]) == 2, args

@@ -94,10 +94,12 @@ def test_config_fields_of_pretrained_weights_tta_and_predict(host):
         with pytest.raises(ConfigError, match=r"^evaluate\.tta_views: ") as err:
             parse_config({"evaluate": {"tta_views": [bad]}})
         assert message in str(err.value)
-    empty = load_config(DIGITS, ["predict.inputs=[]", "predict.out=scores.xlsx"])
+    empty = load_config(DIGITS, ["predict.inputs=[]", "predict.out=scores.xlsx", "predict.model=models:/cnx@champion"])
     with pytest.raises(ConfigError) as err:
         validate_config(empty, host, ["predict"])
     assert str(err.value).splitlines() == [
+        "predict.model: 'models:/cnx@champion': no model store serves 'models:' (model stores: none loaded); "
+        "load the plugin that serves it (plugins: in the config, --plugin, or $GRAFT_PLUGINS)",
         "predict.inputs: name the images to score (files, folders, globs, URLs, archives) or set predict.split",
         "predict.out: 'scores.xlsx' must end in .csv or .parquet",
     ]

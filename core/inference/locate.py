@@ -4,20 +4,22 @@
 a pipeline with a fine-tuned model), a run folder, a model folder (a run's
 `finetune/model`: model.safetensors + model.json), an export folder (a run's `export/`),
 or a `.safetensors` file with model.json beside it; any of them at an fsspec URL.
-A URI scheme of its own (e.g. a model registry's `models:/NAME@alias`) is resolved by a
-function in `schemes` into one of those, so a tracker plugin adds one without touching
-the rest.
+A URI of a model store (`models:/NAME@alias`, MLflow's registry, or any scheme a
+`graft_model_stores` plugin serves) is fetched by that plugin to a local model folder
+(`graftflow.core.model_stores.resolve_model_uri`) and read as one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from graftflow.core import storage
 from graftflow.core.errors import ConfigError
+from graftflow.core.model_stores import resolve_model_uri, store_scheme, unserved_store_message
 from graftflow.core.models.weights import META, WEIGHTS
+from graftflow.core.plugin_manager import PluginHost
 
 SUMMARY = "summary.json"
 EXPORTS = "exports.json"
@@ -43,12 +45,32 @@ def resolve_model(
     *,
     pipeline: str | None = None,
     field: str = "MODEL",
-    schemes: Mapping[str, Callable[[str], str]] | None = None,
+    host: PluginHost | None = None,
+    fetch_to: Path | None = None,
 ) -> ModelLocation:
-    """`ref` → a ModelLocation, or one ConfigError line naming `field` and what was tried."""
-    scheme = ref.split(":", 1)[0] if ":" in ref and not ref.startswith(("/", "./")) else ""
-    if schemes and scheme in schemes:
-        ref = schemes[scheme](ref)
+    """`ref` → a ModelLocation, or one ConfigError line naming `field` and what was tried.
+
+    A model-store URI is fetched under `fetch_to` (default: a temporary folder) by the
+    store of `host` (default: the installed plugins and $GRAFT_PLUGINS); the location
+    keeps the URI as its `ref`.
+    """
+    local = from_model_store(ref, host, field, fetch_to)
+    location = _locate(local, artifact_root, pipeline, field)
+    return location if local == ref else replace(location, ref=ref)
+
+
+def from_model_store(ref: str, host: PluginHost | None, field: str, fetch_to: Path | None = None) -> str:
+    """A local model folder for a model-store URI; any other `ref` unchanged."""
+    if store_scheme(ref) is None or storage.exists(ref):
+        return ref
+    host = host if host is not None else PluginHost()
+    problem = unserved_store_message(host, ref, field)
+    if problem:
+        raise ConfigError(problem)
+    return resolve_model_uri(host, ref, fetch_to)
+
+
+def _locate(ref: str, artifact_root: str, pipeline: str | None, field: str) -> ModelLocation:
     base = ref.rstrip("/")
     if base.endswith(".safetensors") and storage.exists(base):
         return _weights_file(ref, base, field)

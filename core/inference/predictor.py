@@ -15,6 +15,7 @@ mean and std. So a PNG of a held-out image gets evaluate's prediction for it.
 from __future__ import annotations
 
 import io
+import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -282,19 +283,23 @@ def load_predictor(
     artifact_root: str = "./.graft/runs",
     pipeline: str | None = None,
     field: str = "MODEL",
-    schemes: dict[str, Callable[[str], str]] | None = None,
+    plugins: Sequence[str] = (),
+    host: PluginHost | None = None,
 ) -> Predictor:
-    """The predictor for `model`: a run id, a run folder (or a `Run`), a model folder or an export folder."""
+    """The predictor for `model`: a run id, a run folder (or a `Run`), a model folder, an export folder,
+    or a model-store URI (`models:/NAME@champion`) served by one of `plugins` (or `host`'s stores)."""
     if engine not in ENGINES:
         raise ConfigError(f"--engine: expected one of {', '.join(ENGINES)}, got '{engine}'")
-    ref = getattr(model, "url", model)
-    location = resolve_model(str(ref), artifact_root, pipeline=pipeline, field=field, schemes=schemes)
-    meta = location.meta
-    host = PluginHost(meta.get("plugins", []))
-    refs = [PluginRef.model_validate(r) for r in meta.get("eval_transforms", [])]
-    transforms, _ = sample_transforms(host, refs, "augment.eval")
-    policy = _policy(host, meta, device)
-    runner = _engine(engine, location, host, policy, field)
+    ref = str(getattr(model, "url", model))
+    stores = host if host is not None else PluginHost(list(plugins)) if plugins else None
+    with tempfile.TemporaryDirectory(prefix="graft-model-") as fetched:  # a store's copy: read, then removed
+        location = resolve_model(ref, artifact_root, pipeline=pipeline, field=field, host=stores, fetch_to=fetched)
+        meta = location.meta
+        model_host = PluginHost([*meta.get("plugins", []), *plugins])
+        refs = [PluginRef.model_validate(r) for r in meta.get("eval_transforms", [])]
+        transforms, _ = sample_transforms(model_host, refs, "augment.eval")
+        policy = _policy(model_host, meta, device)
+        runner = _engine(engine, location, model_host, policy, field)
     return Predictor(
         runner, meta, transforms, tta_views=list(tta_views) if tta else None, batch_size=batch_size, location=location
     )

@@ -1,7 +1,8 @@
 """Predict: score new images with a trained model and write the predictions file (the `predict` flow).
 
 The same code as `graft predict` and `load_predictor` (`graftflow.core.inference`).
-`predict.model` names the model (a run id, `latest`, a run, model or export folder);
+`predict.model` names the model (a run id, `latest`, a run, model or export folder, or a
+model-store URI such as `models:/NAME@champion` served by a plugin in `plugins:`);
 unset, it is the fine-tuned model of the run this stage runs in. The stage writes
 `predictions.csv` (or .parquet, after `predict.out`'s suffix) with its record
 `predictions.csv.json`, copies both to `predict.out` when set, and shows the first rows and
@@ -35,6 +36,7 @@ def run(ctx: StageContext) -> StageResult:
         artifact_root=ctx.config.artifact_root,
         pipeline=ctx.config.name,
         field="predict.model",
+        host=ctx.host,  # model stores (models:/NAME@alias) of the config's plugins
     )
     run_url = predictor.location.run_url if predictor.location else None
     with prediction_inputs(cfg.inputs, cfg.split, run_url, predictor.class_names, "predict.inputs") as images:

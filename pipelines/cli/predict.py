@@ -16,7 +16,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "predict",
         help="predict the classes of new images with a trained model",
         description="MODEL: a run id (under --artifact-root), latest, a run folder, a model folder "
-        "(finetune/model) or an export folder. INPUT: image files, folders, globs, fsspec URLs, zip/tar archives.",
+        "(finetune/model), an export folder, or a model-store URI (models:/NAME@ALIAS with "
+        "--plugin graftflow.plugins.trackers.mlflow). INPUT: image files, folders, globs, fsspec URLs, "
+        "zip/tar archives.",
     )
     predict.add_argument("model", metavar="MODEL")
     predict.add_argument("inputs", nargs="*", metavar="INPUT")
@@ -33,6 +35,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     predict.add_argument("--batch-size", type=int, default=64, metavar="N")
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     predict.add_argument("--artifact-root", default="./.graft/runs", help="where run ids are looked up")
+    predict.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="also load this plugin module or .py file (a model store for MODEL, a family the model needs)",
+    )
     predict.set_defaults(func=main)
 
 
@@ -59,6 +68,7 @@ def main(args: argparse.Namespace) -> int:
         tta_views=views,
         batch_size=args.batch_size,
         artifact_root=args.artifact_root,
+        plugins=args.plugin,
     )
     run_url = predictor.location.run_url if predictor.location else None
     with prediction_inputs(args.inputs, args.split, run_url, predictor.class_names) as images:
