@@ -158,11 +158,12 @@ def unknown_variant_message(family: ModelFamily, variant: str) -> str:
     return f"{head}; {hint}`graft models PATTERN` lists the {len(names)} names"
 
 
-def check_pretrained(config: PipelineConfig, family: ModelFamily, stages: list[str] | None) -> None:
+def check_pretrained(config: PipelineConfig, family: ModelFamily, stages: list[str] | None) -> PipelineConfig:
     """model.pretrained names weights the variant takes, that are cached or reachable; `auto` inputs have a source.
 
     The weights are looked for only when a stage that builds from them will run
-    (pretrain, finetune); their cfg (for `auto`) is read whatever runs.
+    (pretrain, finetune); their cfg (for `auto`) is read whatever runs. Returns the
+    config with `auto` resolved, so the model's input size is checked with the real values.
     """
     model = config.model
     if model.pretrained not in (None, False, "") and model.weights:
@@ -171,7 +172,7 @@ def check_pretrained(config: PipelineConfig, family: ModelFamily, stages: list[s
         )
     if stages is None or {"pretrain", "finetune"} & set(stages):
         resolve_pretrained(family, model.variant, model.pretrained, fetch=False)
-    auto_inputs(config, family)
+    return auto_inputs(config, family)
 
 
 def check_predict(config: PipelineConfig, host: PluginHost) -> None:
@@ -249,11 +250,12 @@ def config_problems(config: PipelineConfig, host: PluginHost, stages: list[str] 
     if family is not None:
         if config.model.variant not in family.variants:
             problems.append(unknown_variant_message(family, config.model.variant))
+            resolved = None
         else:
-            check(check_pretrained, config, family, stages)
+            resolved = check(check_pretrained, config, family, stages)  # auto sizes from the weights
         model_params = check(plugin_params, family, config.model.params, "model")
         if model_params is not None and config.model.variant in family.variants:
-            check(check_model_input, family, config, model_params)
+            check(check_model_input, family, resolved or config, model_params)
 
     method = check(finetune_method, host, config)
     if method is not None:
