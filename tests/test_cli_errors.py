@@ -160,7 +160,11 @@ def test_one_class_after_acquire_names_data_source_and_the_run_says_how_to_resum
     ]
     proc = graft("run", str(DIGITS), *[a for o in overrides for a in ("--set", o)])
     assert proc.returncode == 2, proc.stderr[-2000:]
-    assert proc.stderr.strip().splitlines() == [
+    lines = proc.stderr.strip().splitlines()
+    # The quiet console keeps what the data stages noticed: here, the new store and its one class.
+    notices = [line for line in lines if " | graft.data - " in line]
+    assert len(notices) == 1 and notices[0].endswith("12 images, 1 classes"), lines
+    assert [line for line in lines if line not in notices] == [
         "acquire · Fetch the data source and normalise it into the content-addressed Arrow store.",
         "✗ acquire failed in " + proc.stderr.split("✗ acquire failed in ")[1].split(" s")[0] + " s",
         "error: data.source: the data has 1 class ('only', 12 images); finetune and pretrain need at least 2: "

@@ -187,6 +187,7 @@ def test_each_method_resumes_after_a_crash_to_the_same_weights(tmp_path, monkeyp
     assert summary["finetune"]["resumed_from_step"] == 10 and summary["finetune"]["method"] == method
     expected, got = weights(reference), weights(run)
     assert all(torch.equal(got[k], expected[k]) for k in expected)
+
     def untimed(metrics: dict) -> dict:
         return {k: v for k, v in metrics.items() if not k.endswith("seconds")}
 
@@ -194,8 +195,10 @@ def test_each_method_resumes_after_a_crash_to_the_same_weights(tmp_path, monkeyp
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", sorted(METHODS))
-def test_each_method_runs_under_two_process_ddp(tmp_path, method):
+@pytest.mark.parametrize(
+    "method", ["cdan", "lwf"]
+)  # the adversarial branch (dann's, conditioned) and the frozen teacher
+def test_methods_run_under_two_process_ddp(tmp_path, method):
     config, host, run = run_stages(
         tmp_path, method, "distributed.nproc_per_node=2", stages=("acquire", "pretrain", "finetune", "evaluate")
     )
@@ -209,8 +212,9 @@ def test_each_method_runs_under_two_process_ddp(tmp_path, method):
 
 @pytest.mark.slow
 def test_methods_run_through_graft_run(prefect_api, tmp_path):
-    """Each method through the CLI: its metrics in summary.json (target domain, old vs new classes)."""
-    for method in sorted(METHODS):
+    """Adaptation and forgetting through the CLI: their metrics in summary.json (target domain, old vs new
+    classes). Every method's own path through the stage is covered in-process above."""
+    for method in ("dann", "lwf"):
         root = tmp_path / method
         sets = overrides(root, method)
         proc = graft(

@@ -168,7 +168,9 @@ def test_graft_deploy_schedules_runs_with_the_plugin_and_is_idempotent(server, t
     deployment = server.deployment("transfer", "team-digits")
     assert deployment["work_pool_name"] == "local"
     assert deployment["entrypoint"] == "graftflow.pipelines.flows:transfer"
-    assert deployment["parameters"]["config"]["plugins"] == ["./team_loss.py"]
+    # The config's relative plugin path is resolved from the config file's folder (the worker's cwd may differ).
+    plugins = deployment["parameters"]["config"]["plugins"]
+    assert [Path(p).resolve() for p in plugins] == [(project / "team_loss.py").resolve()]
     assert deployment["pull_steps"] == [
         {"prefect.deployments.steps.set_working_directory": {"directory": str(project.resolve())}}
     ]
