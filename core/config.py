@@ -481,6 +481,18 @@ class TrackingConfig(Section):
     )
 
 
+class StorageConfig(Section):
+    """Where s3:// locations (artifact_root, data.cache_dir, a folder source) take their credentials from."""
+
+    secret_block: str | None = Field(
+        None,
+        pattern=r"^[a-z0-9-]+$",
+        description='Prefect Secret block holding {"aws_access_key_id", "aws_secret_access_key"} and optionally '
+        '"aws_session_token", "endpoint_url", "region_name"; unset: the environment (AWS_* variables, a profile, '
+        "an instance role).",
+    )
+
+
 class PipelineConfig(Section):
     """A whole transfer-learning pipeline: acquire → augment → pretrain → finetune → evaluate → export."""
 
@@ -516,6 +528,9 @@ class PipelineConfig(Section):
     )
     tracking: TrackingConfig = Field(
         default_factory=TrackingConfig, description="Experiment tracking and the model registry (tracker plugins)."
+    )
+    storage: StorageConfig = Field(
+        default_factory=StorageConfig, description="Credentials for s3:// locations (never written anywhere)."
     )
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)

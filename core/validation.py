@@ -454,9 +454,9 @@ def load_checked(
     resolve_paths(data, base, _params_lookup(host), skip=typed)  # plugin parameters that name files
     if data != before:
         config, _, dropped = parse_partial(data)
-    found += [p for p in config_problems(config, host, stages) if not _under(p, dropped)]
-    for extra in checks:
+    for extra in checks:  # first: one may make s3:// reachable (storage credentials) for the checks below
         found += extra(config)
+    found += [p for p in config_problems(config, host, stages) if not _under(p, dropped)]
     if found:
         raise fail()
     return Checked(config, host)

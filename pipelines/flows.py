@@ -25,6 +25,7 @@ from graftflow.core.stage_table import Stage
 from graftflow.core.stages.base import device_policy, execute_stage
 from graftflow.core.validation import validate_config
 from graftflow.pipelines.artifacts import TrainingProgress, publish
+from graftflow.pipelines.storage_credentials import storage_credentials
 
 
 class _UserErrorsWithoutTraceback(logging.Filter):
@@ -105,7 +106,13 @@ def run_stage(stage: str, config: PipelineConfig, run_id: str) -> dict[str, Any]
 
 def _run_stage_flow(stage: Stage, config: PipelineConfig, run_id: str | None) -> dict[str, Any]:
     """What every stage's flow does: check the config, run the stages it prepares on, then the stage in one task."""
-    validate_config(config, PluginHost(config.plugins), [*stage.prepare, stage.name])
+    with storage_credentials(config):
+        validate_config(config, PluginHost(config.plugins), [*stage.prepare, stage.name])
+        return _prepared_stage(stage, config, run_id)
+
+
+def _prepared_stage(stage: Stage, config: PipelineConfig, run_id: str | None) -> dict[str, Any]:
+    """The stages this one needs, where the run lacks them, then the stage itself in one task."""
     run = Run.open(config, run_id)
     for name in stage.prepare:
         if not run.completed(name):
@@ -193,7 +200,13 @@ def transfer(
     is reused (see core/cache.py), unless `force`.
     """
     selected = [s for s in stage_table.CHAIN if stages is None or s in stages]
-    validate_config(config, PluginHost(config.plugins), selected)
+    with storage_credentials(config):
+        validate_config(config, PluginHost(config.plugins), selected)
+        return _chain(config, selected, run_id, force)
+
+
+def _chain(config: PipelineConfig, selected: list[str], run_id: str | None, force: bool) -> dict[str, Any]:
+    """The selected stages in order, each its own flow; those the run completed are skipped."""
     logger = get_run_logger()
     reused = None
     if run_id is None and not force:

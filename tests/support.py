@@ -14,11 +14,13 @@ def graft(
 ) -> subprocess.CompletedProcess:
     """Run the real `graft` console script in a subprocess.
 
+    `env` adds to (or, with None values, removes from) the test's environment.
     It talks to the server in PREFECT_API_URL when the test uses the `prefect_api` fixture;
     `ephemeral=True` makes it start its own temporary server, as `make run` does.
     """
     exe = Path(sys.executable).parent / "graft"
-    full_env = {**os.environ, **(env or {})}
+    full_env = {**os.environ, **(env or {})}  # a None value removes the variable
+    full_env = {k: v for k, v in full_env.items() if v is not None}
     if ephemeral:
         full_env.pop("PREFECT_API_URL", None)
     return subprocess.run(

@@ -3,8 +3,10 @@
 Images come from `s3://bucket/images`; the run, its checkpoints and the data store live in the bucket.
 `graft run` is killed by SIGKILL right after a fine-tuning checkpoint landed in S3 (a one-file plugin
 kills its own process from `graft_on_checkpoint`), then `graft run --run-id` resumes it there. The
-credentials come from the environment only, and none of their values is in any file written: every
-object in the bucket, every file under the test's folder, the Prefect server's database and logs.
+killed run takes its credentials from the environment, the resumed one from a Prefect Secret block
+(`storage.secret_block`, no AWS variable in its environment), and none of their values is in any file
+written: every object in the bucket, every file under the test's folder, the Prefect server's database
+and logs.
 """
 
 import io
@@ -15,7 +17,11 @@ import time
 import httpx
 import pytest
 import yaml
+from prefect.blocks.system import Secret
 
+from graftflow.core.config import PipelineConfig
+from graftflow.core.errors import ConfigError
+from graftflow.pipelines.storage_credentials import ENVIRONMENT, block_credentials, storage_credentials
 from tests.prefect_server import BIN, free_port
 from tests.support import graft
 
@@ -84,7 +90,7 @@ def upload_digits(fs, classes=(5, 6, 7), per_class=60) -> None:
     fs.pipe(files)
 
 
-def test_acquire_train_kill_and_resume_on_s3_without_leaking_credentials(s3, prefect_api, tmp_path):
+def test_acquire_train_kill_and_resume_on_s3_without_leaking_credentials(s3, prefect_api, on_server, tmp_path):
     upload_digits(s3)
     config = tmp_path / "s3.yaml"
     config.write_text(
@@ -122,7 +128,12 @@ def test_acquire_train_kill_and_resume_on_s3_without_leaking_credentials(s3, pre
     assert not s3.exists(f"{run_url}/finetune")  # the stage folder was never published
     assert any(p.endswith("_SUCCESS") for p in s3.find("bucket/datasets"))  # the store is whole
 
-    resumed = graft("run", str(config), "--stages", stages, "--run-id", run_id)
+    # The resumed run's process has no AWS variable: credentials and endpoint come from a Prefect Secret block.
+    Secret(value=block_value(s3)).save("team-s3", overwrite=True)
+    no_aws = dict.fromkeys(ENVIRONMENT.values())
+    resumed = graft(
+        "run", str(config), "--stages", stages, "--run-id", run_id, "--set", "storage.secret_block=team-s3", env=no_aws
+    )
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
     s3.invalidate_cache()
     summary = yaml.safe_load(s3.cat_file(f"{run_url}/summary.json"))
@@ -141,6 +152,43 @@ def test_acquire_train_kill_and_resume_on_s3_without_leaking_credentials(s3, pre
         name for name, out in (("first run", killed), ("resumed run", resumed)) if SECRET in out.stdout + out.stderr
     ]
     assert not leaks, leaks
+
+
+@pytest.fixture
+def on_server(prefect_api):
+    """This process's Prefect client talks to the session's server (settings are read when Prefect is imported)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: os.environ["PREFECT_API_URL"]}):
+        yield
+
+
+def block_value(s3) -> dict[str, str]:
+    return {
+        "aws_access_key_id": KEY_ID,
+        "aws_secret_access_key": SECRET,
+        "endpoint_url": os.environ["AWS_ENDPOINT_URL_S3"],
+        "region_name": "us-east-1",
+    }
+
+
+def test_a_missing_or_misshapen_storage_block_is_one_line_naming_the_field(on_server):
+    Secret(value={"aws_access_key_id": KEY_ID}).save("half-s3", overwrite=True)
+    with pytest.raises(ConfigError, match=r"^storage.secret_block: there is no Prefect Secret block named 'nope' "):
+        block_credentials("nope")
+    with pytest.raises(ConfigError) as half:
+        block_credentials("half-s3")
+    assert str(half.value).startswith("storage.secret_block: Prefect Secret block 'half-s3' must hold {")
+    assert KEY_ID not in str(half.value) and "\n" not in str(half.value)
+
+
+def test_the_block_holds_s3_credentials_only_while_the_stages_run(s3, on_server):
+    """In the environment (where botocore reads them) inside, the caller's own values back outside."""
+    Secret(value={**block_value(s3), "aws_access_key_id": "AKIAFROMTHEBLOCK0001"}).save("scoped-s3", overwrite=True)
+    config = PipelineConfig.model_validate({"storage": {"secret_block": "scoped-s3"}})
+    with storage_credentials(config):
+        assert os.environ["AWS_ACCESS_KEY_ID"] == "AKIAFROMTHEBLOCK0001"
+    assert os.environ["AWS_ACCESS_KEY_ID"] == KEY_ID
 
 
 def written_files(s3, *folders):

@@ -1,5 +1,5 @@
 """What the commands share: the one-line error, config arguments, Prefect's defaults and log level,
-checking `--run-id`, the run summary."""
+the storage credentials, checking `--run-id`, the run summary."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import argparse
 import logging
 import os
 import sys
+from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any
 
 from graftflow.core.errors import GraftError
@@ -29,13 +30,29 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def credential_problems(config: PipelineConfig, held: ExitStack) -> list[str]:
+    """`storage.secret_block` resolved before anything touches s3://, and held while the command runs."""
+    from graftflow.pipelines.storage_credentials import storage_credentials
+
+    try:
+        held.enter_context(storage_credentials(config))
+    except GraftError as exc:
+        return [str(exc)]
+    return []
+
+
 def run_id_problems(config: PipelineConfig, run_id: str | None) -> list[str]:
     """`--run-id` must name a run that exists: continuing a typo would start an empty run instead."""
     from graftflow.core import storage
     from graftflow.core.runs import Run
 
-    if run_id is None or storage.exists(Run(config, run_id).summary_url):
+    if run_id is None:
         return []
+    try:
+        if storage.exists(Run(config, run_id).summary_url):
+            return []
+    except Exception as exc:  # an unreachable store or missing credentials: say where
+        return [f"--run-id: cannot read {config.artifact_root}: {type(exc).__name__}: {exc}"]
     pipeline = storage.join(config.artifact_root, config.name)
     runs = existing_runs(pipeline)
     listed = f"runs there: {', '.join(runs[-5:])}" if runs else "it has no runs yet"

@@ -12,9 +12,11 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from contextlib import ExitStack
 
 from graftflow.pipelines.cli.common import (
     add_config_arguments,
+    credential_problems,
     prefect_defaults,
     print_stage_table,
     print_summary,
@@ -33,6 +35,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    with ExitStack() as held:  # the storage credentials, for the whole command
+        return _run(args, held)
+
+
+def _run(args: argparse.Namespace, held: ExitStack) -> int:
     from graftflow.core.errors import GraftError
     from graftflow.core.runs import Run
     from graftflow.core.stage_table import parse_stages
@@ -43,13 +50,17 @@ def main(args: argparse.Namespace) -> int:
         stages = parse_stages(args.stages)
     except GraftError as exc:
         problems.append(str(exc))
+    prefect_defaults()  # a Secret block named in the config is read through Prefect's client
     checked = load_checked(
-        args.config, args.set or [], stages, problems, checks=[lambda c: run_id_problems(c, args.run_id)]
+        args.config,
+        args.set or [],
+        stages,
+        problems,
+        checks=[lambda c: credential_problems(c, held), lambda c: run_id_problems(c, args.run_id)],
     )
     config = checked.config
     run = Run.open(config, args.run_id)  # an unwritable artifact_root fails here, before Prefect starts
 
-    prefect_defaults()
     from graftflow.pipelines.cli.progress import TerminalProgress
     from graftflow.pipelines.flows import transfer
 
