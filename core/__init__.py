@@ -14,9 +14,11 @@ used (a listing of plugins never has to import torch).
 - errors a plugin raises for the user: `GraftError`, `ConfigError`, `PluginError`, `DataError`,
   `TransientDataError`, `StageError`
 - model families on timm: `timm_layer_groups`, `timm_split_forward`, `reset_head`,
-  `classifier_param_names`, `module_path`, `DropParams`, `validate_params`, `unknown_variant`
+  `classifier_param_names`, `module_path`, `DropParams`, `validate_params`, `unknown_variant`,
+  `timm_capabilities` (+ `TOKEN_INTERFACE`); pretrained weights: `create_timm_model`, `PretrainedWeights`
 - fine-tuning methods: `MethodSpec`, `FinetuneMethod` (+ `MethodContext`), `grad_reverse`, `ramp`,
   `SourceConfig` (a data-source block in a method's parameters)
+- using a trained model (notebooks): `load_predictor(run)` → a `Predictor`; it returns `Predictions`
 - data sources: `ImageSourceParams`, `FoldersLayout`, `TableLayout`, `Records`, `image_records`,
   `listing`, archives (`archive_kind`, `looks_like_archive`, `safe_extract`) and secrets
   (`lookup_secret`, `secret_ref`, `redact`)
@@ -63,15 +65,20 @@ _EXPORTS: dict[str, tuple[str, str]] = {
         n: ("graftflow.core.timm_families", n)
         for n in (
             "DropParams",
+            "TOKEN_INTERFACE",
             "classifier_param_names",
             "module_path",
             "reset_head",
+            "timm_capabilities",
             "timm_layer_groups",
             "timm_split_forward",
             "unknown_variant",
             "validate_params",
         )
     },
+    "PretrainedWeights": ("graftflow.core.pretrained_weights", "PretrainedWeights"),
+    "create_timm_model": ("graftflow.core.models.pretrained", "create_timm_model"),
+    **{n: ("graftflow.core.inference.predictor", n) for n in ("Predictor", "Predictions", "load_predictor")},
     **{
         n: ("graftflow.core.data.layouts", n)
         for n in ("FoldersLayout", "ImageSourceParams", "Records", "TableLayout", "listing")
@@ -106,7 +113,10 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from graftflow.core.data.layouts import records as image_records
     from graftflow.core.errors import ConfigError, DataError, GraftError, PluginError, StageError, TransientDataError
     from graftflow.core.hookspecs import CONTRACT_VERSION, hookimpl
+    from graftflow.core.inference.predictor import Predictions, Predictor, load_predictor
+    from graftflow.core.models.pretrained import create_timm_model
     from graftflow.core.models.saved import open_model
+    from graftflow.core.pretrained_weights import PretrainedWeights
     from graftflow.core.secrets import lookup as lookup_secret
     from graftflow.core.secrets import redact, secret_ref
     from graftflow.core.specs import (
@@ -127,10 +137,12 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
         RunInfo,
     )
     from graftflow.core.timm_families import (
+        TOKEN_INTERFACE,
         DropParams,
         classifier_param_names,
         module_path,
         reset_head,
+        timm_capabilities,
         timm_layer_groups,
         timm_split_forward,
         unknown_variant,

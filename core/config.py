@@ -97,6 +97,43 @@ def _positive(value: Any) -> float:
 
 
 LearningRate = Annotated[float | list[float], BeforeValidator(_learning_rate)]
+
+DEFAULT_TTA_VIEWS = ("original", "hflip", "zoom:0.9", "hflip+zoom:0.9")
+TTA_OPS = ("original", "hflip", "vflip", "zoom")
+
+
+def parse_tta_view(view: str) -> list[tuple[str, float | None]]:
+    """`hflip+zoom:0.9` → [("hflip", None), ("zoom", 0.9)]; a ValueError naming what does not parse."""
+    ops: list[tuple[str, float | None]] = []
+    for part in str(view).split("+"):
+        name, _, arg = part.strip().partition(":")
+        if name not in TTA_OPS or (name == "zoom") != bool(arg):
+            raise ValueError(f"TTA view '{view}': expected {', '.join(TTA_OPS[:3])} or zoom:F, joined with +")
+        if name == "zoom":
+            try:
+                fraction = float(arg)
+            except ValueError:
+                fraction = -1.0
+            if not 0 < fraction <= 1:
+                raise ValueError(f"TTA view '{view}': zoom takes a fraction in (0, 1], got '{arg}'")
+            ops.append((name, fraction))
+        else:
+            ops.append((name, None))
+    return ops
+
+
+def parse_tta_views(value: Any) -> list[str]:
+    """`original,hflip` or a list → the checked list of views."""
+    if isinstance(value, str):
+        value = [v for v in value.split(",") if v.strip()]
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ValueError("expected a non-empty list of views, e.g. [original, hflip]")
+    for view in value:
+        parse_tta_view(view)
+    return [str(v).strip() for v in value]
+
+
+TTAViews = Annotated[list[str], BeforeValidator(parse_tta_views)]
 ClassList = Annotated[list[str] | None, BeforeValidator(lambda v: None if v is None else [str(c) for c in v])]
 
 
@@ -125,10 +162,19 @@ class SourceConfig(BaseModel):
 
 class DataConfig(Section):
     source: SourceConfig = Field(default_factory=SourceConfig, description="Where the images come from.")
-    image_size: PositiveInt = Field(32, description="Images are resized to image_size × image_size pixels.")
+    image_size: PositiveInt | Literal["auto"] = Field(
+        32,
+        description="Images are resized to image_size × image_size pixels (auto: the pretrained weights' input size).",
+    )
     channels: Literal[1, 3] = Field(3, description="1 = grayscale, 3 = RGB.")
-    mean: list[float] = Field([0.5], description="Per-channel normalisation mean (one value = all channels).")
-    std: list[PositiveFloat] = Field([0.5], description="Per-channel normalisation std.")
+    mean: list[float] | Literal["auto"] = Field(
+        [0.5],
+        description="Per-channel normalisation mean (one value = all channels; auto: the pretrained weights' "
+        "pretrained_cfg, averaged over RGB for 1 channel).",
+    )
+    std: list[PositiveFloat] | Literal["auto"] = Field(
+        [0.5], description="Per-channel normalisation std (auto: the pretrained weights' pretrained_cfg)."
+    )
     split: SplitConfig = Field(default_factory=SplitConfig)
     cache_dir: str | None = Field(
         None,
@@ -188,6 +234,12 @@ class ModelConfig(BaseModel):
         description="Initial weights: a local or fsspec .safetensors file (head keys are dropped; relative: from "
         "the config file's folder).",
         json_schema_extra=LOCAL_PATH,
+    )
+    pretrained: bool | str | None = Field(
+        None,
+        description="Pretrained weights through timm's loader: true (the variant's default weights), a tag "
+        "(resnet50.a1_in1k), hf-hub:ORG/NAME, or a local path / fsspec URL of a .safetensors file; the stem is "
+        "adapted to data.channels and the classifier replaced.",
     )
 
     @property
@@ -311,6 +363,41 @@ class EvaluateConfig(Section):
         "logistic regression or kNN on its features of the fine-tuning train images.",
     )
     probe_k: PositiveInt = Field(20, description="knn probe: neighbours (cosine similarity, distance-weighted).")
+    tta: bool = Field(
+        False,
+        description="Also score with test-time augmentation: softmax averaged over tta_views (metrics with and "
+        "without).",
+    )
+    tta_views: TTAViews = Field(
+        default_factory=lambda: list(DEFAULT_TTA_VIEWS),
+        description="TTA views: original, hflip, vflip, zoom:F (centre crop of fraction F, resized back), "
+        "joined with + (hflip+zoom:0.9).",
+    )
+
+
+class PredictConfig(Section):
+    """The `predict` flow: batch scoring of new images with a trained model (`graft predict` is the same code)."""
+
+    model: str | None = Field(
+        None,
+        description="A run id, a run folder, a model folder (finetune/model) or an export folder; unset: the "
+        "fine-tuned model of the run being continued (run_id).",
+    )
+    inputs: list[str] = Field(
+        default_factory=list,
+        description="Image files, folders, globs, fsspec URLs (s3://bucket/new/), zip or tar archives.",
+    )
+    split: Literal["train", "val", "test"] | None = Field(
+        None, description="Also score this split of the model's own run store."
+    )
+    out: str | None = Field(None, description="Also write the predictions here (.csv or .parquet, any fsspec URL).")
+    top_k: PositiveInt = Field(3, description="Classes (with probabilities) kept per image.")
+    tta: bool = Field(False, description="Average softmax over `tta_views`.")
+    tta_views: TTAViews = Field(default_factory=lambda: list(DEFAULT_TTA_VIEWS), description="TTA views.")
+    engine: Literal["eager", "onnx", "torchscript"] = Field(
+        "eager", description="eager (PyTorch), or the run's ONNX / TorchScript export."
+    )
+    batch_size: PositiveInt = Field(64, description="Images per forward pass.")
 
 
 class ExportConfig(Section):
@@ -452,6 +539,7 @@ class PipelineConfig(Section):
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
+    predict: PredictConfig = Field(default_factory=PredictConfig, description="Batch scoring (the predict flow).")
 
     @field_validator("artifact_root")
     @classmethod

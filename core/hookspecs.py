@@ -53,7 +53,8 @@ if TYPE_CHECKING:
     )
 
 PROJECT = "graft"
-CONTRACT_VERSION = (2, 1)  # 2.1: graft_model_stores, graft_finetune_methods
+# 2.1: graft_model_stores, graft_finetune_methods; 2.2: ModelFamily.pretrained and capabilities_of
+CONTRACT_VERSION = (2, 2)
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
@@ -118,7 +119,7 @@ def graft_model_stores() -> list[ModelStore]:
     """Model stores: where a model URI with the store's scheme, e.g. `models:/NAME@champion`, is fetched from.
 
     Added in contract 2.1. `ModelStore.name` is the URI scheme it serves. Code that reads a
-    model by URI (meant for `graft predict` and the Python API) goes through
+    model by URI (`graft predict`, the predict stage, `load_predictor`) goes through
     `graftflow.core.model_stores.resolve_model_uri(host, uri)`, which calls the store's
     `fetch(uri, dest)` in the calling process (any rank) only when a URI has that
     scheme; the folder it returns (model.safetensors + model.json) is what is loaded.

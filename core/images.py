@@ -89,3 +89,30 @@ def save_training_curves(epochs: Sequence[dict], path: Path, title: str) -> Path
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def save_top_losses(
+    images: Sequence[torch.Tensor], titles: Sequence[str], path: Path, title: str, upscale_to: int = 64
+) -> Path:
+    """fastai's `plot_top_losses`: each image (uint8 C,H,W) with its `predicted/actual/loss/probability` line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(images)
+    cols = min(n, 3) or 1
+    rows = max(1, -(-n // cols))
+    size = max(2.4, upscale_to / 32)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * size, rows * size + 0.4), dpi=100, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, text in zip(axes.flat, images, titles, strict=False):
+        pixels = image.permute(1, 2, 0).numpy()
+        ax.imshow(pixels[..., 0] if pixels.shape[-1] == 1 else pixels, cmap="gray", vmin=0, vmax=255)
+        ax.set_title(text, fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

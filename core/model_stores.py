@@ -15,6 +15,29 @@ from graftflow.core.errors import GraftError, PluginError
 from graftflow.core.plugin_manager import PluginHost
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
+_STORE_URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):(?!//)")  # models:/NAME@alias; not s3:// nor a drive letter
+
+
+def store_scheme(uri: str) -> str | None:
+    """The scheme of what looks like a model-store URI (`models` of `models:/NAME@alias`), else None.
+
+    Paths, run ids and fsspec URLs (`s3://...`) have none; `graft predict` and the
+    predict stage then tell a scheme that no loaded store serves from a missing file.
+    """
+    match = _STORE_URI.match(uri)
+    return match.group(1) if match else None
+
+
+def unserved_store_message(host: PluginHost, uri: str, field: str) -> str | None:
+    """One line when `uri` names a model store that no plugin of `host` serves; None when one does (or no store)."""
+    scheme = store_scheme(uri)
+    if scheme is None or scheme in host.model_stores:
+        return None
+    served = ", ".join(f"{name}:" for name in host.model_stores.names()) or "none loaded"
+    return (
+        f"{field}: '{uri}': no model store serves '{scheme}:' (model stores: {served}); load the plugin "
+        f"that serves it (plugins: in the config, --plugin, or $GRAFT_PLUGINS)"
+    )
 
 
 def resolve_model_uri(host: PluginHost, uri: str, dest: Path | None = None) -> str:

@@ -50,6 +50,13 @@ class ModelFamily:
     fresh nn.Module whose classifier has `num_classes` outputs (0 = features only).
     `layer_groups(model)` partitions every parameter, input→head; the last group
     is the head, which fine-tuning replaces and trains first.
+
+    `pretrained(variant)` names the timm architecture whose pretrained weights the
+    variant takes (None: it has none). A family that sets it also accepts
+    `pretrained=` a `PretrainedWeights` in `build` (only ever passed when
+    `model.pretrained` is set) and hands it to `create_timm_model`.
+    `capabilities_of(variant)`, when set, gives capabilities per variant (a family
+    over every timm architecture); otherwise every variant has `capabilities`.
     """
 
     name: str
@@ -60,8 +67,14 @@ class ModelFamily:
     capabilities: frozenset[str] = frozenset()  # e.g. {"channels_last", "masked-image-modeling"}
     params_model: type | None = None
     description: str = ""
+    pretrained: Callable[[str], str | None] | None = None
+    capabilities_of: Callable[[str], frozenset[str]] | None = None
     # (features, logits) of a batch in one pass, for methods that align features (domain adaptation)
     split_forward: Callable[[nn.Module, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    def variant_capabilities(self, variant: str) -> frozenset[str]:
+        """What models of `variant` can do: channels_last, masked-image-modeling, ..."""
+        return self.capabilities_of(variant) if self.capabilities_of is not None else self.capabilities
 
 
 @dataclass(frozen=True)

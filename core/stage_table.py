@@ -118,7 +118,7 @@ STAGES: tuple[Stage, ...] = (
         "graftflow.core.stages.evaluate",
         "Evaluate the fine-tuned model on held-out images it has never seen.",
         gpu=True,
-        outputs=("metrics", "confusion_matrix"),
+        outputs=("metrics", "confusion_matrix", "predictions", "top_losses"),
         reads=("evaluate",),
     ),
     Stage(
@@ -128,6 +128,15 @@ STAGES: tuple[Stage, ...] = (
         gpu=True,
         outputs=("exports", "model_meta"),
         reads=("export",),
+    ),
+    Stage(
+        "predict",
+        "graftflow.core.stages.predict",
+        "Score new images (a folder, a bucket, an archive, a split) with a trained model: a predictions file.",
+        chain=False,
+        gpu=True,
+        outputs=("predictions", "record"),
+        reads=("predict",),
     ),
     Stage(
         "lr-find",

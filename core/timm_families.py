@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping, Sequence
+from functools import lru_cache
 from typing import Any
 
 import torch
@@ -109,6 +110,31 @@ def timm_layer_groups(
 def reset_head(model: nn.Module, num_classes: int) -> None:
     """A fresh classifier with `num_classes` outputs (0: features only), timm's way."""
     model.reset_classifier(num_classes)
+
+
+# timm VisionTransformer's token interface: what token masking (SimMIM) reaches into.
+TOKEN_INTERFACE = ("patch_embed", "_pos_embed", "patch_drop", "norm_pre", "blocks", "norm", "num_prefix_tokens")
+
+
+@lru_cache(maxsize=256)
+def timm_capabilities(architecture: str) -> frozenset[str]:
+    """What a timm architecture can do, read off a model built on the meta device (no memory, ~0.1 s).
+
+    "channels_last" for conv nets (more convolutions than a ViT's single patch
+    projection), "masked-image-modeling" for models with VisionTransformer's token
+    interface (`TOKEN_INTERFACE`).
+    """
+    import timm
+    import torch
+
+    with torch.device("meta"):
+        model = timm.create_model(architecture, pretrained=False, num_classes=0)
+    capabilities = set()
+    if sum(isinstance(m, nn.Conv2d) for m in model.modules()) > 1:
+        capabilities.add("channels_last")
+    if all(hasattr(model, name) for name in TOKEN_INTERFACE):
+        capabilities.add("masked-image-modeling")
+    return frozenset(capabilities)
 
 
 def timm_split_forward(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

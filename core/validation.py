@@ -8,6 +8,7 @@ Every problem is one line that starts with the field path.
 from __future__ import annotations
 
 import copy
+import difflib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,9 @@ from graftflow.core.config import (
     within,
 )
 from graftflow.core.errors import ConfigError, GraftError
+from graftflow.core.model_stores import unserved_store_message
 from graftflow.core.plugin_manager import PluginHost
+from graftflow.core.pretrained_weights import auto_inputs, resolve_pretrained
 from graftflow.core.specs import AugmentationSpec, ModelFamily
 
 
@@ -138,6 +141,55 @@ def check_loss(host: PluginHost, ref: PluginRef, field: str, kind: str | None, h
     return params
 
 
+LISTED_VARIANTS = 40  # a family with more (the `timm` family) is named by close matches instead
+
+
+def unknown_variant_message(family: ModelFamily, variant: str) -> str:
+    """One line: the family's variants, or for a family of hundreds the closest names and `graft models`."""
+    head = f"model.variant: unknown variant '{variant}' of family '{family.name}'"
+    names = list(family.variants)
+    if len(names) <= LISTED_VARIANTS:
+        return f"{head}; available: {', '.join(names)}"
+    arch = variant.split(".", 1)[0]
+    if "." in variant and arch in family.variants:
+        return f"{head}; the variant is the architecture ('{arch}'): name the weights in model.pretrained"
+    close = difflib.get_close_matches(variant, names, n=5, cutoff=0.6)
+    hint = f"close: {', '.join(close)}; " if close else ""
+    return f"{head}; {hint}`graft models PATTERN` lists the {len(names)} names"
+
+
+def check_pretrained(config: PipelineConfig, family: ModelFamily, stages: list[str] | None) -> PipelineConfig:
+    """model.pretrained names weights the variant takes, that are cached or reachable; `auto` inputs have a source.
+
+    The weights are looked for only when a stage that builds from them will run
+    (pretrain, finetune); their cfg (for `auto`) is read whatever runs. Returns the
+    config with `auto` resolved, so the model's input size is checked with the real values.
+    """
+    model = config.model
+    if model.pretrained not in (None, False, "") and model.weights:
+        raise ConfigError(
+            "model.pretrained: model.weights is set too; give one of them (the file's weights, or the pretrained ones)"
+        )
+    if stages is None or {"pretrain", "finetune"} & set(stages):
+        resolve_pretrained(family, model.variant, model.pretrained, fetch=False)
+    return auto_inputs(config, family)
+
+
+def check_predict(config: PipelineConfig, host: PluginHost) -> None:
+    """The predict stage has images to read, a file format it can write, and a store for a model URI."""
+    cfg, problems = config.predict, []
+    if cfg.model and (unserved := unserved_store_message(host, cfg.model, "predict.model")):
+        problems.append(unserved)
+    if not cfg.inputs and cfg.split is None:
+        problems.append(
+            "predict.inputs: name the images to score (files, folders, globs, URLs, archives) or set predict.split"
+        )
+    if cfg.out and not cfg.out.split("?", 1)[0].lower().endswith((".csv", ".parquet")):
+        problems.append(f"predict.out: '{cfg.out}' must end in .csv or .parquet")
+    if problems:
+        raise ConfigError("\n".join(problems))
+
+
 def finetune_method(host: PluginHost, config: PipelineConfig) -> Any:
     """The `FinetuneMethod` object `finetune.method` names, its parameters checked."""
     spec = host.methods.get(config.finetune.method.name, "finetune.method.name")
@@ -197,13 +249,13 @@ def config_problems(config: PipelineConfig, host: PluginHost, stages: list[str] 
     family = check(host.families.get, config.model.family, "model.family")
     if family is not None:
         if config.model.variant not in family.variants:
-            problems.append(
-                f"model.variant: unknown variant '{config.model.variant}' of family '{family.name}'; "
-                f"available: {', '.join(family.variants)}"
-            )
+            problems.append(unknown_variant_message(family, config.model.variant))
+            resolved = None
+        else:
+            resolved = check(check_pretrained, config, family, stages)  # auto sizes from the weights
         model_params = check(plugin_params, family, config.model.params, "model")
         if model_params is not None and config.model.variant in family.variants:
-            check(check_model_input, family, config, model_params)
+            check(check_model_input, family, resolved or config, model_params)
 
     method = check(finetune_method, host, config)
     if method is not None:
@@ -276,6 +328,8 @@ def config_problems(config: PipelineConfig, host: PluginHost, stages: list[str] 
 
     for i, fmt in enumerate(config.export.formats):
         check(host.exporters.get, fmt, f"export.formats[{i}]")
+    if stages is not None and "predict" in stages:
+        check(check_predict, config, host)
     return list(dict.fromkeys(line for p in problems for line in p.splitlines()))
 
 

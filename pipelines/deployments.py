@@ -36,6 +36,8 @@ SCHEDULES: dict[str, list[dict[str, Any]]] = {
     "transfer": [{"cron": "0 3 * * *", "timezone": "UTC", "active": True}],
     "acquire": [{"cron": "0 2 * * 1", "timezone": "UTC", "active": True}],
     "lr-find": [{"cron": "30 1 * * 0", "timezone": "UTC", "active": False}],
+    # batch scoring: every hour, the newest trained model on whatever is in predict.inputs (off until switched on)
+    "predict": [{"cron": "15 * * * *", "timezone": "UTC", "active": False}],
 }
 
 HEADER = """\

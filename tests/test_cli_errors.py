@@ -12,7 +12,10 @@ from tests.support import DIGITS, ROOT, graft, run_dirs
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--set", "model.family=resnt"], "error: model.family: unknown model family 'resnt'; available: resnet, vit"),
+        (
+            ["--set", "model.family=resnt"],
+            "error: model.family: unknown model family 'resnt'; available: resnet, timm, vit",
+        ),
         (["--set", "finetune.lr=-0.01"], "error: finetune.lr: learning rate must be > 0, got -0.01"),
         (
             ["--set", "data.source={kind: folder, path: /no/such/images}"],

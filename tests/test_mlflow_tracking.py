@@ -4,11 +4,15 @@ Two runs of the demo transfer (stages in-process, the plugin named in `plugins:`
 fine-tuned one first, then a head-only one that cannot match it. Both runs' per-epoch metrics are
 in the tracking server with their steps, both models are versions of `digits-transfer`, and
 `champion` went to the first and stayed there (the second was compared and lost). The model store
-fetches `models:/digits-transfer@champion` to a folder graftflow loads: the first run's weights.
+fetches `models:/digits-transfer@champion` to a folder graftflow loads: the first run's weights, and
+`graft predict` / `load_predictor` of that URI predict what the first run's own model does.
 """
 
+import csv
+import json
 import subprocess
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -17,11 +21,14 @@ import torch
 from safetensors.torch import load_file
 
 from graftflow.core.config import load_config
+from graftflow.core.inference.predictor import load_predictor
+from graftflow.core.inference.sources import run_store, split_inputs
 from graftflow.core.model_stores import resolve_model_uri
 from graftflow.core.models.saved import read_model
 from graftflow.core.plugin_manager import PluginHost
 from graftflow.core.runs import Run
 from graftflow.core.stages.base import execute_stage
+from graftflow.pipelines.cli import main as graft_main
 from tests.prefect_server import BIN, free_port
 from tests.support import DIGITS
 
@@ -124,7 +131,8 @@ def test_two_demo_runs_are_tracked_and_the_better_one_is_champion(tracking_uri, 
         assert {"summary.json", "acquire", "evaluate", "finetune"} <= artifacts, artifacts
         assert "finetune/curves.png" in {a.path for a in client.list_artifacts(tracked.info.run_id, "finetune")}
         assert {a.path for a in client.list_artifacts(tracked.info.run_id, "evaluate")} == {
-            "evaluate/confusion_matrix.png"
+            "evaluate/confusion_matrix.png",
+            "evaluate/top_losses.png",  # evaluate's top-losses gallery (issue 14)
         }
     pretrain_steps = client.get_metric_history(runs[strong.run_id].info.run_id, "pretrain/train_loss")
     assert [m.step for m in pretrain_steps] == [1, 2]
@@ -150,6 +158,19 @@ def test_two_demo_runs_are_tracked_and_the_better_one_is_champion(tracking_uri, 
     with torch.no_grad():
         assert np.allclose(served, model.eval()(torch.from_numpy(example)).numpy(), atol=1e-6)
     assert resolve_model_uri(host, str(tmp_path / "a-folder")) == str(tmp_path / "a-folder")  # not a store URI
+
+    # graft predict and load_predictor read the champion through the store: the strong run's predictions
+    held_out = split_inputs(run_store(strong.url, "test"), "test", meta["class_names"])[:4]
+    files = [tmp_path / f"held_out_{i}.png" for i in range(len(held_out))]
+    for file, image in zip(files, held_out, strict=True):
+        file.write_bytes(image.read())
+    champion = load_predictor(f"models:/{MODEL}@champion", plugins=[PLUGIN])(files)
+    assert np.abs(champion.probabilities - load_predictor(strong.url)(files).probabilities).max() < 1e-6
+    out = tmp_path / "champion.csv"
+    argv = ["predict", f"models:/{MODEL}@champion", *map(str, files), "--plugin", PLUGIN, "--out", str(out)]
+    assert graft_main(argv) == 0
+    assert [r["prediction"] for r in csv.DictReader(out.open())] == champion.classes
+    assert json.loads(Path(f"{out}.json").read_text())["model"] == f"models:/{MODEL}@champion"
 
 
 def test_the_tracker_is_off_by_default_and_the_store_is_listed_when_named():

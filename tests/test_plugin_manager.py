@@ -224,7 +224,7 @@ def test_a_plugin_written_for_another_contract_major_is_refused_by_name(tmp_path
     with pytest.raises(
         PluginError,
         match=r"plugin 'graft_plugin_old_plugin' \(GRAFT_PLUGINS\) was written for plugin "
-        r"contract 1; this graftflow implements contract 2\.1",
+        rf"contract 1; this graftflow implements contract {CONTRACT_VERSION[0]}\.{CONTRACT_VERSION[1]}",
     ):
         PluginHost(env={"GRAFT_PLUGINS": str(old)})
     current = tmp_path / "current_plugin.py"

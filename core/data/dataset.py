@@ -118,6 +118,15 @@ def auto_workers(setting: int | str, n: int, cpus: int | None = None, minimum: i
     return max(0, min(4, cpus - 1)) if n >= minimum else 0
 
 
+def decode_resized(raw, mode: ImageReadMode, resize: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """Encoded bytes → uint8 (C, S, S): torchvision's decoder in `mode`, then `resize`.
+
+    The one decoding path of stored images and of images to predict (`graft predict`),
+    so a file of a stored image gets exactly the pixels evaluation saw.
+    """
+    return resize(decode_image(torch.frombuffer(bytearray(raw), dtype=torch.uint8), mode=mode))
+
+
 class ArrowImageDataset(Dataset):
     """Decodes encoded images from an Arrow column; returns (image tensor, label).
 
@@ -158,13 +167,10 @@ class ArrowImageDataset(Dataset):
         return self.decode_encoded(i)
 
     def decode_encoded(self, i: int) -> torch.Tensor:
-        raw = self.images[i].as_buffer()
-        data = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
         try:
-            image = decode_image(data, mode=self.mode)
+            return decode_resized(self.images[i].as_buffer(), self.mode, self.resize)
         except RuntimeError as exc:
             raise DataError(f"image #{i} of the data store cannot be decoded: {exc}") from exc
-        return self.resize(image)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         image = self.decode(i)

@@ -10,14 +10,22 @@ from torch import nn
 from graftflow.core.config import PipelineConfig
 from graftflow.core.errors import PluginError
 from graftflow.core.plugin_manager import PluginHost
+from graftflow.core.pretrained_weights import PretrainedWeights
 from graftflow.core.specs import LayerGroup
 from graftflow.core.validation import plugin_params
 
 
-def build_model(host: PluginHost, meta: dict[str, Any]) -> nn.Module:
-    """A fresh model from a `model.json` description (family, variant, params, classes, channels, size)."""
+def build_model(host: PluginHost, meta: dict[str, Any], pretrained: PretrainedWeights | None = None) -> nn.Module:
+    """A fresh model from a `model.json` description (family, variant, params, classes, channels, size).
+
+    With `pretrained` the family builds it from those weights (timm's loader; see
+    `graftflow.core.models.pretrained`); it is passed only then, so a family that
+    takes no pretrained weights never sees the argument.
+    """
     family = host.families.get(meta["family"], "model.family")
     params = plugin_params(family, meta.get("params", {}), "model")
+    if pretrained is not None:
+        params["pretrained"] = pretrained
     return family.build(
         meta["variant"],
         num_classes=meta["num_classes"],
@@ -39,6 +47,9 @@ def model_meta(config: PipelineConfig, class_names: Sequence[str]) -> dict[str, 
         "image_size": config.data.image_size,
         "mean": config.data.mean,
         "std": config.data.std,
+        # what predicting needs besides the weights: the eval transforms and the plugins that provide them
+        "eval_transforms": [ref.model_dump(mode="json") for ref in config.augment.eval],
+        "plugins": list(config.plugins),
     }
 
 

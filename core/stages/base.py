@@ -24,6 +24,7 @@ from graftflow.core.device import DevicePolicy, Hardware, apply_backend_settings
 from graftflow.core.distributed import DistInfo, launch, wrap, wrap_step
 from graftflow.core.errors import StageError
 from graftflow.core.plugin_manager import PluginHost
+from graftflow.core.pretrained_weights import auto_inputs
 from graftflow.core.runs import Run, deep_merge
 
 log = logging.getLogger("graft.stage")
@@ -102,7 +103,10 @@ def seed_everything(seed: int) -> None:
 def device_policy(config: PipelineConfig, host: PluginHost) -> DevicePolicy:
     family = host.families.get(config.model.family, "model.family")
     policy = resolve_policy(
-        config.device, config.precision, Hardware.probe(), conv_net="channels_last" in family.capabilities
+        config.device,
+        config.precision,
+        Hardware.probe(),
+        conv_net="channels_last" in family.variant_capabilities(config.model.variant),
     )
     apply_backend_settings(policy)
     return policy
@@ -121,6 +125,8 @@ def stage_seconds(metrics: dict[str, Any] | None, seconds: float) -> None:
 def execute_stage(stage: str, config: PipelineConfig, run: Run, host: PluginHost) -> dict[str, Any]:
     """Run one stage and record it; returns the stage's entry of summary.json plus its artifacts."""
     declared = stage_table.stage(stage)
+    # data.mean/std/image_size: auto → the values the pretrained weights were trained with
+    config = auto_inputs(config, host.families.get(config.model.family, "model.family"))
     policy = device_policy(config, host)
     final_url = run.stage_url(stage)
     staging = storage.local_staging_dir(final_url)

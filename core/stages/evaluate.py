@@ -1,8 +1,21 @@
-"""Evaluate: the fine-tuned model on held-out images it has never seen."""
+"""Evaluate: the fine-tuned model on held-out images it has never seen.
+
+Besides the metrics and the confusion matrix it writes what fastai's
+`ClassificationInterpretation` shows: a gallery of the top losses (image,
+predicted, actual, loss, probability of the actual class) and the most confused
+pairs, and a predictions.csv with every image's prediction (and sha256, so a
+`graft predict` of the same images can be compared row by row). With
+`evaluate.tta` it also scores the softmax averaged over the TTA views, and records
+the metrics with and without.
+"""
 
 from __future__ import annotations
 
+import csv
+import hashlib
+
 import numpy as np
+import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
 from sklearn.neighbors import KNeighborsClassifier
@@ -10,8 +23,10 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from graftflow.core import storage
-from graftflow.core.data.dataset import require_classes
-from graftflow.core.images import save_confusion_matrix
+from graftflow.core.data.dataset import ArrowImageDataset, require_classes
+from graftflow.core.images import save_confusion_matrix, save_top_losses
+from graftflow.core.inference.engines import EagerEngine
+from graftflow.core.inference.tta import tta_probabilities
 from graftflow.core.models.saved import read_model
 from graftflow.core.stages.base import Artifact, StageContext, StageResult
 from graftflow.core.stages.inputs import eval_loader, load_trained
@@ -40,15 +55,27 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, class_names: 
 
 
 def run(ctx: StageContext) -> StageResult:
-    split = ctx.config.evaluate.split
+    cfg = ctx.config.evaluate
+    split = cfg.split
     model, meta = load_trained(ctx)
     model = ctx.policy.prepare(model)
     class_names = meta["class_names"]
     loader, sel = eval_loader(ctx, split, class_names, ctx.config.data.batch_size * 2)
     require_classes(sel, split, "evaluate.split", minimum=1)
     logits, labels = predict(model, loader, ctx.policy)
-    metrics = classification_metrics(labels.numpy(), logits.argmax(1).numpy(), class_names)
+    probs, y_true = logits.float().softmax(1).numpy(), labels.numpy()
+    metrics = classification_metrics(y_true, probs.argmax(1), class_names)
+    metrics["most_confused"] = most_confused(np.array(metrics["confusion_matrix"]), class_names)
+    tta_probs = None
+    if cfg.tta:
+        engine = EagerEngine(model, ctx.policy)
+        tta_probs = torch.cat([tta_probabilities(engine, x, cfg.tta_views).cpu() for x, _ in loader]).numpy()
+        tta = classification_metrics(y_true, tta_probs.argmax(1), class_names)
+        metrics["tta"] = {"views": list(cfg.tta_views), **{k: tta[k] for k in ("accuracy", "macro_f1", "images")}}
     storage.write_json(str(ctx.out / "metrics.json"), metrics)
+    table = prediction_table(sel, probs, y_true, class_names, tta_probs)
+    write_csv(ctx.out / "predictions.csv", table)
+    losses = top_losses(ctx, sel, table, class_names)
     save_confusion_matrix(
         np.array(metrics["confusion_matrix"]),
         class_names,
@@ -57,6 +84,31 @@ def run(ctx: StageContext) -> StageResult:
     )
     rows = [{"class": name, **{k: round(v, 4) for k, v in m.items()}} for name, m in metrics["per_class"].items()]
     summary = {"metrics": {split: metrics, **transfer_metrics(ctx, model, meta, logits, labels)}}
+    interpretation = [
+        Artifact("image", "top-losses", f"top losses on the {split} split: {TOP_LOSS_TITLE}", path=losses[0]),
+        Artifact(
+            "table", "top-losses-table", f"the {len(losses[1])} {split} images with the highest loss", rows=losses[1]
+        ),
+        Artifact(
+            "table",
+            "most-confused",
+            f"most confused pairs on the {split} split (actual → predicted, count)",
+            rows=metrics["most_confused"] or [{"actual": "-", "predicted": "-", "count": 0}],
+        ),
+    ]
+    if cfg.tta:
+        t = metrics["tta"]
+        interpretation.append(
+            Artifact(
+                "table",
+                "evaluation-tta",
+                f"{split} split with test-time augmentation ({', '.join(t['views'])})",
+                rows=[
+                    {"scoring": "plain", "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]},
+                    {"scoring": "tta", "accuracy": t["accuracy"], "macro_f1": t["macro_f1"]},
+                ],
+            )
+        )
     probe_artifacts = []
     if ctx.config.evaluate.probe != "none":
         summary["metrics"]["probe"] = probe = probe_backbone(ctx, class_names)
@@ -70,10 +122,16 @@ def run(ctx: StageContext) -> StageResult:
             )
         )
     return StageResult(
-        outputs={"metrics": "metrics.json", "confusion_matrix": "confusion_matrix.png"},
+        outputs={
+            "metrics": "metrics.json",
+            "confusion_matrix": "confusion_matrix.png",
+            "predictions": "predictions.csv",
+            "top_losses": losses[0],
+        },
         summary=summary,
         artifacts=[
             *probe_artifacts,
+            *interpretation,
             Artifact(
                 "table",
                 "evaluation",
@@ -86,6 +144,73 @@ def run(ctx: StageContext) -> StageResult:
             ),
         ],
     )
+
+
+TOP_LOSSES = 9  # images in the top-losses gallery, as fastai's plot_top_losses(9)
+MOST_CONFUSED = 20  # pairs kept in metrics.most_confused
+TOP_LOSS_TITLE = "predicted / actual / loss / probability of the actual class"
+
+
+def most_confused(matrix: np.ndarray, class_names: list[str]) -> list[dict]:
+    """fastai's `most_confused`: off-diagonal (actual, predicted) pairs by count, most frequent first."""
+    pairs = [
+        {"actual": class_names[i], "predicted": class_names[j], "count": int(matrix[i, j])}
+        for i in range(len(class_names))
+        for j in range(len(class_names))
+        if i != j and matrix[i, j] > 0
+    ]
+    return sorted(pairs, key=lambda p: -p["count"])[:MOST_CONFUSED]
+
+
+def prediction_table(sel, probs: np.ndarray, y_true: np.ndarray, class_names, tta_probs=None) -> list[dict]:
+    """One row per evaluated image, in store order: its sha256, label, prediction, probability and loss."""
+    rows = []
+    p_true = probs[np.arange(len(y_true)), y_true]
+    loss = -np.log(np.clip(p_true, 1e-12, None))
+    for i in range(len(y_true)):
+        pred = int(probs[i].argmax())
+        row = {
+            "index": i,
+            "sha256": hashlib.sha256(sel.images[i].as_buffer()).hexdigest(),
+            "label": class_names[y_true[i]],
+            "prediction": class_names[pred],
+            "probability": float(probs[i, pred]),
+            "loss": float(loss[i]),
+        }
+        if tta_probs is not None:
+            tta_pred = int(tta_probs[i].argmax())
+            row["prediction_tta"], row["probability_tta"] = class_names[tta_pred], float(tta_probs[i, tta_pred])
+        rows.append(row)
+    return rows
+
+
+def write_csv(path, rows: list[dict]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def top_losses(ctx: StageContext, sel, table: list[dict], class_names) -> tuple[str, list[dict]]:
+    """The TOP_LOSSES images the model got most wrong, as a PNG gallery and rows (fastai's interpretation)."""
+    worst = sorted(table, key=lambda r: -r["loss"])[:TOP_LOSSES]
+    data = ctx.config.data
+    plain = ArrowImageDataset(sel, data.channels, data.image_size)
+    images = [plain.decode(r["index"]) for r in worst]
+    titles = [f"{r['prediction']}/{r['label']}/{r['loss']:.2f}/{np.exp(-r['loss']):.2f}" for r in worst]
+    save_top_losses(images, titles, ctx.out / "top_losses.png", TOP_LOSS_TITLE)
+    rows = [
+        {
+            "index": r["index"],
+            "predicted": r["prediction"],
+            "actual": r["label"],
+            "loss": round(r["loss"], 4),
+            "probability_actual": round(float(np.exp(-r["loss"])), 4),
+            "sha256": r["sha256"][:12],
+        }
+        for r in worst
+    ]
+    return "top_losses.png", rows
 
 
 def probe_backbone(ctx: StageContext, class_names: list[str]) -> dict:

@@ -18,8 +18,10 @@ from graftflow.core import storage
 from graftflow.core.config import head_only_epochs
 from graftflow.core.images import save_training_curves
 from graftflow.core.models.build import build_model, head_keys, layer_groups, model_meta
+from graftflow.core.models.pretrained import load_report as weights_report
 from graftflow.core.models.saved import load_weights_file
 from graftflow.core.models.weights import META, WEIGHTS, extend_head, load_into, read_weights, save_model
+from graftflow.core.pretrained_weights import PretrainedWeights, resolve_pretrained
 from graftflow.core.stages.base import Artifact, StageContext, StageResult
 from graftflow.core.stages.inputs import (
     checkpoint_url,
@@ -57,9 +59,13 @@ def run(ctx: StageContext) -> StageResult:
     else:
         train_loader, val_loader, train_sel, batch_op = task_loaders(ctx, "finetune", ft.classes, ft.batch_size)
     meta = model_meta(cfg, train_sel.class_names)
-    model = build_model(ctx.host, meta)
+    pretrained = pretrained_start(ctx)
+    model = build_model(ctx.host, meta, pretrained=pretrained)
     groups = layer_groups(ctx.host, cfg.model.family, model)
-    load_report = starting_weights(ctx, model, groups, keep_head=len(old_classes))
+    if pretrained is not None:
+        load_report = weights_report(model, pretrained)
+    else:
+        load_report = starting_weights(ctx, model, groups, keep_head=len(old_classes))
     freeze_epochs = head_only_epochs(cfg, ctx.run.completed("pretrain"))  # unset: 1 only with weights to protect
 
     criterion = stage_loss(ctx, "finetune", ft.loss, train_sel)
@@ -159,6 +165,7 @@ def run(ctx: StageContext) -> StageResult:
                 "phases": [p.removeprefix("finetune-") for p, e in phases if e],
                 "loss": criterion.name,
                 "weights_load": load_report,
+                "inputs": {k: meta[k] for k in ("in_chans", "image_size", "mean", "std")},
                 "steps": history.steps,
                 "epochs_run": len(history.epochs),
                 "stopped_early": history.stopped_early,
@@ -195,6 +202,19 @@ def run(ctx: StageContext) -> StageResult:
 
 def _lr_spread(ft) -> str:
     return "layer_decay" if ft.layer_decay else ("lo-hi" if isinstance(ft.lr, list) else "uniform")
+
+
+def _has_backbone(ctx: StageContext) -> bool:
+    summary = ctx.run.summary()
+    return ctx.config.finetune.pretrained and summary.get("stages", {}).get("pretrain", {}).get("status") == "completed"
+
+
+def pretrained_start(ctx: StageContext) -> PretrainedWeights | None:
+    """`model.pretrained`, fetched, unless fine-tuning starts from this run's pretrain backbone."""
+    if _has_backbone(ctx):
+        return None
+    family = ctx.host.families.get(ctx.config.model.family, "model.family")
+    return resolve_pretrained(family, ctx.config.model.variant, ctx.config.model.pretrained)
 
 
 def pretrained_classes(ctx: StageContext) -> list[str]:
@@ -250,8 +270,7 @@ def starting_weights(ctx: StageContext, model, groups, keep_head: int = 0) -> di
     `keep_head`: the pretrained head's rows become the first `keep_head` rows of the
     model's head (`finetune.head: extend`); the rows after them start as built.
     """
-    summary = ctx.run.summary()
-    if ctx.config.finetune.pretrained and summary.get("stages", {}).get("pretrain", {}).get("status") == "completed":
+    if _has_backbone(ctx):
         directory = ctx.input("pretrain", "backbone")
         meta = storage.read_json(str(directory / META))
         state = read_weights(str(directory / WEIGHTS))

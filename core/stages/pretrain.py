@@ -13,8 +13,11 @@ from graftflow.core import storage
 from graftflow.core.config import PluginRef
 from graftflow.core.images import save_training_curves
 from graftflow.core.models.build import head_keys, layer_groups, model_meta
+from graftflow.core.models.pretrained import load_report as weights_report
+from graftflow.core.models.pretrained import with_pretrained
 from graftflow.core.models.saved import load_weights_file
 from graftflow.core.models.weights import save_model
+from graftflow.core.pretrained_weights import resolve_pretrained
 from graftflow.core.specs import PretextContext
 from graftflow.core.stages.base import Artifact, StageContext, StageResult
 from graftflow.core.stages.inputs import checkpoint_url, stage_loss, task_loaders
@@ -48,8 +51,9 @@ def run(ctx: StageContext) -> StageResult:
     make_loss = None
     if pretext.loss_kind is not None and loss_ref is not None:
         make_loss = lambda: stage_loss(ctx, "pretrain", loss_ref, train_sel, pretext.needs_labels)  # noqa: E731
+    pretrained = resolve_pretrained(family, cfg.model.variant, cfg.model.pretrained)
     pctx = PretextContext(
-        family=family,
+        family=with_pretrained(family, pretrained),  # the backbone starts from model.pretrained when set
         variant=cfg.model.variant,
         model_params=plugin_params(family, cfg.model.params, "model"),
         in_chans=cfg.data.channels,
@@ -60,7 +64,10 @@ def run(ctx: StageContext) -> StageResult:
     module = pretext.build(pctx, **plugin_params(pretext, pre.pretext.params, "pretrain.pretext"))
     backbone = module.backbone
     groups = layer_groups(host, family.name, backbone)
-    load_report = load_weights_file(cfg.model.weights, backbone, groups)
+    if pretrained is not None:
+        load_report = weights_report(backbone, pretrained)
+    else:
+        load_report = load_weights_file(cfg.model.weights, backbone, groups)
     lrs = group_lrs(pre.lr, len(groups), pre.layer_decay)
     opt_groups, records = build_param_groups(backbone, groups, lrs, pre.weight_decay)
     backbone_ids = {id(p) for p in backbone.parameters()}

@@ -15,7 +15,8 @@ import sys
 from graftflow.core.errors import GraftError
 from graftflow.pipelines.cli.common import print_error
 
-COMMANDS = ("run", "lr_find", "plugins", "config", "deploy", "server")  # modules of this package, in --help order
+# modules of this package, in --help order
+COMMANDS = ("run", "lr_find", "predict", "models", "plugins", "config", "deploy", "server")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,13 +8,14 @@ variants swap it for a 3×3 stride-1 conv, still named `conv1` (with timm's
 
 from __future__ import annotations
 
-import timm
 from timm.models.resnet import BasicBlock, ResNet
 from torch import nn
 
 from graftflow.core import (
+    ConfigError,
     DropParams,
     ModelFamily,
+    create_timm_model,
     hookimpl,
     reset_head,
     timm_layer_groups,
@@ -33,9 +34,9 @@ STANDARD = ("resnet18", "resnet34", "resnet50")
 VARIANTS = {
     "tiny": "BasicBlock (1,1,1,1), 16–128 channels, 3×3 stride-1 stem; ~0.32M params, 8–64 px images",
     "small": "BasicBlock (2,2,2,2), 32–256 channels, 3×3 stride-1 stem; ~2.8M params, 8–64 px images",
-    "resnet18": "timm resnet18 (7×7 stride-2 stem), for ~224 px images",
-    "resnet34": "timm resnet34 (7×7 stride-2 stem), for ~224 px images",
-    "resnet50": "timm resnet50 (Bottleneck), for ~224 px images",
+    "resnet18": "timm resnet18 (7×7 stride-2 stem), for ~224 px images; ImageNet weights (model.pretrained)",
+    "resnet34": "timm resnet34 (7×7 stride-2 stem), for ~224 px images; ImageNet weights (model.pretrained)",
+    "resnet50": "timm resnet50 (Bottleneck), for ~224 px images; ImageNet weights (model.pretrained)",
 }
 
 
@@ -54,15 +55,23 @@ def _small_resnet(layers, channels, *, num_classes: int, in_chans: int, **params
     return model
 
 
-def build(variant: str, *, num_classes: int, in_chans: int, image_size: int, **params) -> nn.Module:
-    """A fresh, randomly initialised ResNet; image_size is unused (global pooling adapts)."""
+def build(variant: str, *, num_classes: int, in_chans: int, image_size: int, pretrained=None, **params) -> nn.Module:
+    """A ResNet, randomly initialised or (standard variants) from `pretrained` weights; image_size is
+    unused (global pooling adapts)."""
     params = validate_params(ResNetParams, params)
     if variant in SMALL:
+        if pretrained is not None:
+            raise ConfigError(f"model.pretrained: resnet '{variant}' has no pretrained weights")
         layers, channels = SMALL[variant]
         return _small_resnet(layers, channels, num_classes=num_classes, in_chans=in_chans, **params)
     if variant in STANDARD:
-        return timm.create_model(variant, pretrained=False, num_classes=num_classes, in_chans=in_chans, **params)
+        return create_timm_model(variant, num_classes=num_classes, in_chans=in_chans, pretrained=pretrained, **params)
     raise unknown_variant("resnet", variant, VARIANTS)
+
+
+def pretrained_architecture(variant: str) -> str | None:
+    """The standard variants take timm's weights of the same name; the small ones have none."""
+    return variant if variant in STANDARD else None
 
 
 def layer_groups(model: nn.Module):
@@ -80,6 +89,7 @@ FAMILY = ModelFamily(
     split_forward=timm_split_forward,
     params_model=ResNetParams,
     description="Residual CNNs (timm); small-input variants keep full resolution for tiny images.",
+    pretrained=pretrained_architecture,
 )
 
 

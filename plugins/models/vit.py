@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 
-import timm
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
@@ -18,6 +17,7 @@ from graftflow.core import (
     DropParams,
     LayerGroup,
     ModelFamily,
+    create_timm_model,
     hookimpl,
     reset_head,
     timm_layer_groups,
@@ -36,9 +36,9 @@ STANDARD = {"vit_tiny_patch16_224": 16, "vit_small_patch16_224": 16, "vit_base_p
 VARIANTS = {
     "micro": "embed 64, depth 4, 4 heads, patch 4 (2 below 16 px); ~0.2M params, for 8–64 px images",
     "tiny": "embed 192, depth 12, 3 heads, patch 4; ~5.3M params, for 16–64 px images",
-    "vit_tiny_patch16_224": "timm ViT-Ti/16 at the configured image size",
-    "vit_small_patch16_224": "timm ViT-S/16 at the configured image size",
-    "vit_base_patch16_224": "timm ViT-B/16 at the configured image size",
+    "vit_tiny_patch16_224": "timm ViT-Ti/16 at the configured image size; ImageNet weights (model.pretrained)",
+    "vit_small_patch16_224": "timm ViT-S/16 at the configured image size; ImageNet weights (model.pretrained)",
+    "vit_base_patch16_224": "timm ViT-B/16 at the configured image size; ImageNet weights (model.pretrained)",
 }
 
 # timm's own grouping: the final `norm` joins the last block (timm's MATCH_PREV_GROUP),
@@ -61,8 +61,9 @@ def _patch_size(variant: str, image_size: int) -> int:
     return SMALL[variant]["patch_size"] if variant in SMALL else STANDARD[variant]
 
 
-def build(variant: str, *, num_classes: int, in_chans: int, image_size: int, **params) -> nn.Module:
-    """A fresh, randomly initialised ViT for `image_size`×`image_size` inputs."""
+def build(variant: str, *, num_classes: int, in_chans: int, image_size: int, pretrained=None, **params) -> nn.Module:
+    """A ViT for `image_size`×`image_size` inputs, randomly initialised or (standard variants) from
+    `pretrained` weights, whose position embedding timm resizes to the image size."""
     params = validate_params(ViTParams, params)
     if variant not in SMALL and variant not in STANDARD:
         raise unknown_variant("vit", variant, VARIANTS)
@@ -72,10 +73,19 @@ def build(variant: str, *, num_classes: int, in_chans: int, image_size: int, **p
             f"model.variant: vit '{variant}' cuts images into {patch}×{patch} patches, "
             f"so the image size must be a multiple of {patch}; got {image_size}"
         )
-    common = dict(num_classes=num_classes, in_chans=in_chans, img_size=image_size, **params)
     if variant in STANDARD:
-        return timm.create_model(variant, pretrained=False, **common)
+        return create_timm_model(
+            variant, num_classes=num_classes, in_chans=in_chans, image_size=image_size, pretrained=pretrained, **params
+        )
+    if pretrained is not None:
+        raise ConfigError(f"model.pretrained: vit '{variant}' has no pretrained weights")
+    common = dict(num_classes=num_classes, in_chans=in_chans, img_size=image_size, **params)
     return VisionTransformer(**{**SMALL[variant], "patch_size": patch, **common})
+
+
+def pretrained_architecture(variant: str) -> str | None:
+    """The standard variants take timm's weights of the same name; the small ones have none."""
+    return variant if variant in STANDARD else None
 
 
 def _rename(label: str) -> str:
@@ -104,6 +114,7 @@ FAMILY = ModelFamily(
     split_forward=timm_split_forward,
     params_model=ViTParams,
     description="Vision Transformers (timm), built for the configured image size.",
+    pretrained=pretrained_architecture,
 )
 
 

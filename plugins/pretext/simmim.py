@@ -50,7 +50,7 @@ class SimMIM(nn.Module):
         self.backbone = ctx.family.build(
             ctx.variant, num_classes=0, in_chans=chans, image_size=size, **dict(ctx.model_params)
         )
-        self.tokens = CAPABILITY in ctx.family.capabilities
+        self.tokens = CAPABILITY in ctx.family.variant_capabilities(ctx.variant)
         self.mask_ratio, self.size, self.chans = mask_ratio, size, chans
         if self.tokens:
             missing = [a for a in TOKEN_INTERFACE if not hasattr(self.backbone, a)]

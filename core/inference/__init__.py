@@ -1,0 +1,1 @@
+"""Using a trained model: predictors, test-time augmentation, the images they read."""

@@ -1,0 +1,74 @@
+"""Predict: score new images with a trained model and write the predictions file (the `predict` flow).
+
+The same code as `graft predict` and `load_predictor` (`graftflow.core.inference`).
+`predict.model` names the model (a run id, `latest`, a run, model or export folder, or a
+model-store URI such as `models:/NAME@champion` served by a plugin in `plugins:`);
+unset, it is the fine-tuned model of the run this stage runs in. The stage writes
+`predictions.csv` (or .parquet, after `predict.out`'s suffix) with its record
+`predictions.csv.json`, copies both to `predict.out` when set, and shows the first rows and
+the class counts as artifacts. Unreadable images are skipped and counted, never fatal.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from graftflow.core.errors import StageError
+from graftflow.core.inference.outputs import output_format, write_predictions
+from graftflow.core.inference.predictor import load_predictor
+from graftflow.core.inference.sources import prediction_inputs
+from graftflow.core.stages.base import Artifact, StageContext, StageResult
+
+log = logging.getLogger("graft.stage")
+FIRST_ROWS = 20  # rows in the predictions artifact
+
+
+def run(ctx: StageContext) -> StageResult:
+    cfg = ctx.config.predict
+    model = cfg.model or _this_run(ctx)
+    predictor = load_predictor(
+        model,
+        engine=cfg.engine,
+        device=ctx.config.device,
+        tta=cfg.tta,
+        tta_views=cfg.tta_views,
+        batch_size=cfg.batch_size,
+        artifact_root=ctx.config.artifact_root,
+        pipeline=ctx.config.name,
+        field="predict.model",
+        host=ctx.host,  # model stores (models:/NAME@alias) of the config's plugins
+    )
+    run_url = predictor.location.run_url if predictor.location else None
+    with prediction_inputs(cfg.inputs, cfg.split, run_url, predictor.class_names, "predict.inputs") as images:
+        predictions = predictor.predict_inputs(images)
+    if predictions.skipped:
+        log.warning("predict: %s", predictions.skipped_summary())
+    name = "predictions" + (output_format(cfg.out, "predict.out") if cfg.out else ".csv")
+    record = write_predictions(predictions, str(ctx.out / name), cfg.top_k, predictor.describe())
+    if cfg.out:
+        write_predictions(predictions, cfg.out, cfg.top_k, predictor.describe())
+        record["out"] = cfg.out
+    counts = [{"class": c, "images": n} for c, n in record["class_counts"].items()]
+    return StageResult(
+        outputs={"predictions": name, "record": name + ".json"},
+        summary={"predict": record},
+        artifacts=[
+            Artifact(
+                "table",
+                "predictions",
+                f"first {min(FIRST_ROWS, len(predictions))} of {len(predictions)} predictions ({predictor.engine_name}"
+                f"{', TTA' if predictor.tta_views else ''}; {len(predictions.skipped)} skipped)",
+                rows=predictions.rows(cfg.top_k)[:FIRST_ROWS] or [{"source": "-", "prediction": "-"}],
+            ),
+            Artifact("table", "predicted-classes", "images per predicted class", rows=counts),
+        ],
+    )
+
+
+def _this_run(ctx: StageContext) -> str:
+    if not ctx.run.completed("finetune"):
+        raise StageError(
+            f"predict.model: not set, and run {ctx.run.run_id} has no fine-tuned model; set predict.model "
+            f"(a run id, latest, a run/model/export folder) or continue a trained run (run_id)"
+        )
+    return ctx.run.url
