@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -552,17 +553,34 @@ class PipelineConfig(Section):
 # --- loading --------------------------------------------------------------------
 
 
+# The parts pydantic adds to a location for a validator or a union's alternative (`PositiveInt | Literal["auto"]`
+# gives `constrained-int` and `literal['auto']`): not fields, so never in a message.
+_NOT_A_FIELD = re.compile(
+    r"^(function-.*|constrained-\w+|literal\[.*\]|(list|dict|tuple|set)\[.*\]|int|float|str|bool|none|[A-Z]\w*)$"
+)
+
+
 def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
-    """One line per problem, each starting with the dotted field path."""
-    lines = []
+    """One line per field with a problem, starting with its dotted path; a union's alternatives share the line."""
+    problems: dict[str, list[str]] = {}
     for err in exc.errors():
-        loc = dotted([p for p in err["loc"] if not str(p).startswith("function-")])
+        loc = dotted([p for p in err["loc"] if not (isinstance(p, str) and _NOT_A_FIELD.match(p))])
         path = (f"{prefix}{loc}" if loc.startswith("[") else ".".join(filter(None, [prefix, loc]))) or "config"
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown field"
-        lines.append(f"{path}: {msg}")
-    return "\n".join(lines)
+        problems.setdefault(path, [])
+        if msg not in problems[path]:
+            problems[path].append(msg)
+    return "\n".join(f"{path}: {_either(msgs)}" for path, msgs in problems.items())
+
+
+def _either(messages: list[str]) -> str:
+    """`Input should be greater than 0` and `Input should be 'auto'` → `Input should be greater than 0 or 'auto'`."""
+    lead = "Input should be "
+    if len(messages) > 1 and all(m.startswith(lead) for m in messages):
+        return lead + " or ".join(m.removeprefix(lead) for m in messages)
+    return " or ".join(messages)
 
 
 def dotted(loc: Sequence[Any]) -> str:

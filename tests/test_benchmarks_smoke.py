@@ -11,7 +11,7 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-BENCHMARKS = ["store", "input_pipeline", "training_loop", "orchestration"]
+BENCHMARKS = ["store", "input_pipeline", "training_loop", "orchestration", "predict"]
 
 
 @pytest.mark.parametrize("name", BENCHMARKS)

@@ -2,7 +2,8 @@
 
 Both runs try hard to overlap: an observer plugin (graft_on_stage_start) holds each run at the start of
 its fine-tuning until the other run is fine-tuning too, or until GRACE_SECONDS after the other run became
-ready for the slot (its acquire ended; no fixed timeout from the start, so load cannot decide it). With the slot
+ready for the slot (its acquire ended; no fixed timeout from the start, so load cannot decide it); without
+a slot nothing can keep the other away, so there it waits for the other however long that takes. With the slot
 (`gpu_slot.hold: always`) the second run cannot start fine-tuning while the first holds the slot, so
 neither ever meets the other and the training stages never overlap. The negative control is the very
 same pair with `gpu_slot.hold: never`: they meet, and their fine-tuning overlaps.
@@ -45,12 +46,13 @@ def graft_on_stage_start(run, stage):
     (ROOM / run.name).touch()
     other = "slot-b" if run.name == "slot-a" else "slot-a"
     ready, met = ROOM / f"{{other}}.ready", []
+    grace = float(os.environ["GRAFT_MEETING_GRACE"])  # inf without a slot: nothing can keep the other away
     deadline = time.monotonic() + 600  # only so that a broken run cannot hang the test
     while time.monotonic() < deadline:
         if (ROOM / other).exists():
             met = [other]
             break
-        if ready.exists() and time.time() - ready.stat().st_mtime > {GRACE_SECONDS}:
+        if ready.exists() and time.time() - ready.stat().st_mtime > grace:
             break
         time.sleep(0.05)
     (ROOM / f"{{run.name}}.json").write_text(json.dumps({{"met": met}}))
@@ -97,7 +99,12 @@ def start_pair(tmp_path: Path, hold: str, limit: str, env: dict) -> list[subproc
         procs.append(
             subprocess.Popen(
                 [str(BIN / "graft"), "run", "-v", str(DIGITS), *(a for s in sets for a in ("--set", s))],
-                env={**env, "GRAFT_MEETING_ROOM": str(room), "OMP_NUM_THREADS": "1"},  # 4 processes, 2 cores
+                env={
+                    **env,
+                    "GRAFT_MEETING_ROOM": str(room),
+                    "GRAFT_MEETING_GRACE": str(GRACE_SECONDS) if hold == "always" else "inf",
+                    "OMP_NUM_THREADS": "1",  # 4 processes, 2 cores
+                },
                 cwd=ROOT,
                 text=True,
                 stdout=subprocess.PIPE,

@@ -398,8 +398,10 @@ def harness_db() -> list[Path]:
 
 def harness_records() -> dict[str, str]:
     """Flow and task run parameters, logs and artifacts on the session's Prefect test server."""
+    from prefect.logging.handlers import APILogHandler
     from prefect.settings import PREFECT_API_URL
 
+    APILogHandler.flush()  # the flow's logs travel to the server in the background: send what is queued first
     records = server_records(PREFECT_API_URL.value())
     assert any(k.startswith("logs/") for k in records) and any(k.startswith("flow_runs/") for k in records)
     return records

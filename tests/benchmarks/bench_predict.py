@@ -133,8 +133,8 @@ def _paired(ours: Callable, theirs: Callable, items: list, passes: int) -> tuple
     return len(items) / best[0], len(items) / best[1], {"ours_per_pass": per_pass[0], "theirs_per_pass": per_pass[1]}
 
 
-def run(quick: bool = False) -> list[Result]:
-    n, repeats = (512, 3) if quick else (1024, 9)
+def run(quick: bool = False, smoke: bool = False) -> list[Result]:
+    n, repeats = (64, 1) if smoke else (512, 3) if quick else (1024, 9)
     with tempfile.TemporaryDirectory(prefix="graft-bench-predict-") as tmp:
         root = Path(tmp)
         folder = _export_folder(root)
