@@ -561,18 +561,36 @@ _NOT_A_FIELD = re.compile(
 
 
 def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
-    """One line per field with a problem, starting with its dotted path; a union's alternatives share the line."""
-    problems: dict[str, list[str]] = {}
-    for err in exc.errors():
-        loc = dotted([p for p in err["loc"] if not (isinstance(p, str) and _NOT_A_FIELD.match(p))])
+    """One line per field with a problem, starting with its dotted path.
+
+    A union's alternatives (`list[float] | "auto"`) make one line: the alternatives that got deepest into
+    the value (`data.std[0]`, the list the user wrote) if some did, else all of them joined with "or"."""
+    found: list[tuple[int, str, str]] = []  # (where the field's first error came, path, message)
+    unions: dict[tuple, list[tuple[int, int, str, str]]] = {}
+    for index, err in enumerate(exc.errors()):
+        parts = list(err["loc"])
+        fields = [p for p in parts if not _not_a_field(p)]
+        loc = dotted(fields)
         path = (f"{prefix}{loc}" if loc.startswith("[") else ".".join(filter(None, [prefix, loc]))) or "config"
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown field"
+        msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
+        tag = next((i for i, p in enumerate(parts) if _not_a_field(p) and not str(p).startswith("function-")), None)
+        if tag is None:
+            found.append((index, path, msg))
+        else:
+            unions.setdefault(tuple(parts[:tag]), []).append((index, len(fields), path, msg))
+    for alternatives in unions.values():
+        first, deepest = alternatives[0][0], max(a[1] for a in alternatives)
+        found += [(first, path, msg) for _, depth, path, msg in alternatives if depth == deepest]
+    problems: dict[str, list[str]] = {}
+    for _, path, msg in sorted(found, key=lambda f: f[0]):
         problems.setdefault(path, [])
         if msg not in problems[path]:
             problems[path].append(msg)
     return "\n".join(f"{path}: {_either(msgs)}" for path, msgs in problems.items())
+
+
+def _not_a_field(part: Any) -> bool:
+    return isinstance(part, str) and bool(_NOT_A_FIELD.match(part))
 
 
 def _either(messages: list[str]) -> str:
@@ -772,6 +790,19 @@ def _drop(data: Any, loc: Sequence[Any]) -> str | None:
     return dotted(path)
 
 
+def _drop_each(data: dict[str, Any], errors: list[dict[str, Any]]) -> list[str | None]:
+    """`_drop` for every error's field, once: a union's alternatives name one field several times, and
+    dropping it again would reach its parent (the whole section) instead."""
+    removed, reached = [], []
+    for err in errors:
+        fields = tuple(p for p in err["loc"] if not _not_a_field(p))
+        if any(fields[: len(r)] == r for r in reached):
+            continue
+        reached.append(fields)
+        removed.append(_drop(data, fields))
+    return removed
+
+
 def parse_partial(data: Any) -> tuple[PipelineConfig | None, list[str], list[str]]:
     """The config with every invalid field back at its default, the problems, and the fields dropped.
 
@@ -796,7 +827,7 @@ def parse_partial(data: Any) -> tuple[PipelineConfig | None, list[str], list[str
                 field = line.split(":", 1)[0]
                 if not any(within(d, field) and d != field for d in dropped):  # a section's check of a stand-in
                     problems.append(line)
-            removed = [_drop(work, err["loc"]) for err in errors]
+            removed = _drop_each(work, errors)
             if not any(removed):
                 return None, list(dict.fromkeys(problems)), dropped
             dropped += [r for r in removed if r]

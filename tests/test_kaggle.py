@@ -398,10 +398,12 @@ def harness_db() -> list[Path]:
 
 def harness_records() -> dict[str, str]:
     """Flow and task run parameters, logs and artifacts on the session's Prefect test server."""
-    from prefect.logging.handlers import APILogHandler
+    from prefect.logging.handlers import APILogWorker
     from prefect.settings import PREFECT_API_URL
 
-    APILogHandler.flush()  # the flow's logs travel to the server in the background: send what is queued first
+    APILogWorker.drain_all(
+        timeout=30
+    )  # the flow's logs travel to the server in the background: send what is queued first
     records = server_records(PREFECT_API_URL.value())
     assert any(k.startswith("logs/") for k in records) and any(k.startswith("flow_runs/") for k in records)
     return records
