@@ -25,6 +25,7 @@ from graftflow.core.stage_table import Stage
 from graftflow.core.stages.base import device_policy, execute_stage
 from graftflow.core.validation import validate_config
 from graftflow.pipelines.artifacts import TrainingProgress, publish
+from graftflow.pipelines.secret_blocks import secret_value
 from graftflow.pipelines.storage_credentials import storage_credentials
 
 
@@ -52,17 +53,9 @@ def _source_secrets(stage: str, config: PipelineConfig) -> Iterator[None]:
     if stage != "acquire" or not names:
         yield
         return
-    from prefect.blocks.system import Secret
-
     with ExitStack() as stack:
         for name in names:
-            try:
-                value = Secret.load(name).get()
-            except ValueError:
-                raise DataError(
-                    f"data.source.secret_block: there is no Prefect Secret block named '{name}' "
-                    f"(create one: Secret(value=...).save('{name}'))"
-                ) from None
+            value = secret_value(name, "data.source.secret_block", "...", DataError)
             stack.enter_context(secrets.supplied(secrets.secret_ref(name), value))
         yield
 

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 
 from graftflow.core.config import PipelineConfig
 from graftflow.core.errors import ConfigError
+from graftflow.pipelines.secret_blocks import secret_value
 
 # The block's keys (boto3's own argument names) and the variables botocore reads them from.
 ENVIRONMENT = {
@@ -29,15 +30,8 @@ REQUIRED = ("aws_access_key_id", "aws_secret_access_key")
 
 def block_credentials(name: str) -> dict[str, str]:
     """The block's values, checked: a missing block or a wrong shape is one line naming the field."""
-    from prefect.blocks.system import Secret
-
-    try:
-        value = Secret.load(name).get()
-    except ValueError:
-        raise ConfigError(
-            f"storage.secret_block: there is no Prefect Secret block named '{name}' "
-            f'(create one: Secret(value={{"aws_access_key_id": ..., "aws_secret_access_key": ...}}).save("{name}"))'
-        ) from None
+    example = '{"aws_access_key_id": ..., "aws_secret_access_key": ...}'
+    value = secret_value(name, "storage.secret_block", example, ConfigError)
     if isinstance(value, str):
         try:
             value = json.loads(value)
