@@ -18,16 +18,14 @@ Ganin et al. (2016) report MNIST → MNIST-M 52.3% source-only, 76.7% DANN, 96.0
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 import time
 from pathlib import Path
 
 from graftflow.core.config import load_config
 from graftflow.core.runs import Run
+from graftflow.pipelines.experiments.report import OUT, mean_std, write_report
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "digits_da.yaml"
-OUT = Path(".graft/experiments")
 TARGET = "{kind: sklearn-digits-m, size: 32, seed: 0}"
 ARMS = {
     "source-only": ["finetune.method=standard"],
@@ -68,24 +66,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"seed {seed} {arm:16s} digits-M test accuracy {scores[arm][-1]:.4f}", flush=True)
     rows = ["| arm | digits-M test accuracy (mean ± std) | per seed |", "|---|---|---|"]
     for arm, values in scores.items():
-        std = statistics.stdev(values) if len(values) > 1 else 0.0
-        rows.append(f"| {arm} | {statistics.mean(values):.4f} ± {std:.4f} | {' / '.join(f'{v:.4f}' for v in values)} |")
-    table = "\n".join(rows)
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "domain_adaptation.md").write_text(table + "\n")
-    (OUT / "domain_adaptation.json").write_text(
-        json.dumps(
-            {
-                "seeds": args.seeds,
-                "overrides": args.set,
-                "accuracy": scores,
-                "seconds": round(time.perf_counter() - started, 1),
-            },
-            indent=2,
-        )
-    )
-    print(table)
-    print(f"written to {OUT}/domain_adaptation.md ({time.perf_counter() - started:.0f} s)")
+        rows.append(f"| {arm} | {mean_std(values)} | {' / '.join(f'{v:.4f}' for v in values)} |")
+    record = {"seeds": args.seeds, "overrides": args.set, "accuracy": scores}
+    write_report("domain_adaptation", "\n".join(rows), record, started)
     return 0
 
 

@@ -17,16 +17,14 @@ by seed), where transfer matters most; `all` is the whole training split.
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 import time
 from pathlib import Path
 
 from graftflow.core.config import load_config
 from graftflow.core.runs import Run
+from graftflow.pipelines.experiments.report import OUT, mean_std, write_report
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "digits.yaml"
-OUT = Path(".graft/experiments")
 
 
 def variants(lo: float, hi: float, epochs: int, backbone: str) -> dict[str, list[str]]:
@@ -90,27 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     for budget, arms in scores.items():
         rows = [f"labels per class: {budget}", "", "| strategy | test accuracy (mean ± std) | runs |", "|---|---|---|"]
         for name, values in arms.items():
-            std = statistics.stdev(values) if len(values) > 1 else 0.0
-            rows.append(f"| {name} | {statistics.mean(values):.4f} ± {std:.4f} | {len(values)} |")
+            rows.append(f"| {name} | {mean_std(values)} | {len(values)} |")
         tables.append("\n".join(rows))
-    table = "\n\n".join(tables)
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "finetune_strategies.md").write_text(table + "\n")
-    (OUT / "finetune_strategies.json").write_text(
-        json.dumps(
-            {
-                "seeds": args.seeds,
-                "lr": [lo, hi],
-                "epochs": 1 + epochs,
-                "labels": args.labels,
-                "accuracy": scores,
-                "seconds": round(time.perf_counter() - started, 1),
-            },
-            indent=2,
-        )
-    )
-    print(table)
-    print(f"written to {OUT}/finetune_strategies.md ({time.perf_counter() - started:.0f} s)")
+    record = {"seeds": args.seeds, "lr": [lo, hi], "epochs": 1 + epochs, "labels": args.labels, "accuracy": scores}
+    write_report("finetune_strategies", "\n\n".join(tables), record, started)
     return 0
 
 

@@ -20,16 +20,14 @@ accuracy minus the old-class accuracy after — mean ± sample std over seeds.
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 import time
 from pathlib import Path
 
 from graftflow.core.config import load_config
 from graftflow.core.runs import Run
+from graftflow.pipelines.experiments.report import OUT, mean_std, write_report
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "digits.yaml"
-OUT = Path(".graft/experiments")
 ARMS = {
     "fine-tune": ["finetune.method=standard"],
     "lwf": ["finetune.method={name: lwf, temperature: 2.0}"],
@@ -65,28 +63,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"seed {seed} {arm:15s} " + "  ".join(f"{c} {incremental[c]:.4f}" for c in COLUMNS), flush=True)
     rows = ["| arm | old (0–4) | new (5–9) | all | forgetting |", "|---|---|---|---|---|"]
     for arm, columns in results.items():
-        cells = []
-        for column in COLUMNS:
-            values = columns[column]
-            std = statistics.stdev(values) if len(values) > 1 else 0.0
-            cells.append(f"{statistics.mean(values):.4f} ± {std:.4f}")
-        rows.append(f"| {arm} | " + " | ".join(cells) + " |")
-    table = "\n".join(rows)
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "forgetting.md").write_text(table + "\n")
-    (OUT / "forgetting.json").write_text(
-        json.dumps(
-            {
-                "seeds": args.seeds,
-                "overrides": args.set,
-                "results": results,
-                "seconds": round(time.perf_counter() - started, 1),
-            },
-            indent=2,
-        )
-    )
-    print(table)
-    print(f"written to {OUT}/forgetting.md ({time.perf_counter() - started:.0f} s)")
+        rows.append(f"| {arm} | " + " | ".join(mean_std(columns[c]) for c in COLUMNS) + " |")
+    record = {"seeds": args.seeds, "overrides": args.set, "results": results}
+    write_report("forgetting", "\n".join(rows), record, started)
     return 0
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any
 from graftflow.core import storage
 from graftflow.core.config import load_config
 from graftflow.core.errors import GraftError
+from graftflow.pipelines.experiments.report import mean_std
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "ssl_digits.yaml"
 ARMS = {
@@ -60,11 +60,6 @@ def run_arm(config_path: Path, arm: str, seed: int, overrides: list[str]) -> dic
         "probe_accuracy": (metrics.get("probe") or {}).get("accuracy"),
         "pretrain_images": (summary.get("pretrain") or {}).get("images"),
     }
-
-
-def mean_std(values: list[float]) -> str:
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.4f} ± {std:.4f}"
 
 
 def table(results: list[dict[str, Any]], seeds: list[int]) -> str:
