@@ -50,16 +50,21 @@ def block_credentials(name: str) -> dict[str, str]:
     return {k: str(v) for k, v in value.items() if v}
 
 
+# The blocks whose values are in the environment now, innermost last: nested flows read a block once.
+_held: list[str] = []
+
+
 @contextmanager
 def storage_credentials(config: PipelineConfig) -> Iterator[None]:
     """The block's credentials in the environment for the duration; nothing changes without a block.
 
     The block replaces every AWS variable it could hold (a stray AWS_SESSION_TOKEN from the environment
     would not pair with the block's keys), and s3fs's cached clients are dropped on the way in and out,
-    so no client made with other credentials is reused.
+    so no client made with other credentials is reused. Inside a block's own scope (the CLI's, then the
+    transfer flow's, then each stage flow's) it is read from Prefect once.
     """
     name = config.storage.secret_block
-    if not name:
+    if not name or (_held and _held[-1] == name):  # none, or already there: `graft run` → transfer → each stage
         yield
         return
     values = block_credentials(name)
@@ -70,9 +75,11 @@ def storage_credentials(config: PipelineConfig) -> Iterator[None]:
         else:
             os.environ.pop(var, None)
     _forget_s3_clients()
+    _held.append(name)
     try:
         yield
     finally:
+        _held.pop()
         for var, value in saved.items():
             if value is None:
                 os.environ.pop(var, None)
