@@ -263,7 +263,7 @@ def config_problems(config: PipelineConfig, host: PluginHost, stages: list[str] 
     sources = [("data.source", config.data.source)]
     if config.pretrain.source is not None:
         sources.append(("pretrain.source", config.pretrain.source))
-    if method is not None and method.needs_target and config.finetune.method.params.get("target"):
+    if method is not None and config.finetune.method.params.get("target"):
         sources.append(("finetune.method.target", SourceConfig.model_validate(config.finetune.method.params["target"])))
     for field, source_cfg in sources:
         source = check(host.sources.get, source_cfg.kind, f"{field}.kind")

@@ -167,6 +167,31 @@ def test_target_labels_are_never_read_in_training(tmp_path, method):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_standard_with_a_target_is_the_source_only_baseline(tmp_path):
+    """`standard` may name a target domain: acquired and scored by evaluate (the baseline the adaptation
+    methods are compared with), never trained on — the weights equal a run without it."""
+    base = ["finetune.method=standard", "finetune.epochs=1", "finetune.freeze_epochs=0"]
+    _, _, plain = run_stages(tmp_path / "plain", "dann", *base, stages=("acquire", "finetune"))
+    with_target = [f"finetune.method={{name: standard, target: {TARGET}}}"]
+    _, _, scored = run_stages(
+        tmp_path / "scored", "dann", *base, *with_target, stages=("acquire", "finetune", "evaluate")
+    )
+    target = scored.summary()["metrics"]["target"]
+    assert target["images"] > 0 and 0 <= target["accuracy"] <= 1 and target["entropy"] > 0
+    assert "target_data" in scored.summary() and "target_data" not in plain.summary()
+    a, b = weights(plain), weights(scored)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_target_on_a_method_that_takes_none_is_a_config_error(tmp_path):
+    from graftflow.core.errors import ConfigError
+    from graftflow.core.validation import validate_config
+
+    config = load_config(DIGITS, [*overrides(tmp_path, "lwf"), f"finetune.method={{name: lwf, target: {TARGET}}}"])
+    with pytest.raises(ConfigError, match=r"finetune\.method.*target"):
+        validate_config(config, PluginHost())
+
+
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_each_method_resumes_after_a_crash_to_the_same_weights(tmp_path, monkeypatch, method):
     _, _, reference = run_stages(tmp_path / "reference", method)

@@ -25,7 +25,7 @@ from graftflow.core.data.store import StoreInfo, build_store, is_complete, read_
 from graftflow.core.errors import DataError
 from graftflow.core.images import save_grid
 from graftflow.core.stages.base import Artifact, StageContext, StageResult
-from graftflow.core.validation import check_source, finetune_method, plugin_params
+from graftflow.core.validation import check_source, plugin_params
 
 log = logging.getLogger("graft.data")
 
@@ -156,8 +156,9 @@ def _pretrain_source(ctx: StageContext) -> tuple[dict[str, str], dict]:
 
 
 def _method_target(ctx: StageContext) -> tuple[dict[str, str], dict]:
-    """A domain-adaptation method's `finetune.method.target`: the unlabelled target domain, a store of its own."""
-    if not finetune_method(ctx.host, ctx.config).needs_target:
+    """`finetune.method.target`: the target domain (trained on unlabelled by adaptation methods, scored by
+    evaluate under any method that names one), a store of its own."""
+    if not ctx.config.finetune.method.params.get("target"):
         return {}, {}
     cfg = SourceConfig.model_validate(ctx.config.finetune.method.params["target"])
     info = acquire_store(ctx, cfg, "finetune.method.target")

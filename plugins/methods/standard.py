@@ -1,12 +1,23 @@
-"""The standard method: the stage's loss on each labelled batch, nothing added."""
+"""The standard method: the stage's loss on each labelled batch, nothing added.
+
+It may still name a `target` domain, which is acquired and scored by evaluate
+(accuracy where the target is labelled, prediction entropy always) but never
+trained on: the source-only baseline a domain-adaptation method is compared with.
+"""
 
 from __future__ import annotations
 
-from graftflow.core import FinetuneMethod, MethodSpec, Params, hookimpl
+from pydantic import Field
+
+from graftflow.core import FinetuneMethod, MethodSpec, Params, SourceConfig, hookimpl
 
 
 class StandardParams(Params):
-    """The standard method takes no parameters."""
+    target: SourceConfig | None = Field(
+        None,
+        description="Optional: a target domain (a data source block) that evaluate scores the model on; "
+        "never used in training.",
+    )
 
 
 @hookimpl
@@ -14,7 +25,7 @@ def graft_finetune_methods():
     return [
         MethodSpec(
             name="standard",
-            build=lambda: FinetuneMethod(),
+            build=lambda target=None: FinetuneMethod(),
             params_model=StandardParams,
             description="the stage's loss on labelled batches (the default)",
         )
