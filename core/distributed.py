@@ -23,6 +23,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -100,6 +101,34 @@ def launcher_args(dist_cfg, rdzv_id: str) -> list[str]:
 EVENTS_ENV = (
     "GRAFT_DDP_EVENTS"  # rank 0 appends each epoch's metrics here as a JSON line (`EpochRelay`; read by `_relay`)
 )
+LAUNCHER_ENV = "GRAFT_DDP_LAUNCHER"  # the pid of the process that called `launch`
+
+
+def exit_with_launcher(poll_seconds: float = 0.5) -> None:
+    """End this rank as soon as the process that launched the stage, or its torch launcher, is gone.
+
+    torch.distributed.run starts each rank in a session of its own, so a `graft run` killed with
+    SIGKILL (or its whole process group) would leave the ranks training on, unseen: they would
+    go on writing the run's checkpoints while a resumed run reads them, and clear them when they
+    finish. A daemon thread watches both parents and exits the rank the way a kill would.
+    """
+    launcher, agent = int(os.environ.get(LAUNCHER_ENV, "0")), os.getppid()
+
+    def alive(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    def watch() -> None:
+        while os.getppid() == agent and (launcher == 0 or alive(launcher)):
+            time.sleep(poll_seconds)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="graft-exit-with-launcher", daemon=True).start()
 
 
 def launch(
@@ -134,6 +163,7 @@ def launch(
             **os.environ,
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
             EVENTS_ENV: str(events),
+            LAUNCHER_ENV: str(os.getpid()),
         }
         with tempfile.TemporaryFile("w+") as output:
             proc = subprocess.Popen(cmd, stdout=output, stderr=subprocess.STDOUT, text=True, env=env)

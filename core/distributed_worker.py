@@ -13,7 +13,7 @@ import torch.distributed as dist
 
 from graftflow.core import stage_table
 from graftflow.core.config import PipelineConfig
-from graftflow.core.distributed import EVENTS_ENV, DistInfo, EpochRelay, result_to_json
+from graftflow.core.distributed import EVENTS_ENV, DistInfo, EpochRelay, exit_with_launcher, result_to_json
 from graftflow.core.errors import GraftError
 from graftflow.core.plugin_manager import PluginHost
 from graftflow.core.runs import Run
@@ -23,6 +23,7 @@ from graftflow.core.stages.base import StageContext, device_policy, seed_everyth
 def main(stage: str, config_path: str, run_id: str, out: str, exchange: str) -> int:
     import os
 
+    exit_with_launcher()
     config = PipelineConfig.model_validate_json(Path(config_path).read_text())
     host = PluginHost(config.plugins)
     policy = device_policy(config, host)

@@ -1,12 +1,15 @@
 """Issue 17: fine-tuning methods — domain adaptation (mmd, dann, cdan) and learning without forgetting (lwf).
 
 Unit tests of the pieces (gradient reversal, domain terms, distillation), then every method through
-the fine-tune stage: target labels never read, a crash resumed to the same weights, 2-process DDP,
-and `graft run`.
+the fine-tune stage: target labels never read, a crash resumed to the same weights, and each through
+`graft run` under 2-process DDP, killed and resumed.
 """
 
 import copy
-import json
+import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +27,8 @@ from graftflow.core.runs import Run
 from graftflow.core.stages.base import execute_stage
 from graftflow.core.training import loop
 from graftflow.plugins.methods.lwf import distillation
-from tests.support import DIGITS, graft, run_dirs
+from tests.prefect_server import BIN
+from tests.support import DIGITS, ROOT
 
 TARGET = "{kind: sklearn-digits-m, size: 8}"
 METHODS = {
@@ -220,44 +224,36 @@ def test_each_method_resumes_after_a_crash_to_the_same_weights(tmp_path, monkeyp
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "method", ["cdan", "lwf"]
-)  # the adversarial branch (dann's, conditioned) and the frozen teacher
-def test_methods_run_under_two_process_ddp(tmp_path, method):
-    config, host, run = run_stages(
-        tmp_path, method, "distributed.nproc_per_node=2", stages=("acquire", "pretrain", "finetune", "evaluate")
-    )
-    summary = run.summary()
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_each_method_through_graft_run_under_ddp_killed_and_resumed(prefect_api, tmp_path, method):
+    """The real CLI with 2-process DDP, killed with SIGKILL once the stage has checkpointed, then resumed
+    with --run-id: the method's metrics in summary.json (target domain, or old vs new classes).
+    That a resumed method ends with the very weights of an uninterrupted run is tested in-process above."""
+    sets = [a for s in overrides(tmp_path, method, "distributed.nproc_per_node=2") for a in ("--set", s)]
+    cmd = [str(BIN / "graft"), "run", str(DIGITS), *sets, "--stages", "acquire,pretrain,finetune,evaluate"]
+    cmd += ["--run-id", "killed"]
+    config = load_config(DIGITS, overrides(tmp_path, method, "distributed.nproc_per_node=2"))
+    Run.open(config, "killed")  # --run-id continues a run that exists: make it, with the id the test watches
+    ckpt_dir = tmp_path / "runs" / "digits-transfer" / "killed" / "_checkpoints" / "finetune"
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline and not list(ckpt_dir.glob("step-*")):
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = Run(config, "killed").summary()
+    assert summary["finetune"]["resumed_from_step"] >= 5 and summary["finetune"]["method"] == method
     assert summary["finetune"]["distributed"] == {"world_size": 2, "backend": "gloo"}
-    assert summary["finetune"]["method"] == method
-    assert "accuracy" in summary["metrics"]["test"]
-    assert ("target" in summary["metrics"]) == (method != "lwf")
-    assert ("incremental" in summary["metrics"]) == (method == "lwf")
-
-
-@pytest.mark.slow
-def test_methods_run_through_graft_run(prefect_api, tmp_path):
-    """Adaptation and forgetting through the CLI: their metrics in summary.json (target domain, old vs new
-    classes). Every method's own path through the stage is covered in-process above."""
-    for method in ("dann", "lwf"):
-        root = tmp_path / method
-        sets = overrides(root, method)
-        proc = graft(
-            "run",
-            str(DIGITS),
-            *[a for s in sets for a in ("--set", s)],
-            "--stages",
-            "acquire,pretrain,finetune,evaluate",
+    metrics = summary["metrics"]
+    if method == "lwf":
+        inc = metrics["incremental"]
+        assert inc["old_classes"] == 5 and inc["forgetting"] == pytest.approx(
+            inc["accuracy_old_before"] - inc["accuracy_old"]
         )
-        assert proc.returncode == 0, (method, proc.stderr[-3000:])
-        summary = json.loads((run_dirs(root / "runs" / "digits-transfer")[0] / "summary.json").read_text())
-        metrics = summary["metrics"]
-        if method == "lwf":
-            inc = metrics["incremental"]
-            assert inc["old_classes"] == 5 and inc["forgetting"] == pytest.approx(
-                inc["accuracy_old_before"] - inc["accuracy_old"]
-            )
-            assert len(summary["finetune"]["classes"]) == 10  # the old head's 5, then the new 5
-        else:
-            assert metrics["target"]["images"] > 0 and metrics["target"]["entropy"] > 0
-            assert "target_entropy" in metrics["finetune"] and "domain_loss" in metrics["finetune"]
+        assert len(summary["finetune"]["classes"]) == 10  # the old head's 5, then the new 5
+    else:
+        assert metrics["target"]["images"] > 0 and metrics["target"]["entropy"] > 0
+        assert "target_entropy" in metrics["finetune"] and "domain_loss" in metrics["finetune"]
