@@ -229,10 +229,11 @@ def test_each_method_through_graft_run_under_ddp_killed_and_resumed(prefect_api,
     """The real CLI with 2-process DDP, killed with SIGKILL once the stage has checkpointed, then resumed
     with --run-id: the method's metrics in summary.json (target domain, or old vs new classes).
     That a resumed method ends with the very weights of an uninterrupted run is tested in-process above."""
-    sets = [a for s in overrides(tmp_path, method, "distributed.nproc_per_node=2") for a in ("--set", s)]
+    extra = ("distributed.nproc_per_node=2", "finetune.labels_per_class=20")  # a few steps an epoch
+    sets = [a for s in overrides(tmp_path, method, *extra) for a in ("--set", s)]
     cmd = [str(BIN / "graft"), "run", str(DIGITS), *sets, "--stages", "acquire,pretrain,finetune,evaluate"]
     cmd += ["--run-id", "killed"]
-    config = load_config(DIGITS, overrides(tmp_path, method, "distributed.nproc_per_node=2"))
+    config = load_config(DIGITS, overrides(tmp_path, method, *extra))
     Run.open(config, "killed")  # --run-id continues a run that exists: make it, with the id the test watches
     ckpt_dir = tmp_path / "runs" / "digits-transfer" / "killed" / "_checkpoints" / "finetune"
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -245,7 +246,7 @@ def test_each_method_through_graft_run_under_ddp_killed_and_resumed(prefect_api,
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = Run(config, "killed").summary()
-    assert summary["finetune"]["resumed_from_step"] >= 5 and summary["finetune"]["method"] == method
+    assert summary["finetune"]["resumed_from_step"] >= 1 and summary["finetune"]["method"] == method
     assert summary["finetune"]["distributed"] == {"world_size": 2, "backend": "gloo"}
     metrics = summary["metrics"]
     if method == "lwf":
