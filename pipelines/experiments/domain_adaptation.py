@@ -26,7 +26,7 @@ from graftflow.core.runs import Run
 from graftflow.pipelines.experiments.report import OUT, mean_std, write_report
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "digits_da.yaml"
-TARGET = "{kind: sklearn-digits-m, size: 32, seed: 0}"
+TARGET = "{kind: sklearn-digits-m, size: 16, seed: 0}"
 ARMS = {
     "source-only": [f"finetune.method={{name: standard, target: {TARGET}}}"],
     "mmd": [f"finetune.method={{name: mmd, target: {TARGET}}}"],
