@@ -9,7 +9,9 @@ held-out 5–9 test images:
   scratch         no pretraining; all groups at one lr (hi)
 Everything runs through the real Prefect flows. `--labels 10 50` repeats the four arms with only
 that many labelled 5–9 training images per class (`finetune.labels_per_class`, a fixed subsample
-by seed), where transfer matters most; `all` is the whole training split.
+by seed), where transfer matters most; `all` is the whole training split. A smaller budget trains
+for proportionally more epochs (10 per class: ×13), so every arm takes the optimizer steps the whole
+split takes.
 
     python -m graftflow.pipelines.experiments.finetune_strategies [--seeds 0 1 2] [--labels all 10 50]
 """
@@ -27,19 +29,21 @@ from graftflow.pipelines.experiments.report import OUT, mean_std, write_report
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "digits.yaml"
 
 
-def variants(lo: float, hi: float, epochs: int, backbone: str) -> dict[str, list[str]]:
-    total = 1 + epochs
+def variants(lo: float, hi: float, epochs: int, backbone: str, scale: int = 1) -> dict[str, list[str]]:
+    """The four arms; `scale` multiplies every epoch count (a smaller label budget, the same optimizer steps)."""
+    head, epochs = scale, scale * epochs
+    total = head + epochs
     return {
         "discriminative": [
             f"model.weights={backbone}",
             f"finetune.lr=[{lo}, {hi}]",
-            "finetune.freeze_epochs=1",
+            f"finetune.freeze_epochs={head}",
             f"finetune.epochs={epochs}",
         ],
         "uniform": [
             f"model.weights={backbone}",
             f"finetune.lr={hi}",
-            "finetune.freeze_epochs=1",
+            f"finetune.freeze_epochs={head}",
             f"finetune.epochs={epochs}",
         ],
         "head-only": [
@@ -50,6 +54,20 @@ def variants(lo: float, hi: float, epochs: int, backbone: str) -> dict[str, list
         ],
         "scratch": [f"finetune.lr={hi}", "finetune.freeze_epochs=0", f"finetune.epochs={total}"],
     }
+
+
+def epoch_scale(summary: dict, budget: str) -> int:
+    """How many times the epochs of the whole training split a budget of `budget` images per class needs
+    for the same number of optimizer steps (the full split's images per class over the budget)."""
+    if budget == "all":
+        return 1
+    data = summary["data"]
+    per_class = data["split_counts"]["train"] / data["classes"]
+    return max(1, round(per_class / int(budget)))
+
+
+def pre_summary(pre: dict, overrides: list[str]) -> dict:
+    return Run(load_config(CONFIG, overrides), pre["run_id"]).summary()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     lo, hi = demo.finetune.lr
     epochs = demo.finetune.epochs
     scores: dict[str, dict[str, list[float]]] = {}
+    scales: dict[str, int] = {}
     started = time.perf_counter()
     for seed in args.seeds:
         seeded = base + [f"seed={seed}", f"data.split.seed={seed}"]
@@ -76,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         backbone = f"{pre['url']}/pretrain/backbone/model.safetensors"
         for budget in args.labels:
             labels = [] if budget == "all" else [f"finetune.labels_per_class={int(budget)}"]
-            for name, overrides in variants(lo, hi, epochs, backbone).items():
+            scale = scales[budget] = epoch_scale(pre_summary(pre, seeded), budget)
+            for name, overrides in variants(lo, hi, epochs, backbone, scale).items():
                 config = load_config(CONFIG, seeded + ["pretrain.enabled=false", *labels, *overrides])
                 result = transfer(config=config, stages=["acquire", "finetune", "evaluate"])
                 summary = Run(config, result["run_id"]).summary()
@@ -90,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, values in arms.items():
             rows.append(f"| {name} | {mean_std(values)} | {len(values)} |")
         tables.append("\n".join(rows))
-    record = {"seeds": args.seeds, "lr": [lo, hi], "epochs": 1 + epochs, "labels": args.labels, "accuracy": scores}
+    record = {"seeds": args.seeds, "lr": [lo, hi], "epochs": 1 + epochs, "epoch_scale": scales, "labels": args.labels, "accuracy": scores}
     write_report("finetune_strategies", "\n\n".join(tables), record, started)
     return 0
 
