@@ -110,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, values in arms.items():
             rows.append(f"| {name} | {mean_std(values)} | {len(values)} |")
         tables.append("\n".join(rows))
-    record = {"seeds": args.seeds, "lr": [lo, hi], "epochs": 1 + epochs, "epoch_scale": scales, "labels": args.labels, "accuracy": scores}
+    record = {"seeds": args.seeds, "lr": [lo, hi], "epochs": 1 + epochs, "epoch_scale": scales}
+    record.update({"labels": args.labels, "accuracy": scores})
     write_report("finetune_strategies", "\n\n".join(tables), record, started)
     return 0
 
