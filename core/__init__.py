@@ -7,7 +7,7 @@ used (a listing of plugins never has to import torch).
 
 - the contract: `hookimpl`, `CONTRACT_VERSION` (see `graftflow.core.hookspecs`)
 - specs a hook returns: `ModelFamily`, `LayerGroup`, `LossSpec`, `DataSource`, `ImageRecord`,
-  `AugmentationSpec`, `PretextTask`, `Exporter`, `ModelStore`; what the core hands back: `LossContext`,
+  `AugmentationSpec`, `PretextTask`, `Exporter`, `ModelStore`, `TaskSpec`; what the core hands back: `LossContext`,
   `AugmentContext`, `PretextContext`, `RunInfo`
 - `open_model(url, plugins)`: a saved model folder (model.safetensors + model.json) as a module
 - `Params`, the base of a plugin's parameters model; `LossRef` for a loss named inside one
@@ -51,6 +51,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
             "PretextContext",
             "PretextTask",
             "RunInfo",
+            "TaskSpec",
         )
     },
     **{n: ("graftflow.core.training.methods", n) for n in ("FinetuneMethod", "MethodContext", "grad_reverse", "ramp")},
@@ -135,6 +136,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
         PretextContext,
         PretextTask,
         RunInfo,
+        TaskSpec,
     )
     from graftflow.core.timm_families import (
         TOKEN_INTERFACE,

@@ -31,6 +31,7 @@ from graftflow.core.stages.inputs import (
     target_loaders,
     task_loaders,
 )
+from graftflow.core.tasks import finetune_loss, task_of
 from graftflow.core.training.callbacks import Callbacks
 from graftflow.core.training.checkpointing import Checkpointer
 from graftflow.core.training.compile import compiled_forward
@@ -51,6 +52,7 @@ log = logging.getLogger("graft.stage")
 
 def run(ctx: StageContext) -> StageResult:
     cfg, ft = ctx.config, ctx.config.finetune
+    task = task_of(ctx.host, cfg)
     method = finetune_method(ctx.host, cfg)
     old_classes = pretrained_classes(ctx) if ft.head == "extend" else []
     if old_classes:
@@ -61,14 +63,14 @@ def run(ctx: StageContext) -> StageResult:
     meta = model_meta(cfg, train_sel.class_names)
     pretrained = pretrained_start(ctx)
     model = build_model(ctx.host, meta, pretrained=pretrained)
-    groups = layer_groups(ctx.host, cfg.model.family, model)
+    groups = layer_groups(ctx.host, cfg.model.family, model, task.name)
     if pretrained is not None:
         load_report = weights_report(model, pretrained)
     else:
         load_report = starting_weights(ctx, model, groups, keep_head=len(old_classes))
     freeze_epochs = head_only_epochs(cfg, ctx.run.completed("pretrain"))  # unset: 1 only with weights to protect
 
-    criterion = stage_loss(ctx, "finetune", ft.loss, train_sel)
+    criterion = stage_loss(ctx, "finetune", finetune_loss(cfg, task), train_sel)
     lrs = group_lrs(ft.lr, len(groups), ft.layer_decay)
     opt_groups, records = build_param_groups(model, groups, lrs, ft.weight_decay)
     model = ctx.policy.prepare(model)
@@ -95,7 +97,7 @@ def run(ctx: StageContext) -> StageResult:
         ),
         BatchNormPolicy(model, ft.bn),
         ema,
-        Validation(evaluated, val_loader, criterion, ctx.policy) if val_loader is not None else None,
+        Validation(evaluated, val_loader, criterion, ctx.policy, task.validate) if val_loader is not None else None,
         TargetEntropy(evaluated, target_val, ctx.policy) if target_val is not None else None,
         method,
         best,
@@ -160,6 +162,7 @@ def run(ctx: StageContext) -> StageResult:
             "param_groups": param_groups,
             "metrics": {"finetune": {k: v for k, v in final.items() if k not in ("epoch", "phase")}},
             "finetune": {
+                "task": task.name,
                 "classes": train_sel.class_names,
                 "images": len(train_sel),
                 "phases": [p.removeprefix("finetune-") for p, e in phases if e],
@@ -275,6 +278,9 @@ def starting_weights(ctx: StageContext, model, groups, keep_head: int = 0) -> di
         meta = storage.read_json(str(directory / META))
         state = read_weights(str(directory / WEIGHTS))
         heads = set(meta.get("head_keys", [])) | head_keys(model, groups)
+        rename = task_of(ctx.host, ctx.config).backbone_key
+        if rename is not None:  # the backbone seeds the task's encoder under the encoder's own key names
+            state = {new: v for k, v in state.items() if k not in heads and (new := rename(k)) is not None}
         report = load_into(model, state, drop=heads, source="pretrain backbone")
         if keep_head:
             report["head_rows_kept"] = extend_head(model, {k: v for k, v in state.items() if k in heads}, keep_head)
