@@ -9,6 +9,8 @@ used (a listing of plugins never has to import torch).
 - specs a hook returns: `ModelFamily`, `LayerGroup`, `LossSpec`, `DataSource`, `ImageRecord`,
   `AugmentationSpec`, `PretextTask`, `Exporter`, `ModelStore`, `TaskSpec`; what the core hands back: `LossContext`,
   `AugmentContext`, `PretextContext`, `RunInfo`
+- tasks (`TaskSpec`): `ArrowImageDataset` (images and labels of a store selection), and for a task's
+  evaluate stage `load_trained(ctx)`, `eval_loader(ctx, split, class_names, batch_size)`, `StageResult`, `Artifact`
 - `open_model(url, plugins)`: a saved model folder (model.safetensors + model.json) as a module
 - `Params`, the base of a plugin's parameters model; `LossRef` for a loss named inside one
 - errors a plugin raises for the user: `GraftError`, `ConfigError`, `PluginError`, `DataError`,
@@ -61,6 +63,10 @@ _EXPORTS: dict[str, tuple[str, str]] = {
         for n in ("ConfigError", "DataError", "GraftError", "PluginError", "StageError", "TransientDataError")
     },
     "LossRef": ("graftflow.core.config", "LossRef"),
+    # what a task plugin's evaluate(ctx) works with (TaskSpec): the model, the split's loader, the stage's result
+    **{n: ("graftflow.core.stages.base", n) for n in ("Artifact", "StageResult")},
+    **{n: ("graftflow.core.stages.inputs", n) for n in ("eval_loader", "load_trained")},
+    "ArrowImageDataset": ("graftflow.core.data.dataset", "ArrowImageDataset"),
     "open_model": ("graftflow.core.models.saved", "open_model"),
     **{
         n: ("graftflow.core.timm_families", n)
@@ -109,6 +115,9 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from graftflow.core.config import LossRef, SourceConfig
+    from graftflow.core.data.dataset import ArrowImageDataset
+    from graftflow.core.stages.base import Artifact, StageResult
+    from graftflow.core.stages.inputs import eval_loader, load_trained
     from graftflow.core.data.archives import archive_kind, looks_like_archive, safe_extract
     from graftflow.core.data.layouts import FoldersLayout, ImageSourceParams, Records, TableLayout, listing
     from graftflow.core.data.layouts import records as image_records

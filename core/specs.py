@@ -341,8 +341,10 @@ class TaskSpec:
     - `predict(outputs, meta, names, sizes, options)` → rows of predictions, one per image,
       from the model's float outputs (None: the core's class probabilities, top-k);
       `write(rows, dest, fmt)` writes them in the task's own `formats` (e.g. "kaggle-rle").
-    - `backbone_keys(key)`: the model's state-dict key of a pretrain-backbone key (None: dropped),
+    - `backbone_key(key)`: the model's state-dict key of a pretrain-backbone key (None: dropped),
       so a classifier's backbone seeds the task's encoder.
+    - `calibrate(model, val_loader, policy, meta)`: run once fine-tuning ends, on the validation
+      split; what it returns is recorded in model.json (multilabel: per-class decision thresholds).
     """
 
     name: str
@@ -359,5 +361,6 @@ class TaskSpec:
     write: Callable[[Sequence[Mapping[str, Any]], Path, str], None] | None = None
     formats: tuple[str, ...] = ()
     backbone_key: Callable[[str], str | None] | None = None
+    calibrate: Callable[..., dict[str, Any]] | None = None
     params_model: type | None = None
     description: str = ""

@@ -47,13 +47,13 @@ def _shape(draw: ImageDraw.ImageDraw, cls: int, rng) -> None:
         draw.rectangle([x, y, x + w // 2, y + h], fill=1)
 
 
-BRIGHTNESS = {1: 235, 2: 25, 3: 200, 4: 55}
+BRIGHTNESS = {1: 250, 2: 10, 3: 195, 4: 65}  # each class its own grey level, apart from the steel
 
 
 def steel_image(classes, seed: int) -> tuple[bytes, dict[int, np.ndarray]]:
     """A JPEG-free (PNG, so the drawn pixels are exact) grey image and its mask per defect class."""
     rng = np.random.default_rng(seed)
-    pixels = rng.normal(128, 10, (HEIGHT, WIDTH)).clip(0, 255)
+    pixels = rng.normal(128, 6, (HEIGHT, WIDTH)).clip(0, 255)
     masks = {}
     for cls in classes:
         canvas = Image.new("1", (WIDTH, HEIGHT), 0)
@@ -62,7 +62,7 @@ def steel_image(classes, seed: int) -> tuple[bytes, dict[int, np.ndarray]]:
         for other in masks.values():
             mask &= ~other  # one class per pixel, as in Severstal
         masks[cls] = mask
-        pixels[mask] = BRIGHTNESS[cls] + rng.normal(0, 5, int(mask.sum()))
+        pixels[mask] = BRIGHTNESS[cls] + rng.normal(0, 3, int(mask.sum()))
     buffer = io.BytesIO()
     Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(buffer, format="PNG")
     return buffer.getvalue(), masks

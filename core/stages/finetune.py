@@ -10,6 +10,7 @@ What happens each epoch is the callback list in `_callbacks`, in order.
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 
 import torch
@@ -45,7 +46,7 @@ from graftflow.core.training.progress import EpochLog, EpochObservers
 from graftflow.core.training.resume import Checkpoint
 from graftflow.core.training.schedule import GroupScheduler
 from graftflow.core.training.selection import BestEpoch, EarlyStopping, WeightEMA
-from graftflow.core.validation import finetune_method
+from graftflow.core.validation import finetune_method, plugin_params
 
 log = logging.getLogger("graft.stage")
 
@@ -97,7 +98,9 @@ def run(ctx: StageContext) -> StageResult:
         ),
         BatchNormPolicy(model, ft.bn),
         ema,
-        Validation(evaluated, val_loader, criterion, ctx.policy, task.validate) if val_loader is not None else None,
+        Validation(evaluated, val_loader, criterion, ctx.policy, task_validation(ctx, task))
+        if val_loader is not None
+        else None,
         TargetEntropy(evaluated, target_val, ctx.policy) if target_val is not None else None,
         method,
         best,
@@ -149,6 +152,8 @@ def run(ctx: StageContext) -> StageResult:
         ).run()
     restored = ft.restore_best and best.restore_if_not_last(len(history.epochs))
 
+    if task.calibrate is not None and val_loader is not None:  # e.g. multilabel thresholds tuned on val
+        meta.update(task.calibrate(evaluated, val_loader, ctx.policy, meta))
     save_model(evaluated.cpu(), ctx.out / "model", meta)
     storage.write_json(str(ctx.out / "history.json"), history.epochs)
     curves = [save_training_curves(history.epochs, ctx.out / "curves.png", "fine-tuning")] if history.epochs else []
@@ -201,6 +206,12 @@ def run(ctx: StageContext) -> StageResult:
             ],
         ],
     )
+
+
+def task_validation(ctx: StageContext, task):
+    """The task's validation with the task's parameters (`task:` in the config), as the loop calls it."""
+    params = plugin_params(task, ctx.config.task.params, "task")
+    return functools.partial(task.validate, **params)
 
 
 def _lr_spread(ft) -> str:

@@ -167,9 +167,9 @@ def loaders_for(
     context = AugmentContext(
         num_classes=len(train.class_names), image_size=cfg.data.image_size, channels=cfg.data.channels
     )
-    train_policy = augment_policy(
-        ctx.host, cfg.augment.train, "augment.train", ctx.policy.device_type, context, baked=baked
-    )
+    # `placement: auto` moves ops to the device only for class targets: batch ops see images and labels, not masks
+    placement_device = ctx.policy.device_type if train.target == "single" else "cpu"
+    train_policy = augment_policy(ctx.host, cfg.augment.train, "augment.train", placement_device, context, baked=baked)
     eval_ops = augment_policy(ctx.host, cfg.augment.eval, "augment.eval", context=context, training=False).sample
     bs = batch_size or cfg.data.batch_size
     # With batch ops, batches travel as uint8 (4× less to copy) and are normalised on the device after them.

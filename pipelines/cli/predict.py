@@ -60,7 +60,7 @@ def main(args: argparse.Namespace) -> int:
 
     if args.top_k < 1 or args.batch_size < 1:
         raise ConfigError(f"--{'top-k' if args.top_k < 1 else 'batch-size'}: must be at least 1")
-    if args.out:
+    if args.out and not args.format:  # a task's own --format checks its --out itself
         output_format(args.out)
     try:
         views = parse_tta_views(args.tta_views) if args.tta_views else list(DEFAULT_TTA_VIEWS)

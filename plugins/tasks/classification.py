@@ -32,7 +32,7 @@ def layer_groups(family, model):
     return family.layer_groups(model)
 
 
-def validate(model, loader, loss, policy):
+def validate(model, loader, loss, policy, **_):
     from graftflow.core.training.evaluation import loss_and_accuracy
 
     return loss_and_accuracy(model, loader, loss, policy)

@@ -36,12 +36,12 @@ def save_overlays(pixels, truths, preds, path: Path) -> Path:
     return save_grid(tiles, path, nrow=2)
 
 
-def evaluate(ctx, threshold: float = 0.5):
+def evaluate(ctx, threshold: float = 0.5, min_area: float = 0.0):
     """The evaluate stage of a segmentation model (`TaskSpec.evaluate`)."""
     from graftflow.core import storage
     from graftflow.core.stages.base import Artifact, StageResult
     from graftflow.core.stages.inputs import eval_loader, load_trained
-    from graftflow.plugins.tasks.seg_metrics import MaskScores
+    from graftflow.plugins.tasks.seg_metrics import MaskScores, binarize
 
     split = ctx.config.evaluate.split
     model, meta = load_trained(ctx)
@@ -53,11 +53,11 @@ def evaluate(ctx, threshold: float = 0.5):
         for images, masks in loader:
             with ctx.policy.autocast():
                 logits = model(ctx.policy.to_device(images))
-            pred = logits.float().sigmoid().cpu() > threshold
+            pred = binarize(logits.float().sigmoid().cpu(), threshold, min_area)
             scores.add(pred, masks > 0.5)
             start = len(shown)
             shown += [(start + i, masks[i], pred[i]) for i in range(min(len(pred), GALLERY - start))]
-    metrics = {"threshold": threshold, **scores.summary(meta["class_names"])}
+    metrics = {"threshold": threshold, "min_area": min_area, **scores.summary(meta["class_names"])}
     storage.write_json(str(ctx.out / "metrics.json"), metrics)
     outputs = {"metrics": "metrics.json"}
     artifacts = []

@@ -55,9 +55,19 @@ class MaskScores:
         }
 
 
+def binarize(probs: torch.Tensor, threshold: float, min_area: float) -> torch.Tensor:
+    """Probabilities (N, C, H, W) → masks: above `threshold`, and emptied where a mask covers less than
+    `min_area` of the image (the usual Severstal post-processing: specks on clean steel cost a whole 1)."""
+    masks = probs > threshold
+    if min_area > 0:
+        small = masks.flatten(2).float().mean(2) < min_area
+        masks = masks & ~small[..., None, None]
+    return masks
+
+
 @torch.no_grad()
-def validate(model, loader, loss, policy, threshold: float = 0.5) -> dict[str, float]:
-    """`val_loss` (the stage's loss) and `val_dice` (Kaggle's mean Dice at `threshold`) on the val split."""
+def validate(model, loader, loss, policy, threshold: float = 0.5, min_area: float = 0.0) -> dict[str, float]:
+    """`val_loss` (the stage's loss) and `val_dice` (Kaggle's mean Dice of the binarised masks) on the val split."""
     model.eval()
     total, seen, scores = 0.0, 0, None
     for images, masks in loader:
@@ -68,7 +78,7 @@ def validate(model, loader, loss, policy, threshold: float = 0.5) -> dict[str, f
         total += float(value) * len(images)
         seen += len(images)
         scores = scores or MaskScores(masks.shape[1])
-        scores.add(logits.float().sigmoid() > threshold, masks > 0.5)
+        scores.add(binarize(logits.float().sigmoid(), threshold, min_area), masks > 0.5)
     if not seen:
         return {}
     return {"val_loss": total / seen, "val_dice": float(scores.dice_sum.sum() / (scores.images * len(scores.dice_sum)))}

@@ -22,14 +22,18 @@ import torch
 FORMATS = ("kaggle-rle", "masks")
 
 
-def predict(outputs: torch.Tensor, meta: Mapping[str, Any], names, sizes, threshold: float = 0.5, **_: Any):
+def predict(
+    outputs: torch.Tensor, meta: Mapping[str, Any], names, sizes, threshold: float = 0.5, min_area: float = 0.0
+):
     """One row per image: its name, size, the classes present and every class's mask (bool (H, W))."""
     import torch.nn.functional as F
+
+    from graftflow.plugins.tasks.seg_metrics import binarize
 
     rows = []
     for logits, name, (height, width) in zip(outputs, names, sizes, strict=True):
         full = F.interpolate(logits[None].float(), size=(height, width), mode="bilinear", align_corners=False)[0]
-        masks = (full.sigmoid() > threshold).numpy()
+        masks = binarize(full.sigmoid()[None], threshold, min_area)[0].numpy()
         rows.append(
             {
                 "source": name,

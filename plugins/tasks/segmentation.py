@@ -28,6 +28,13 @@ class SegmentationParams(Params):
         "fpn: [pyramid, segmentation] channels.",
     )
     threshold: float = Field(0.5, gt=0, lt=1, description="Probability above which a pixel is in a class's mask.")
+    min_area: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="A predicted mask covering less than this fraction of the image is dropped (empty): "
+        "Kaggle's Dice gives an empty mask of a clean image 1 and any speck 0.",
+    )
 
 
 def dataset(*args, **kwargs):
@@ -48,22 +55,23 @@ def layer_groups(family, model):
     return groups(family, model)
 
 
-def validate(model, loader, loss, policy):
+def validate(model, loader, loss, policy, threshold: float = 0.5, min_area: float = 0.0, **_):
     from graftflow.plugins.tasks.seg_metrics import validate as scores
 
-    return scores(model, loader, loss, policy)
+    return scores(model, loader, loss, policy, threshold, min_area)
 
 
 def evaluate(ctx):
     from graftflow.plugins.tasks.seg_evaluate import evaluate as run
 
-    return run(ctx, float(ctx.config.task.params.get("threshold", 0.5)))
+    params = SegmentationParams.model_validate(ctx.config.task.params)
+    return run(ctx, params.threshold, params.min_area)
 
 
-def predict(outputs, meta, names, sizes, threshold: float = 0.5, **_):
+def predict(outputs, meta, names, sizes, threshold: float = 0.5, min_area: float = 0.0, **_):
     from graftflow.plugins.tasks.seg_predict import predict as rows
 
-    return rows(outputs, meta, names, sizes, threshold)
+    return rows(outputs, meta, names, sizes, threshold, min_area)
 
 
 def write(rows, dest, fmt):
