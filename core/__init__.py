@@ -115,10 +115,8 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from graftflow.core.config import LossRef, SourceConfig
-    from graftflow.core.data.dataset import ArrowImageDataset
-    from graftflow.core.stages.base import Artifact, StageResult
-    from graftflow.core.stages.inputs import eval_loader, load_trained
     from graftflow.core.data.archives import archive_kind, looks_like_archive, safe_extract
+    from graftflow.core.data.dataset import ArrowImageDataset
     from graftflow.core.data.layouts import FoldersLayout, ImageSourceParams, Records, TableLayout, listing
     from graftflow.core.data.layouts import records as image_records
     from graftflow.core.errors import ConfigError, DataError, GraftError, PluginError, StageError, TransientDataError
@@ -147,6 +145,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
         RunInfo,
         TaskSpec,
     )
+    from graftflow.core.stages.base import Artifact, StageResult
+    from graftflow.core.stages.inputs import eval_loader, load_trained
     from graftflow.core.timm_families import (
         TOKEN_INTERFACE,
         DropParams,
