@@ -46,10 +46,10 @@ def steel_config(tmp_path: Path) -> Path:
         "name": "steel",
         "artifact_root": str(tmp_path / "runs"),
         "seed": 0,
-        "task": {"name": "segmentation", "decoder_channels": [32, 16, 16, 8, 8], "min_area": 0.01},
+        "task": {"name": "segmentation", "encoder_depth": 3, "decoder_channels": [32, 16, 16], "min_area": 0.01},
         "data": {
             "cache_dir": str(tmp_path / "datasets"),
-            "image_size": 64,
+            "image_size": 32,
             "channels": 1,
             "mean": [0.5],
             "std": [0.25],
@@ -84,7 +84,7 @@ def _run_dir(tmp_path: Path) -> Path:
 
 @pytest.mark.slow
 def test_severstal_segmentation_end_to_end(prefect_api, standin, tmp_path):
-    files, truth = competition(n=60, test_images=3)
+    files, truth = competition(n=80, test_images=3)
     standin.add_competition(COMP, files)
     (tmp_path / "kaggle-config").mkdir()
     env = {**standin.env(), "KAGGLE_CONFIG_DIR": str(tmp_path / "kaggle-config")}
@@ -98,7 +98,7 @@ def test_severstal_segmentation_end_to_end(prefect_api, standin, tmp_path):
 
     # acquire: a mask store whose masks are exactly the drawn ones, at each image's own size
     info = read_info(summary["data"]["path"])
-    assert info.target == "mask" and info.class_names == ["1", "2", "3", "4"] and info.rows == 60
+    assert info.target == "mask" and info.class_names == ["1", "2", "3", "4"] and info.rows == 80
     table = read_table(info.url)
     from graftflow.core.data.masks import decode_mask
 
@@ -157,7 +157,7 @@ def eager_masks(run_dir: Path, folder: Path, meta: dict) -> dict[str, np.ndarray
     out = {}
     for path in sorted(folder.iterdir()):
         pixels = decode_image(torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8), ImageReadMode.GRAY)
-        x = v2.Resize((64, 64), antialias=True)(pixels)[None].float() / 255
+        x = v2.Resize((32, 32), antialias=True)(pixels)[None].float() / 255
         x = (x - meta["mean"][0]) / meta["std"][0]
         with torch.no_grad():
             logits = torch.nn.functional.interpolate(model(x), size=pixels.shape[-2:], mode="bilinear")

@@ -163,3 +163,17 @@ def test_segmentation_model_groups_and_backbone_hand_off(host):
     assert not result.unexpected_keys and all(
         k.startswith(("decoder.", "segmentation_head.")) for k in result.missing_keys
     )
+
+
+def test_the_readme_severstal_config_is_valid(host):
+    """README's "Severstal, end to end" config, as printed, passes every check (weights not fetched here)."""
+    import re
+
+    from tests.support import ROOT
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"```yaml\n(# steel.yaml\n.*?)```", text[text.index("## Severstal, end to end") :], re.S)
+    data = yaml.safe_load(block.group(1))
+    assert data["task"]["name"] == "segmentation" and data["data"]["source"]["layout"]["target"] == "mask"
+    data["model"].pop("pretrained")  # timm's loader would download the weights
+    validate_config(PipelineConfig.model_validate(data), host, stages=["finetune", "evaluate", "export"])

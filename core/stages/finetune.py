@@ -296,4 +296,4 @@ def starting_weights(ctx: StageContext, model, groups, keep_head: int = 0) -> di
         if keep_head:
             report["head_rows_kept"] = extend_head(model, {k: v for k, v in state.items() if k in heads}, keep_head)
         return report
-    return load_weights_file(ctx.config.model.weights, model, groups)
+    return load_weights_file(ctx.config.model.weights, model, groups, task_of(ctx.host, ctx.config).backbone_key)
