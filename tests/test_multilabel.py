@@ -95,10 +95,11 @@ def test_multilabel_beats_the_label_frequency_baseline_with_saved_thresholds(pre
 
 
 def test_thresholds_maximise_each_class_f1():
-    probs = np.array([[0.9, 0.2], [0.7, 0.6], [0.4, 0.65], [0.1, 0.1]])
-    targets = np.array([[1, 0], [1, 1], [0, 1], [0, 0]])
-    assert tune_thresholds(probs, targets) == [0.7, 0.6]
+    probs = np.array([[0.9, 0.3], [0.8, 0.2], [0.7, 0.1], [0.6, 0.05]])
+    targets = np.array([[1, 1], [1, 1], [0, 0], [0, 0]])
+    assert tune_thresholds(probs, targets) == [0.8, 0.2]  # not 0.5: each class its own, best F1 (1.0) on these
     assert mean_ap(probs, targets) == 1.0
+    assert tune_thresholds(np.array([[0.9], [0.7], [0.4]]), np.array([[1], [1], [0]])) == [0.5]  # ties: the lower
 
 
 def test_asl_and_focal_reduce_to_bce():

@@ -144,6 +144,20 @@ def test_severstal_segmentation_end_to_end(prefect_api, standin, tmp_path):
         decoded = rle_decode(row["EncodedPixels"], (HEIGHT, WIDTH))
         assert (decoded == expected_masks[row["ImageId"]][model_meta["class_names"].index(row["ClassId"])]).all()
 
+    # the predict stage (what the predict flow runs) writes the same submission, run in this process
+    from graftflow.core.config import load_config
+    from graftflow.core.plugin_manager import PluginHost
+    from graftflow.core.runs import Run
+    from graftflow.core.stages.base import execute_stage
+
+    sets = [f"predict.model={run_dir}", f"predict.inputs=[{tmp_path / 'test_images'}]"]
+    config = load_config(steel_config(tmp_path), sets)
+    entry = execute_stage("predict", config, Run.open(config), PluginHost())
+    assert entry["status"] == "completed"
+    staged = Path(config.artifact_root) / "steel"
+    written = [p for p in staged.glob("*/predict/predictions.csv")]
+    assert len(written) == 1 and written[0].read_text() == out.read_text()
+
 
 def eager_masks(run_dir: Path, folder: Path, meta: dict) -> dict[str, np.ndarray]:
     """The fine-tuned model's masks for each image, computed here: decode, resize, normalise, U-Net, resize back,

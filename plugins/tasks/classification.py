@@ -17,13 +17,13 @@ class ClassificationParams(Params):
 
 
 def dataset(*args, **kwargs):
-    from graftflow.core.data.dataset import ArrowImageDataset
+    from graftflow.core import ArrowImageDataset
 
     return ArrowImageDataset(*args, **kwargs)
 
 
 def build_model(family, meta, params, **task_params):
-    from graftflow.core.models.build import family_classifier
+    from graftflow.core import family_classifier
 
     return family_classifier(family, meta, params, **task_params)
 
@@ -33,13 +33,13 @@ def layer_groups(family, model):
 
 
 def validate(model, loader, loss, policy, **_):
-    from graftflow.core.training.evaluation import loss_and_accuracy
+    from graftflow.core import loss_and_accuracy
 
     return loss_and_accuracy(model, loader, loss, policy)
 
 
 def evaluate(ctx):
-    from graftflow.core.stages.evaluate import evaluate_classification
+    from graftflow.core import evaluate_classification
 
     return evaluate_classification(ctx)
 

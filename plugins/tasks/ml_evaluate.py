@@ -7,9 +7,7 @@ import numpy as np
 
 
 def evaluate(ctx):
-    from graftflow.core import storage
-    from graftflow.core.stages.base import Artifact, StageResult
-    from graftflow.core.stages.inputs import class_counts, eval_loader, load_trained, task_selections
+    from graftflow.core import Artifact, StageResult, class_counts, eval_loader, load_trained, storage, task_selections
     from graftflow.plugins.tasks.ml_metrics import f1_at, mean_ap, outputs, per_class_ap
 
     split = ctx.config.evaluate.split

@@ -21,13 +21,13 @@ class MultilabelParams(Params):
 
 
 def dataset(*args, **kwargs):
-    from graftflow.core.data.label_sets import MultiHotDataset
+    from graftflow.core import MultiHotDataset
 
     return MultiHotDataset(*args, **kwargs)
 
 
 def build_model(family, meta, params, **task):
-    from graftflow.core.models.build import family_classifier
+    from graftflow.core import family_classifier
 
     return family_classifier(family, meta, params)
 

@@ -28,7 +28,7 @@ def overlay(image: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
 
 def save_overlays(pixels, truths, preds, path: Path) -> Path:
     """A grid of pairs: the true masks over the image, then the predicted ones."""
-    from graftflow.core.images import save_grid
+    from graftflow.core import save_grid
 
     tiles = []
     for image, truth, pred in zip(pixels, truths, preds, strict=True):
@@ -38,9 +38,7 @@ def save_overlays(pixels, truths, preds, path: Path) -> Path:
 
 def evaluate(ctx, threshold: float = 0.5, min_area: float = 0.0):
     """The evaluate stage of a segmentation model (`TaskSpec.evaluate`)."""
-    from graftflow.core import storage
-    from graftflow.core.stages.base import Artifact, StageResult
-    from graftflow.core.stages.inputs import eval_loader, load_trained
+    from graftflow.core import Artifact, StageResult, eval_loader, load_trained, storage
     from graftflow.plugins.tasks.seg_metrics import MaskScores, binarize
 
     split = ctx.config.evaluate.split

@@ -52,7 +52,7 @@ def image_id(source: str) -> str:
 
 
 def kaggle_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
-    from graftflow.core.data.masks import rle_encode
+    from graftflow.core import rle_encode
 
     return [
         {"ImageId": image_id(row["source"]), "EncodedPixels": rle_encode(mask), "ClassId": name}
@@ -66,7 +66,7 @@ def write(rows: Sequence[Mapping[str, Any]], dest: str, fmt: str) -> None:
     if fmt == "masks":
         import numpy as np
 
-        from graftflow.core.data.masks import encode_mask
+        from graftflow.core import encode_mask
 
         folder = Path(dest)
         folder.mkdir(parents=True, exist_ok=True)

@@ -38,7 +38,7 @@ class SegmentationParams(Params):
 
 
 def dataset(*args, **kwargs):
-    from graftflow.core.data.masks import MaskDataset
+    from graftflow.core import MaskDataset
 
     return MaskDataset(*args, **kwargs)
 
