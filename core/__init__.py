@@ -76,7 +76,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "family_classifier": ("graftflow.core.models.build", "family_classifier"),
     "loss_and_accuracy": ("graftflow.core.training.evaluation", "loss_and_accuracy"),
     "evaluate_classification": ("graftflow.core.stages.evaluate", "evaluate_classification"),
-    "save_grid": ("graftflow.core.images", "save_grid"),
+    **{n: ("graftflow.core.images", n) for n in ("overlay_masks", "save_grid")},
     **{
         n: ("graftflow.core.data.masks", n)
         for n in ("MaskDataset", "decode_mask", "encode_mask", "rle_decode", "rle_encode")
@@ -138,7 +138,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from graftflow.core.data.masks import MaskDataset, decode_mask, encode_mask, rle_decode, rle_encode
     from graftflow.core.errors import ConfigError, DataError, GraftError, PluginError, StageError, TransientDataError
     from graftflow.core.hookspecs import CONTRACT_VERSION, hookimpl
-    from graftflow.core.images import save_grid
+    from graftflow.core.images import overlay_masks, save_grid
     from graftflow.core.inference.predictor import Predictions, Predictor, load_predictor
     from graftflow.core.models.build import family_classifier
     from graftflow.core.models.pretrained import create_timm_model

@@ -92,7 +92,8 @@ def test_readme_task_plugin_runs_through_graft_run(prefect_api, tmp_path):
         "pretrain.enabled=false",
         "finetune.classes=null",
         "finetune.freeze_epochs=0",
-        "finetune.epochs=4",
+        "finetune.labels_per_class=40",  # 400 training images: enough to learn the values, a short test
+        "finetune.epochs=6",
         "finetune.lr=0.003",
         "export.formats=[onnx]",
     ]

@@ -13,21 +13,11 @@ import torch
 
 OVERLAY = "mask_overlay.png"
 GALLERY = 8  # images in the overlay gallery
-COLOURS = torch.tensor([[255, 0, 0], [0, 255, 0], [0, 128, 255], [255, 200, 0], [255, 0, 255], [0, 255, 255]])
-
-
-def overlay(image: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """uint8 (C, H, W) image with every class's mask blended in its colour → uint8 (3, H, W)."""
-    rgb = (image if image.shape[0] == 3 else image.expand(3, -1, -1)).float()
-    for c in range(masks.shape[0]):
-        colour = COLOURS[c % len(COLOURS)].float()[:, None, None]
-        on = masks[c].bool()[None].expand(3, -1, -1)
-        rgb = torch.where(on, 0.45 * rgb + 0.55 * colour, rgb)
-    return rgb.round().clamp(0, 255).to(torch.uint8)
 
 
 def save_overlays(pixels, truths, preds, path: Path) -> Path:
     """A grid of pairs: the true masks over the image, then the predicted ones."""
+    from graftflow.core import overlay_masks as overlay
     from graftflow.core import save_grid
 
     tiles = []
