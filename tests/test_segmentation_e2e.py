@@ -90,7 +90,7 @@ def test_severstal_segmentation_end_to_end(prefect_api, standin, tmp_path):
     env = {**standin.env(), "KAGGLE_CONFIG_DIR": str(tmp_path / "kaggle-config")}
     env["KAGGLE_API_TOKEN"] = None
 
-    run = graft("run", str(steel_config(tmp_path)), "--stages", "acquire,finetune,evaluate,export", env=env)
+    run = graft("run", str(steel_config(tmp_path)), "--stages", "acquire,augment,finetune,evaluate,export", env=env)
     assert run.returncode == 0, run.stderr[-3000:] + run.stdout[-2000:]
     assert "Traceback" not in run.stderr
     run_dir = _run_dir(tmp_path)
@@ -107,6 +107,10 @@ def test_severstal_segmentation_end_to_end(prefect_api, standin, tmp_path):
         stored = decode_mask(mask, 4)
         expected = np.stack([truth[name].get(c, np.zeros((HEIGHT, WIDTH), bool)) for c in (1, 2, 3, 4)])
         assert stored.shape == (4, HEIGHT, WIDTH) and (stored == expected).all(), name
+
+    # augment: the preview overlays masks on the images, as the sample ops move both (horizontal flips)
+    preview = Image.open(run_dir / "augment" / "preview.png")
+    assert preview.mode == "RGB" and len(set(np.asarray(preview).reshape(-1, 3)[:, 0].tolist())) > 2
 
     # fine-tune: a timm encoder under smp's U-Net, with encoder stages → decoder → head as its groups
     ft = summary["finetune"]
