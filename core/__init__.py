@@ -7,8 +7,12 @@ used (a listing of plugins never has to import torch).
 
 - the contract: `hookimpl`, `CONTRACT_VERSION` (see `graftflow.core.hookspecs`)
 - specs a hook returns: `ModelFamily`, `LayerGroup`, `LossSpec`, `DataSource`, `ImageRecord`,
-  `AugmentationSpec`, `PretextTask`, `Exporter`, `ModelStore`; what the core hands back: `LossContext`,
+  `AugmentationSpec`, `PretextTask`, `Exporter`, `ModelStore`, `TaskSpec`; what the core hands back: `LossContext`,
   `AugmentContext`, `PretextContext`, `RunInfo`
+- tasks (`TaskSpec`): datasets `ArrowImageDataset`, `MaskDataset`, `MultiHotDataset`; masks `rle_encode`,
+  `rle_decode`, `encode_mask`, `decode_mask`; for a task's evaluate stage `load_trained(ctx)`,
+  `eval_loader(ctx, split, class_names, batch_size)`, `task_selections`, `class_counts`, `save_grid`,
+  `StageResult`, `Artifact`; the classifier's parts `family_classifier`, `loss_and_accuracy`, `evaluate_classification`
 - `open_model(url, plugins)`: a saved model folder (model.safetensors + model.json) as a module
 - `Params`, the base of a plugin's parameters model; `LossRef` for a loss named inside one
 - errors a plugin raises for the user: `GraftError`, `ConfigError`, `PluginError`, `DataError`,
@@ -51,6 +55,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
             "PretextContext",
             "PretextTask",
             "RunInfo",
+            "TaskSpec",
         )
     },
     **{n: ("graftflow.core.training.methods", n) for n in ("FinetuneMethod", "MethodContext", "grad_reverse", "ramp")},
@@ -60,6 +65,23 @@ _EXPORTS: dict[str, tuple[str, str]] = {
         for n in ("ConfigError", "DataError", "GraftError", "PluginError", "StageError", "TransientDataError")
     },
     "LossRef": ("graftflow.core.config", "LossRef"),
+    # what a task plugin's evaluate(ctx) works with (TaskSpec): the model, the split's loader, the stage's result
+    **{n: ("graftflow.core.stages.base", n) for n in ("Artifact", "StageResult")},
+    **{
+        n: ("graftflow.core.stages.inputs", n)
+        for n in ("class_counts", "eval_loader", "load_trained", "task_selections")
+    },
+    "ArrowImageDataset": ("graftflow.core.data.dataset", "ArrowImageDataset"),
+    # the built-in tasks' parts (plugins/tasks): the classifier's own code, masks (RLE, the store's PNG), label sets
+    "family_classifier": ("graftflow.core.models.build", "family_classifier"),
+    "loss_and_accuracy": ("graftflow.core.training.evaluation", "loss_and_accuracy"),
+    "evaluate_classification": ("graftflow.core.stages.evaluate", "evaluate_classification"),
+    **{n: ("graftflow.core.images", n) for n in ("overlay_masks", "save_grid")},
+    **{
+        n: ("graftflow.core.data.masks", n)
+        for n in ("MaskDataset", "decode_mask", "encode_mask", "rle_decode", "rle_encode")
+    },
+    "MultiHotDataset": ("graftflow.core.data.label_sets", "MultiHotDataset"),
     "open_model": ("graftflow.core.models.saved", "open_model"),
     **{
         n: ("graftflow.core.timm_families", n)
@@ -109,11 +131,16 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from graftflow.core.config import LossRef, SourceConfig
     from graftflow.core.data.archives import archive_kind, looks_like_archive, safe_extract
+    from graftflow.core.data.dataset import ArrowImageDataset
+    from graftflow.core.data.label_sets import MultiHotDataset
     from graftflow.core.data.layouts import FoldersLayout, ImageSourceParams, Records, TableLayout, listing
     from graftflow.core.data.layouts import records as image_records
+    from graftflow.core.data.masks import MaskDataset, decode_mask, encode_mask, rle_decode, rle_encode
     from graftflow.core.errors import ConfigError, DataError, GraftError, PluginError, StageError, TransientDataError
     from graftflow.core.hookspecs import CONTRACT_VERSION, hookimpl
+    from graftflow.core.images import overlay_masks, save_grid
     from graftflow.core.inference.predictor import Predictions, Predictor, load_predictor
+    from graftflow.core.models.build import family_classifier
     from graftflow.core.models.pretrained import create_timm_model
     from graftflow.core.models.saved import open_model
     from graftflow.core.pretrained_weights import PretrainedWeights
@@ -135,7 +162,11 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
         PretextContext,
         PretextTask,
         RunInfo,
+        TaskSpec,
     )
+    from graftflow.core.stages.base import Artifact, StageResult
+    from graftflow.core.stages.evaluate import evaluate_classification
+    from graftflow.core.stages.inputs import class_counts, eval_loader, load_trained, task_selections
     from graftflow.core.timm_families import (
         TOKEN_INTERFACE,
         DropParams,
@@ -148,4 +179,5 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
         unknown_variant,
         validate_params,
     )
+    from graftflow.core.training.evaluation import loss_and_accuracy
     from graftflow.core.training.methods import FinetuneMethod, MethodContext, grad_reverse, ramp

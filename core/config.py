@@ -333,10 +333,11 @@ class FinetuneConfig(TrainingConfig):
     bn: Literal["train", "freeze-stats", "freeze"] = Field(
         "train", description="BatchNorm: train normally, keep running statistics fixed, or also freeze its weights."
     )
-    monitor: Literal["val_loss", "val_accuracy", "target_entropy"] = Field(
+    monitor: Literal["val_loss", "val_accuracy", "target_entropy", "val_dice", "val_map"] = Field(
         "val_loss",
         description="Validation metric for early stopping, plateau and the best checkpoint (target_entropy: the "
-        "mean prediction entropy on the unlabelled target domain, for domain-adaptation methods).",
+        "mean prediction entropy on the unlabelled target domain, for domain-adaptation methods; val_dice: "
+        "task segmentation; val_map: task multilabel).",
     )
     early_stopping: PositiveInt | None = Field(None, description="Stop after this many epochs without improvement.")
     restore_best: bool = Field(True, description="End with the weights of the best epoch by `monitor`.")
@@ -533,6 +534,11 @@ class PipelineConfig(Section):
     storage: StorageConfig = Field(
         default_factory=StorageConfig, description="Credentials for s3:// locations (never written anywhere)."
     )
+    task: PluginRef = Field(
+        default_factory=lambda: PluginRef(name="classification"),
+        description="Task plugin: what the model predicts (classification, multilabel, segmentation, ...) and "
+        "its parameters (segmentation: decoder, threshold).",
+    )
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
@@ -643,7 +649,7 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
         child = node.get(part)
         if child is None:
             child = node[part] = {}
-        elif isinstance(child, str) and part in ("loss", "pretext", "method"):
+        elif isinstance(child, str) and part in ("loss", "pretext", "method", "task"):
             child = node[part] = {"name": child}
         elif not isinstance(child, dict):
             raise ConfigError(f"--set {assignment}: '{part}' is not a section")

@@ -50,11 +50,13 @@ if TYPE_CHECKING:
         ModelStore,
         PretextTask,
         RunInfo,
+        TaskSpec,
     )
 
 PROJECT = "graft"
-# 2.1: graft_model_stores, graft_finetune_methods; 2.2: ModelFamily.pretrained and capabilities_of
-CONTRACT_VERSION = (2, 2)
+# 2.1: graft_model_stores, graft_finetune_methods; 2.2: ModelFamily.pretrained and capabilities_of;
+# 2.3: graft_tasks (TaskSpec) and LossSpec kinds of tasks
+CONTRACT_VERSION = (2, 3)
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
@@ -69,6 +71,16 @@ def graft_model_families() -> list[ModelFamily]:
     Selected by `model.family`; `model.variant` must be one of the family's
     variants. Built on timm? `graftflow.core.timm_layer_groups` gives the layer
     groups from timm's own `group_matcher`.
+    """
+
+
+@hookspec
+def graft_tasks() -> list[TaskSpec]:
+    """Tasks: what the model predicts (classification, multilabel, segmentation, ...), selected by `task`.
+
+    Added in contract 2.3. The fine-tune, evaluate, export and predict stages call into
+    the selected task for targets, the model's head, losses, metrics and prediction
+    writers; `task: classification` (the default) is today's single-label classifier.
     """
 
 

@@ -10,6 +10,18 @@ import torch
 from PIL import Image
 from torchvision.utils import make_grid
 
+MASK_COLOURS = ((255, 0, 0), (0, 255, 0), (0, 128, 255), (255, 200, 0), (255, 0, 255), (0, 255, 255))
+
+
+def overlay_masks(image: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """uint8 (C, H, W) image with every class's mask (classes, H, W) blended in its colour → uint8 (3, H, W)."""
+    rgb = (image if image.shape[0] == 3 else image.expand(3, -1, -1)).float()
+    for c in range(masks.shape[0]):
+        colour = torch.tensor(MASK_COLOURS[c % len(MASK_COLOURS)], dtype=torch.float32)[:, None, None]
+        on = masks[c].bool()[None].expand(3, -1, -1)
+        rgb = torch.where(on, 0.45 * rgb + 0.55 * colour, rgb)
+    return rgb.round().clamp(0, 255).to(torch.uint8)
+
 
 def save_grid(images: Sequence[torch.Tensor], path: Path, nrow: int, upscale_to: int = 64) -> Path:
     """uint8 (C,H,W) images → one PNG grid; tiny images are enlarged so a person can see them."""

@@ -42,6 +42,7 @@ from graftflow.core.specs import (
     ModelStore,
     PretextTask,
     RunInfo,
+    TaskSpec,
 )
 
 log = logging.getLogger("graft.plugins")
@@ -61,6 +62,7 @@ _REGISTRATIONS = {
     "graft_exporters": ("exporters", Exporter, "exporter"),
     "graft_model_stores": ("model_stores", ModelStore, "model store"),
     "graft_finetune_methods": ("methods", MethodSpec, "fine-tuning method"),
+    "graft_tasks": ("tasks", TaskSpec, "task"),
 }
 _EVENTS = ("graft_on_stage_start", "graft_on_stage_end", "graft_on_epoch_end", "graft_on_checkpoint")
 RUN_TIME = "run time"  # the origin of observers added while running (progress displays), not loaded as plugins
@@ -163,6 +165,7 @@ class PluginHost:
         self.exporters: Registry[Exporter] = Registry("exporter", "exporter")
         self.model_stores: Registry[ModelStore] = Registry("model_store", "model store")
         self.methods: Registry[MethodSpec] = Registry("finetune_method", "fine-tuning method")
+        self.tasks: Registry[TaskSpec] = Registry("task", "task")
         self._collect()
         for name, observer in list(_PROCESS_OBSERVERS.items()):
             self.add_observer(observer, name)

@@ -82,7 +82,9 @@ class LossSpec:
     """`factory(**params)` → nn.Module called as `loss(logits_or_features, target)`.
 
     `kind` says where it fits: "classification" (`loss(logits, labels)`, the
-    fine-tuning and supervised-pretraining objective), "pretext" (`loss(a, b)`
+    fine-tuning and supervised-pretraining objective), a task's own kind
+    ("multilabel": logits and multi-hot targets (N, C); "segmentation": mask
+    logits and masks (N, C, H, W); a task plugin's `TaskSpec.loss_kind`), "pretext" (`loss(a, b)`
     on two sets of embeddings, e.g. InfoNCE for contrastive pretexts) or
     "auxiliary" (a term a training step adds, e.g. MMD between two domains).
 
@@ -93,7 +95,7 @@ class LossSpec:
     """
 
     name: str
-    kind: Literal["classification", "pretext", "auxiliary"]
+    kind: Literal["classification", "multilabel", "segmentation", "regression", "pretext", "auxiliary"] | str
     factory: Callable[..., nn.Module]
     params_model: type | None = None
     description: str = ""
@@ -130,13 +132,18 @@ class ImageRecord:
     """One image as a source yields it: encoded bytes (PNG/JPEG/...) and its label.
 
     A multi-label source sets `labels` (the image's label set, possibly empty);
-    `label` is then only a readable summary. A store holds one kind or the other.
+    `label` is then only a readable summary. A segmentation source also sets `mask`
+    and `mask_classes`. A store holds one kind of target.
     """
 
     image: bytes
     label: str
     source: str  # where it came from: a path or URL, for provenance
     labels: tuple[str, ...] | None = None  # multi-label targets; None = single-label
+    # segmentation: the mask PNG (`graftflow.core.data.masks.encode_mask`, bit c = mask_classes[c]) at the image's
+    # size, and the class of each bit; `labels` then names the classes present
+    mask: bytes | None = None
+    mask_classes: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -308,3 +315,52 @@ class RunInfo:
     run_id: str
     url: str
     config: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What a model is trained to predict, selected by `task:` in the config (added in contract 2.3).
+
+    A task says how targets are encoded and batched, which head the model gets, which
+    losses it takes, what validation and evaluation measure, and how predictions are
+    written; the stages (fine-tune, evaluate, export, predict) call into it, so a new
+    task is a plugin, not a branch in the core.
+
+    - `store_targets`: the data-store targets it trains on ("single", "multi", "mask").
+    - `loss_kind` / `default_loss`: the `LossSpec.kind` it accepts in `finetune.loss`,
+      and the loss used when `finetune.loss` is not set.
+    - `monitors`: validation metrics it reports each epoch besides `val_loss`, which
+      `finetune.monitor` may name (the first is the natural one).
+    - `dataset(sel, channels, image_size, sample_ops, normalize, cache)` → a torch
+      Dataset of (image, target) over a `Selection` (targets encoded for the loss).
+    - `build_model(family, meta, params, pretrained)` → the model with the task's head
+      (a classifier: the family's own build; segmentation: a decoder over its encoder).
+    - `layer_groups(family, model)` → its layer groups, input→head (the last is "head").
+    - `validate(model, loader, loss, policy)` → `val_loss` and the task's metrics.
+    - `evaluate(ctx)` → the evaluate stage's `StageResult` (metrics.json and artifacts).
+    - `predict(outputs, meta, names, sizes, options)` → rows of predictions, one per image,
+      from the model's float outputs (None: the core's class probabilities, top-k);
+      `write(rows, dest, fmt)` writes them in the task's own `formats` (e.g. "kaggle-rle").
+    - `backbone_key(key)`: the model's state-dict key of a pretrain-backbone key (None: dropped),
+      so a classifier's backbone seeds the task's encoder.
+    - `calibrate(model, val_loader, policy, meta)`: run once fine-tuning ends, on the validation
+      split; what it returns is recorded in model.json (multilabel: per-class decision thresholds).
+    """
+
+    name: str
+    store_targets: frozenset[str]
+    loss_kind: str
+    default_loss: str
+    dataset: Callable[..., Any]
+    build_model: Callable[..., nn.Module]
+    layer_groups: Callable[[ModelFamily, nn.Module], list[LayerGroup]]
+    validate: Callable[..., dict[str, float]]
+    evaluate: Callable[[Any], Any]
+    predict: Callable[..., list[dict[str, Any]]] | None = None
+    monitors: tuple[str, ...] = ()
+    write: Callable[[Sequence[Mapping[str, Any]], Path, str], None] | None = None
+    formats: tuple[str, ...] = ()
+    backbone_key: Callable[[str], str | None] | None = None
+    calibrate: Callable[..., dict[str, Any]] | None = None
+    params_model: type | None = None
+    description: str = ""

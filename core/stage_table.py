@@ -118,7 +118,7 @@ STAGES: tuple[Stage, ...] = (
         "graftflow.core.stages.evaluate",
         "Evaluate the fine-tuned model on held-out images it has never seen.",
         gpu=True,
-        outputs=("metrics", "confusion_matrix", "predictions", "top_losses"),
+        outputs=("metrics", "confusion_matrix", "predictions", "top_losses", "gallery"),
         reads=("evaluate",),
     ),
     Stage(

@@ -34,6 +34,7 @@ from graftflow.core.model_stores import unserved_store_message
 from graftflow.core.plugin_manager import PluginHost
 from graftflow.core.pretrained_weights import auto_inputs, resolve_pretrained
 from graftflow.core.specs import AugmentationSpec, ModelFamily
+from graftflow.core.tasks import finetune_loss, monitor_problem
 
 
 def plugin_params(spec: Any, params: dict[str, Any], field: str) -> dict[str, Any]:
@@ -310,7 +311,11 @@ def config_problems(config: PipelineConfig, host: PluginHost, stages: list[str] 
                 pretext.loss_kind,
                 f", or leave it unset for {pretext.name}'s default" if pretext.default_loss else "",
             )
-    check(check_loss, host, config.finetune.loss, "finetune.loss", "classification")
+    task = check(host.tasks.get, config.task.name, "task.name")
+    if task is not None:
+        check(plugin_params, task, config.task.params, "task")
+        check(check_loss, host, finetune_loss(config, task), "finetune.loss", task.loss_kind)
+        problems.append(monitor_problem(task, config.finetune.monitor) or "")
     if soft_targets is not None:
         refs = [("finetune.loss", config.finetune.loss)]
         if pretext is not None and pretext.needs_labels and pretext.loss_kind == "classification":
@@ -330,7 +335,7 @@ def config_problems(config: PipelineConfig, host: PluginHost, stages: list[str] 
         check(host.exporters.get, fmt, f"export.formats[{i}]")
     if stages is not None and "predict" in stages:
         check(check_predict, config, host)
-    return list(dict.fromkeys(line for p in problems for line in p.splitlines()))
+    return list(dict.fromkeys(line for p in problems if p for line in p.splitlines()))
 
 
 _INPUT_CHECKED: dict[tuple, str | None] = {}

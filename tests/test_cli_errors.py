@@ -24,7 +24,8 @@ from tests.support import DIGITS, ROOT, graft, run_dirs
         (["--set", "model.variant=huge"], "error: model.variant: unknown variant 'huge' of family 'resnet'"),
         (
             ["--set", "finetune.loss.name=nope"],
-            "error: finetune.loss.name: unknown loss 'nope'; available: class-balanced, cross-entropy, distillation",
+            "error: finetune.loss.name: unknown loss 'nope'; available: asl, bce, bce-dice, class-balanced, "
+            "cross-entropy, dice, distillation",
         ),
         (["--set", "finetune.loss.label_smothing=0.1"], "error: finetune.loss.label_smothing: unknown field"),
         (["--set", "export.formats=[onnx, tflite]"], "error: export.formats[1]: unknown exporter 'tflite'"),

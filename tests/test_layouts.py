@@ -232,15 +232,17 @@ def test_multi_label_store_holds_label_sets(tmp_path):
     }
     assert by_image == {"a.jpg": ["1"], "b.jpg": ["3", "4"], "c.jpg": [], "d.jpg": ["2"], "e.jpg": []}
     assert set(table["label"].to_pylist()) == {-1}
-    with pytest.raises(DataError, match="finetune.classes: the data store holds multi-label targets"):
-        select(url, "train", None, "finetune.classes")
+    with pytest.raises(DataError, match="finetune.classes: the data store holds multi targets .*set task: multilabel"):
+        select(url, "train", None, "finetune.classes")  # a classifier's selection refuses label sets
+    sel = select(url, ["train", "val", "test"], None, "finetune.classes", frozenset({"multi"}))
+    assert sel.target == "multi" and sorted(map(sorted, sel.targets.to_pylist())) == [[], [], [0], [1], [2, 3]]
 
 
 def test_a_store_holds_one_kind_of_target(tmp_path):
     from graftflow.core.specs import ImageRecord
 
     mixed = [ImageRecord(jpeg(1), "a", "x/1"), ImageRecord(jpeg(2), "b", "x/2", labels=("b",))]
-    with pytest.raises(DataError, match="mixes single-label and multi-label images"):
+    with pytest.raises(DataError, match="mixes single and multi targets"):
         build_store(mixed, str(tmp_path / "s"), SPLIT, {}, stratified_split)
     assert not (tmp_path / "s").exists()
 

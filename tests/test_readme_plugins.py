@@ -17,7 +17,7 @@ def readme_plugins() -> dict[str, str]:
 
 def test_readme_plugins_import_only_the_public_api():
     plugins = readme_plugins()
-    assert set(plugins) == {"poly_loss.py", "mobilenet_family.py"}
+    assert set(plugins) == {"poly_loss.py", "mobilenet_family.py", "regression_task.py"}
     for name, code in plugins.items():
         modules = {n.module for n in ast.walk(ast.parse(code)) if isinstance(n, ast.ImportFrom)}
         modules |= {a.name for n in ast.walk(ast.parse(code)) if isinstance(n, ast.Import) for a in n.names}
@@ -29,6 +29,8 @@ def test_readme_plugins_import_only_the_public_api():
 def test_readme_plugins_run_through_graft_run(prefect_api, tmp_path):
     paths = []
     for name, code in readme_plugins().items():
+        if name == "regression_task.py":
+            continue
         path = tmp_path / "elsewhere" / name
         path.parent.mkdir(exist_ok=True)
         path.write_text(code)
@@ -69,3 +71,49 @@ def test_readme_plugins_run_through_graft_run(prefect_api, tmp_path):
     assert lrs[0] == pytest.approx(0.001) and lrs[-1] == pytest.approx(0.01) and lrs == sorted(lrs)
     assert summary["metrics"]["test"]["accuracy"] > 0.5  # five classes: chance is 0.2
     assert summary["exports"][0]["format"] == "onnx"
+
+
+@pytest.mark.slow
+def test_readme_task_plugin_runs_through_graft_run(prefect_api, tmp_path):
+    """A one-file task from outside the repository (GRAFT_PLUGINS): regressing the digit an image shows."""
+    path = tmp_path / "elsewhere" / "regression_task.py"
+    path.parent.mkdir()
+    path.write_text(readme_plugins()["regression_task.py"])
+    env = {"GRAFT_PLUGINS": str(path)}
+    listing = graft("plugins", "--json", env=env)
+    assert listing.returncode == 0, listing.stderr
+    rows = {(r["kind"], r["name"]): r for r in json.loads(listing.stdout)}
+    assert rows[("task", "number")]["origin"] == "GRAFT_PLUGINS" and ("loss", "mse") in rows
+    sets = [
+        f"artifact_root={tmp_path / 'runs'}",
+        f"data.cache_dir={tmp_path / 'ds'}",
+        "task=number",
+        "finetune.loss=mse",  # the demo config names cross-entropy; left unset, a task's default loss is used
+        "pretrain.enabled=false",
+        "finetune.classes=null",
+        "finetune.freeze_epochs=0",
+        "finetune.labels_per_class=40",  # 400 training images: enough to learn the values, a short test
+        "finetune.epochs=6",
+        "finetune.lr=0.003",
+        "export.formats=[onnx]",
+    ]
+    proc = graft(
+        "run",
+        str(DIGITS),
+        *[a for s in sets for a in ("--set", s)],
+        "--stages",
+        "acquire,finetune,evaluate,export",
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = run_dirs(tmp_path / "runs" / "digits-transfer")[0]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["finetune"]["task"] == "number" and summary["finetune"]["loss"] == "mse"
+    test = summary["metrics"]["test"]
+    assert test["mae"] < 0.6 * test["mean_baseline_mae"], test  # it learned the digits' values
+    assert summary["exports"][0]["format"] == "onnx"
+    out = tmp_path / "values.csv"
+    predict = graft("predict", str(run), "--split", "test", "--out", str(out), env=env)
+    assert predict.returncode == 0, predict.stderr[-2000:]
+    lines = out.read_text().splitlines()
+    assert lines[0] == "source,value" and len(lines) == test["images"] + 1

@@ -24,26 +24,48 @@ from graftflow.core.errors import DataError
 
 @dataclass
 class Selection:
-    """Rows of one split, optionally restricted to some classes and relabelled 0..k-1."""
+    """Rows of one split, optionally restricted to some classes and relabelled 0..k-1.
+
+    A multi-label or mask store's rows carry their targets in `targets` (the `labels`
+    list column, or the encoded `mask` column) and -1 in `labels`.
+    """
 
     images: pa.Array
     labels: np.ndarray
     class_names: list[str]
+    targets: pa.Array | None = None
+    target: str = "single"
 
     def __len__(self) -> int:
         return len(self.labels)
 
 
-def select(store_url: str, split: str | Sequence[str], classes: Sequence[str] | None, field: str) -> Selection:
-    """Rows of `split` whose class is in `classes` (all when None); `field` names the config for errors."""
+TARGET_COLUMNS = {"multi": "labels", "mask": "mask"}
+
+
+def select(
+    store_url: str,
+    split: str | Sequence[str],
+    classes: Sequence[str] | None,
+    field: str,
+    targets: frozenset[str] = frozenset({"single"}),
+) -> Selection:
+    """Rows of `split` whose class is in `classes` (all when None); `field` names the config for errors.
+
+    `targets`: the store targets the caller's task trains on; a store of another kind is
+    one line naming the task that can (task: multilabel / segmentation).
+    """
     info = read_info(store_url)
-    if info.target != "single":
+    if info.target not in targets:
+        hint = {"multi": "multilabel", "mask": "segmentation", "single": "classification"}[info.target]
         raise DataError(
-            f"{field}: the data store holds multi-label targets (data.source.layout.target: multi); "
-            f"training and evaluation are single-label for now: use target single or any"
+            f"{field}: the data store holds {info.target} targets (data.source.layout.target: {info.target}), "
+            f"which this task cannot train on; set task: {hint}"
         )
     table = read_table(store_url)
     names = info.class_names
+    if info.target != "single":
+        return _rows_with_targets(table, info.target, split, classes, names, field)
     if classes is None:
         wanted = list(names)
     else:
@@ -61,10 +83,27 @@ def select(store_url: str, split: str | Sequence[str], classes: Sequence[str] | 
     return Selection(images=rows["image"].combine_chunks(), labels=labels, class_names=wanted)
 
 
+def _rows_with_targets(table, target, split, classes, names, field) -> Selection:
+    """A multi-label or mask store's rows of `split`, every class kept (their targets say which)."""
+    if classes is not None and list(classes) != list(names):
+        raise DataError(f"{field}: a class filter needs a single-label store; this one holds {target} targets")
+    splits = [split] if isinstance(split, str) else list(split)
+    rows = table.filter(pc.is_in(table["split"], pa.array(splits)))
+    return Selection(
+        images=rows["image"].combine_chunks(),
+        labels=np.full(rows.num_rows, -1, dtype=np.int64),
+        class_names=list(names),
+        targets=rows[TARGET_COLUMNS[target]].combine_chunks(),
+        target=target,
+    )
+
+
 def require_classes(sel: Selection, split: str, field: str, minimum: int = 2) -> None:
     present = np.unique(sel.labels)
     if len(sel) == 0:
         raise DataError(f"{field}: the {split} split is empty for classes {', '.join(sel.class_names)}")
+    if sel.target != "single":  # every class is a target of every image
+        return
     if len(present) < minimum:
         raise DataError(
             f"{field}: the {split} split has {len(present)} class(es); training a classifier needs at least {minimum}"

@@ -49,8 +49,18 @@ class TableLayout(BaseModel):
     label_column: str = Field("label", description="Column holding the label; several rows per image = a label set.")
     images: str = Field("", description="Folder (relative to the data) the image names are relative to.")
     image_suffix: str = Field("", description="Appended to every image name (for tables that list ids without .jpg).")
-    target: Literal["single", "multi", "any"] = Field(
-        "single", description="single: one label per image; multi: the label set; any: has-any-label binary."
+    target: Literal["single", "multi", "any", "mask"] = Field(
+        "single",
+        description="single: one label per image; multi: the label set; any: has-any-label binary; mask: a "
+        "segmentation mask per class from the run-length-encoded `mask_column` (Severstal's EncodedPixels).",
+    )
+    mask_column: str | None = Field(
+        None,
+        description="target mask: the column of run-length-encoded masks (1-indexed starts, column-major, "
+        "`start length ...`; Severstal: EncodedPixels).",
+    )
+    mask_classes: list[str] | None = Field(
+        None, description="target mask: the classes, in mask-channel order (default: every label with a mask)."
     )
     require_column: str | None = Field(
         None, description="A row counts as a label only where this column is non-empty (Severstal: EncodedPixels)."
@@ -344,6 +354,52 @@ def label_sets(table, layout: TableLayout) -> dict[str, list[str]]:
     return sets
 
 
+def mask_runs(table, layout: TableLayout) -> tuple[dict[str, dict[str, list[str]]], tuple[str, ...]]:
+    """target mask: image → class → its RLE strings, and the mask classes in channel order."""
+    column = layout.mask_column or layout.require_column
+    if column is None:
+        raise DataError("data.source.layout.mask_column: target mask needs the column of run-length-encoded masks")
+    if column not in table.column_names:
+        raise DataError(
+            f"data.source.layout.mask_column: column '{column}' is not in {layout.table}; "
+            f"columns are {', '.join(table.column_names)}"
+        )
+    runs: dict[str, dict[str, list[str]]] = {}
+    for image, label, rle in zip(
+        table[layout.image_column].to_pylist(),
+        table[layout.label_column].to_pylist(),
+        table[column].to_pylist(),
+        strict=True,
+    ):
+        if rle and str(rle).strip() and label is not None and str(label).strip():
+            runs.setdefault(str(image).strip(), {}).setdefault(str(label).strip(), []).append(str(rle))
+    found = sorted({c for per in runs.values() for c in per}, key=_natural)
+    classes = tuple(layout.mask_classes) if layout.mask_classes else tuple(found)
+    unknown = [c for c in found if c not in classes]
+    if unknown:
+        raise DataError(f"data.source.layout.mask_classes: class '{unknown[0]}' has masks in {layout.table}")
+    if not classes:
+        raise DataError(f"data.source.layout.mask_column: no row of {layout.table} has a mask in '{column}'")
+    return runs, classes
+
+
+def mask_record(data: bytes, source: str, name: str, runs: dict[str, list[str]], classes) -> ImageRecord:
+    """An image and its masks decoded from RLE at the image's own size (its header's width × height)."""
+    from graftflow.core.data.masks import encode_mask, masks_from_rle
+
+    width, height = check_image(data)
+    masks = masks_from_rle(runs, classes, (height, width), f"data.source.layout.mask_column: image '{name}'")
+    present = tuple(c for c, m in zip(classes, masks, strict=True) if m.any())
+    return ImageRecord(
+        image=data,
+        label="|".join(present),
+        source=source,
+        labels=present,
+        mask=encode_mask(masks),
+        mask_classes=tuple(classes),
+    )
+
+
 def _table(fs, root: str, p: ImageSourceParams, where: str, report: dict) -> Iterator[ImageRecord]:
     layout: TableLayout = p.layout
     table_rel = _safe_rel(layout.table, "data.source.layout.table")
@@ -356,6 +412,7 @@ def _table(fs, root: str, p: ImageSourceParams, where: str, report: dict) -> Ite
         )
     table = read_table(fs, _join(root, table_rel), layout.table)
     sets = label_sets(table, layout)
+    runs, mask_classes = mask_runs(table, layout) if layout.target == "mask" else ({}, ())
     images_root = _join(root, _safe_rel(layout.images, "data.source.layout.images"))
     if not fs.isdir(images_root):
         raise DataError(f"data.source.layout.images: '{layout.images}' is not a folder in {where}")
@@ -391,6 +448,8 @@ def _table(fs, root: str, p: ImageSourceParams, where: str, report: dict) -> Ite
             yield ImageRecord(image=data, label=labels[0], source=source)
         elif layout.target == "any":
             yield ImageRecord(image=data, label=layout.positive if labels else layout.negative, source=source)
+        elif layout.target == "mask":
+            yield mask_record(data, source, name, runs.get(name.removesuffix(layout.image_suffix), {}), mask_classes)
         else:
             ordered = tuple(sorted(labels, key=_natural))
             yield ImageRecord(image=data, label="|".join(ordered), source=source, labels=ordered)

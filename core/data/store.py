@@ -32,7 +32,7 @@ from graftflow.core import storage
 from graftflow.core.errors import DataError
 from graftflow.core.specs import ImageRecord
 
-FORMAT_VERSION = 2  # 2: multi-label stores, image sizes and the source's report in _SUCCESS
+FORMAT_VERSION = 2  # 2: multi-label stores, image sizes and the source's report in _SUCCESS (and mask stores)
 SHARD_ROWS = 4096
 SUCCESS = "_SUCCESS"
 
@@ -46,6 +46,8 @@ SCHEMA = pa.schema(
     ]
 )
 MULTI_SCHEMA = SCHEMA.append(pa.field("labels", pa.list_(pa.int32())))
+# a mask store: the label set (classes present) and the mask PNG (bit c = class c; graftflow.core.data.masks)
+MASK_SCHEMA = MULTI_SCHEMA.append(pa.field("mask", pa.binary()))
 
 
 def natural_key(name: str) -> list[Any]:
@@ -68,7 +70,7 @@ class StoreInfo:
     duplicates_dropped: int = 0
     cache_hit: bool = False
     provenance: dict[str, Any] = field(default_factory=dict)
-    target: str = "single"  # or "multi": labels in the `labels` column, `label` is -1
+    target: str = "single"  # or "multi": labels in the `labels` column, `label` is -1; or "mask": also `mask`
     image_sizes: dict[str, Any] = field(default_factory=dict)
     report: dict[str, Any] = field(default_factory=dict)  # what the source said while it was read
 
@@ -150,7 +152,8 @@ def build_store(
         dropped = 0
         target: str | None = None
         sizes = _Sizes()
-        buffer: dict[str, list] = {"image": [], "label_name": [], "source": [], "sha256": []}
+        buffer: dict[str, list] = {"image": [], "label_name": [], "source": [], "sha256": [], "mask": []}
+        mask_classes: tuple[str, ...] | None = None
         shard_paths: list[Path] = []
 
         def flush() -> None:
@@ -164,6 +167,7 @@ def build_store(
                         "label_name": pa.array(buffer["label_name"], pa.string()),
                         "source": pa.array(buffer["source"], pa.string()),
                         "sha256": pa.array(buffer["sha256"], pa.string()),
+                        "mask": pa.array(buffer["mask"], pa.binary()),
                     }
                 ),
                 path,
@@ -173,16 +177,19 @@ def build_store(
                 values.clear()
 
         for rec in records:
-            kind = "single" if rec.labels is None else "multi"
+            kind = "mask" if rec.mask is not None else "single" if rec.labels is None else "multi"
             if target is None:
                 target = kind
+                mask_classes = rec.mask_classes
             elif kind != target:
                 raise DataError(
-                    f"data.source: the source mixes single-label and multi-label images "
+                    f"data.source: the source mixes {target} and {kind} targets "
                     f"(at {rec.source}); a store holds one kind"
                 )
+            if kind == "mask" and rec.mask_classes != mask_classes:
+                raise DataError(f"data.source: the mask classes change at {rec.source}; a store holds one list")
             digest = hashlib.sha256(rec.image).hexdigest()
-            identity = (digest, rec.label if rec.labels is None else tuple(rec.labels))
+            identity = (digest, rec.label if rec.labels is None else tuple(rec.labels), rec.mask)
             if identity in seen:
                 dropped += 1
                 continue
@@ -191,6 +198,7 @@ def build_store(
             buffer["label_name"].append(str(rec.label))
             buffer["source"].append(rec.source)
             buffer["sha256"].append(digest)
+            buffer["mask"].append(rec.mask)
             label_names.append(str(rec.label))
             if rec.labels is not None:
                 label_sets.append(tuple(str(x) for x in rec.labels))
@@ -203,9 +211,11 @@ def build_store(
         if not label_names:
             raise DataError(f"data.source: the source yielded no images ({provenance.get('source', '?')})")
         report = dict(getattr(records, "report", None) or {})
-        multi = target == "multi"
+        multi = target in ("multi", "mask")
         if multi:
-            class_names = sorted({x for s in label_sets for x in s}, key=natural_key)
+            class_names = (
+                list(mask_classes) if target == "mask" else sorted({x for s in label_sets for x in s}, key=natural_key)
+            )
             index = {name: i for i, name in enumerate(class_names)}
             label_ids = [[index[x] for x in s] for s in label_sets]
             # Stratify by label set: every combination is a stratum of its own.
@@ -244,7 +254,10 @@ def build_store(
             }
             if multi:
                 columns["labels"] = pa.array(label_ids[offset : offset + n], pa.list_(pa.int32()))
-            out = pa.table(columns, schema=(MULTI_SCHEMA if multi else SCHEMA).with_metadata(metadata))
+            if target == "mask":
+                columns["mask"] = table["mask"]
+            schema = {"mask": MASK_SCHEMA, "multi": MULTI_SCHEMA}.get(target or "single", SCHEMA)
+            out = pa.table(columns, schema=schema.with_metadata(metadata))
             pq.write_table(out, staging / f"part-{i:05d}.parquet")
             raw.unlink()
             offset += n

@@ -39,6 +39,8 @@ from graftflow.core.inference.tta import tta_probabilities
 from graftflow.core.models.build import build_model
 from graftflow.core.models.weights import load_into, read_weights
 from graftflow.core.plugin_manager import PluginHost
+from graftflow.core.tasks import task_for_model, task_ref_of
+from graftflow.core.validation import plugin_params
 
 FIRST_SKIPPED = 5  # skipped images named in messages
 
@@ -112,8 +114,11 @@ class Predictor:
         tta_views: Sequence[str] | None = None,
         batch_size: int = 64,
         location: ModelLocation | None = None,
+        task: Any = None,
+        task_params: dict[str, Any] | None = None,
     ):
         self.engine, self.meta, self.location = engine, meta, location
+        self.task, self.task_params = task, dict(task_params or {})  # the TaskSpec the model was trained for
         self.class_names: list[str] = list(meta["class_names"])
         self.channels, self.image_size = int(meta["in_chans"]), int(meta["image_size"])
         self.transforms = v2.Compose(list(transforms)) if transforms else None
@@ -300,8 +305,17 @@ def load_predictor(
         transforms, _ = sample_transforms(model_host, refs, "augment.eval")
         policy = _policy(model_host, meta, device)
         runner = _engine(engine, location, model_host, policy, field)
+        task = task_for_model(model_host, meta)
+        task_params = plugin_params(task, task_ref_of(meta).params, "model.json task")
     return Predictor(
-        runner, meta, transforms, tta_views=list(tta_views) if tta else None, batch_size=batch_size, location=location
+        runner,
+        meta,
+        transforms,
+        tta_views=list(tta_views) if tta else None,
+        batch_size=batch_size,
+        location=location,
+        task=task,
+        task_params=task_params,
     )
 
 

@@ -11,7 +11,8 @@ from graftflow.core.config import PipelineConfig
 from graftflow.core.errors import PluginError
 from graftflow.core.plugin_manager import PluginHost
 from graftflow.core.pretrained_weights import PretrainedWeights
-from graftflow.core.specs import LayerGroup
+from graftflow.core.specs import LayerGroup, ModelFamily
+from graftflow.core.tasks import task_for_model, task_ref_of
 from graftflow.core.validation import plugin_params
 
 
@@ -26,6 +27,13 @@ def build_model(host: PluginHost, meta: dict[str, Any], pretrained: PretrainedWe
     params = plugin_params(family, meta.get("params", {}), "model")
     if pretrained is not None:
         params["pretrained"] = pretrained
+    task = task_for_model(host, meta)
+    task_params = plugin_params(task, task_ref_of(meta).params, "task")
+    return task.build_model(family, meta, params, **task_params)
+
+
+def family_classifier(family: ModelFamily, meta: dict[str, Any], params: dict[str, Any], **_: Any) -> nn.Module:
+    """The family's own model with a `num_classes`-way classifier: the head of classification tasks."""
     return family.build(
         meta["variant"],
         num_classes=meta["num_classes"],
@@ -35,12 +43,16 @@ def build_model(host: PluginHost, meta: dict[str, Any], pretrained: PretrainedWe
     )
 
 
-def model_meta(config: PipelineConfig, class_names: Sequence[str]) -> dict[str, Any]:
-    """What `model.json` records: enough to rebuild the architecture and to preprocess its inputs."""
+def model_meta(config: PipelineConfig, class_names: Sequence[str], task: bool = True) -> dict[str, Any]:
+    """What `model.json` records: enough to rebuild the architecture and to preprocess its inputs.
+
+    `task=False`: a backbone of the family as a classifier (the pretrain stage's), whatever `task:` says.
+    """
     return {
         "family": config.model.family,
         "variant": config.model.variant,
         "params": config.model.params,
+        "task": config.task.model_dump(mode="json") if task else {"name": "classification"},
         "num_classes": len(class_names),
         "class_names": list(class_names),
         "in_chans": config.data.channels,
@@ -53,9 +65,11 @@ def model_meta(config: PipelineConfig, class_names: Sequence[str]) -> dict[str, 
     }
 
 
-def layer_groups(host: PluginHost, family_name: str, model: nn.Module) -> list[LayerGroup]:
-    """The family's layer groups, checked to partition every parameter exactly once."""
-    groups = host.families.get(family_name).layer_groups(model)
+def layer_groups(host: PluginHost, family_name: str, model: nn.Module, task: str | None = None) -> list[LayerGroup]:
+    """The task's layer groups of the model (a classifier's: the family's), checked to partition every
+    parameter exactly once."""
+    family = host.families.get(family_name)
+    groups = host.tasks.get(task or "classification", "task.name").layer_groups(family, model)
     check_partition(model, groups, family_name)
     return groups
 

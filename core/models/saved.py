@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from torch import nn
@@ -38,8 +38,19 @@ def open_model(url: str, plugins: Sequence[str] = ()) -> tuple[nn.Module, dict[s
     return read_model(PluginHost(plugins), url, "model")
 
 
-def load_weights_file(url: str | None, model: nn.Module, groups: Sequence[LayerGroup]) -> dict | None:
-    """`model.weights` (a local or fsspec file) into `model`, its head left as built; None when unset."""
+def load_weights_file(
+    url: str | None, model: nn.Module, groups: Sequence[LayerGroup], rename: Callable[[str], str | None] | None = None
+) -> dict | None:
+    """`model.weights` (a local or fsspec file) into `model`, its head left as built; None when unset.
+
+    `rename`: the task's `backbone_key`, for a classifier's weights file under a task's model (a
+    segmentation encoder); keys the model already has keep their names.
+    """
     if not url:
         return None
-    return load_into(model, read_weights(url, "model.weights"), drop=head_keys(model, groups), source=url)
+    state = read_weights(url, "model.weights")
+    if rename is not None:
+        own = model.state_dict()
+        renamed = {k: k if k in own else rename(k) for k in state}
+        state = {new: state[k] for k, new in renamed.items() if new is not None}
+    return load_into(model, state, drop=head_keys(model, groups), source=url)

@@ -180,7 +180,7 @@ def _sample_grid(ctx: StageContext, info: StoreInfo, per_class: int = 4) -> str 
             picks += [i for i, s in enumerate(sets) if label in s][:per_class]
         picks += [i for i, s in enumerate(sets) if not s][:per_class]
     else:
-        sel = select(info.url, ["train", "val", "test"], None, "data")
+        sel = select(info.url, ["train", "val", "test"], None, "data", frozenset({info.target}))
         picks = []
         for label in range(len(sel.class_names)):
             picks += np.flatnonzero(sel.labels == label)[:per_class].tolist()

@@ -22,7 +22,7 @@ from graftflow.core import storage
 from graftflow.core.data.augmentation import augment_policy
 from graftflow.core.data.dataset import ArrowImageDataset, select
 from graftflow.core.data.store import build_store, is_complete, read_info, read_table, store_key
-from graftflow.core.images import save_grid
+from graftflow.core.images import overlay_masks, save_grid
 from graftflow.core.specs import AugmentContext, ImageRecord
 from graftflow.core.stages.base import Artifact, StageContext, StageResult
 from graftflow.core.stages.inputs import dataset_url
@@ -83,7 +83,10 @@ def _to_uint8(images: torch.Tensor) -> torch.Tensor:
 
 def _preview(ctx: StageContext, n: int, rows: int = 3) -> str:
     cfg = ctx.config
-    sel = select(dataset_url(ctx, materialized=False), "train", cfg.finetune.classes, "finetune.classes")
+    url = dataset_url(ctx, materialized=False)
+    sel = select(url, "train", cfg.finetune.classes, "finetune.classes", frozenset({"single", "multi", "mask"}))
+    if sel.target == "mask":
+        return _mask_preview(ctx, sel, n, rows)
     plain = ArrowImageDataset(sel, cfg.data.channels, cfg.data.image_size)
     context = AugmentContext(len(sel.class_names), cfg.data.image_size, cfg.data.channels)
     policy = augment_policy(ctx.host, cfg.augment.train, "augment.train", "cpu", context)
@@ -107,6 +110,25 @@ def _preview(ctx: StageContext, n: int, rows: int = 3) -> str:
         size = images[-1].shape[-2:]
         images = [v2.functional.resize(i, list(size), antialias=True) for i in images]
     save_grid(images, ctx.out / "preview.png", nrow=len(picks))
+    return "preview.png"
+
+
+def _mask_preview(ctx: StageContext, sel, n: int, rows: int) -> str:
+    """A mask store's preview: each image with its masks overlaid, then `rows` augmented versions of both
+    (the sample ops run on image and mask together, as training sees them)."""
+    from graftflow.core.data.masks import MaskDataset
+
+    cfg = ctx.config
+    context = AugmentContext(len(sel.class_names), cfg.data.image_size, cfg.data.channels)
+    policy = augment_policy(ctx.host, cfg.augment.train, "augment.train", "cpu", context)
+    plain = MaskDataset(sel, cfg.data.channels, cfg.data.image_size)
+    augmented = MaskDataset(sel, cfg.data.channels, cfg.data.image_size, policy.sample)
+    picks = np.random.default_rng(cfg.seed).choice(len(sel), size=min(n, len(sel)), replace=False).tolist()
+    torch.manual_seed(cfg.seed)
+    tiles = [overlay_masks(*plain[i]) for i in picks]
+    for _ in range(rows):
+        tiles += [overlay_masks(*augmented[i]) for i in picks]
+    save_grid(tiles, ctx.out / "preview.png", nrow=len(picks))
     return "preview.png"
 
 

@@ -28,9 +28,11 @@ from graftflow.core.images import save_confusion_matrix, save_top_losses
 from graftflow.core.inference.engines import EagerEngine
 from graftflow.core.inference.tta import tta_probabilities
 from graftflow.core.models.saved import read_model
+from graftflow.core.models.weights import META
 from graftflow.core.stages.base import Artifact, StageContext, StageResult
 from graftflow.core.stages.inputs import eval_loader, load_trained
 from graftflow.core.stages.transfer_metrics import transfer_metrics
+from graftflow.core.tasks import task_for_model
 from graftflow.core.training.loop import predict
 
 
@@ -55,6 +57,13 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, class_names: 
 
 
 def run(ctx: StageContext) -> StageResult:
+    """The task's evaluation (`TaskSpec.evaluate`) of the fine-tuned model on `evaluate.split`."""
+    meta = storage.read_json(str(ctx.input("finetune", "model") / META))
+    return task_for_model(ctx.host, meta).evaluate(ctx)
+
+
+def evaluate_classification(ctx: StageContext) -> StageResult:
+    """A classifier's evaluation: metrics, confusion matrix, top losses, predictions.csv, TTA and probes."""
     cfg = ctx.config.evaluate
     split = cfg.split
     model, meta = load_trained(ctx)

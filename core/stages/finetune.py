@@ -10,6 +10,7 @@ What happens each epoch is the callback list in `_callbacks`, in order.
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 
 import torch
@@ -31,6 +32,7 @@ from graftflow.core.stages.inputs import (
     target_loaders,
     task_loaders,
 )
+from graftflow.core.tasks import finetune_loss, task_of
 from graftflow.core.training.callbacks import Callbacks
 from graftflow.core.training.checkpointing import Checkpointer
 from graftflow.core.training.compile import compiled_forward
@@ -44,13 +46,14 @@ from graftflow.core.training.progress import EpochLog, EpochObservers
 from graftflow.core.training.resume import Checkpoint
 from graftflow.core.training.schedule import GroupScheduler
 from graftflow.core.training.selection import BestEpoch, EarlyStopping, WeightEMA
-from graftflow.core.validation import finetune_method
+from graftflow.core.validation import finetune_method, plugin_params
 
 log = logging.getLogger("graft.stage")
 
 
 def run(ctx: StageContext) -> StageResult:
     cfg, ft = ctx.config, ctx.config.finetune
+    task = task_of(ctx.host, cfg)
     method = finetune_method(ctx.host, cfg)
     old_classes = pretrained_classes(ctx) if ft.head == "extend" else []
     if old_classes:
@@ -61,14 +64,14 @@ def run(ctx: StageContext) -> StageResult:
     meta = model_meta(cfg, train_sel.class_names)
     pretrained = pretrained_start(ctx)
     model = build_model(ctx.host, meta, pretrained=pretrained)
-    groups = layer_groups(ctx.host, cfg.model.family, model)
+    groups = layer_groups(ctx.host, cfg.model.family, model, task.name)
     if pretrained is not None:
         load_report = weights_report(model, pretrained)
     else:
         load_report = starting_weights(ctx, model, groups, keep_head=len(old_classes))
     freeze_epochs = head_only_epochs(cfg, ctx.run.completed("pretrain"))  # unset: 1 only with weights to protect
 
-    criterion = stage_loss(ctx, "finetune", ft.loss, train_sel)
+    criterion = stage_loss(ctx, "finetune", finetune_loss(cfg, task), train_sel)
     lrs = group_lrs(ft.lr, len(groups), ft.layer_decay)
     opt_groups, records = build_param_groups(model, groups, lrs, ft.weight_decay)
     model = ctx.policy.prepare(model)
@@ -95,7 +98,9 @@ def run(ctx: StageContext) -> StageResult:
         ),
         BatchNormPolicy(model, ft.bn),
         ema,
-        Validation(evaluated, val_loader, criterion, ctx.policy) if val_loader is not None else None,
+        Validation(evaluated, val_loader, criterion, ctx.policy, task_validation(ctx, task))
+        if val_loader is not None
+        else None,
         TargetEntropy(evaluated, target_val, ctx.policy) if target_val is not None else None,
         method,
         best,
@@ -147,6 +152,8 @@ def run(ctx: StageContext) -> StageResult:
         ).run()
     restored = ft.restore_best and best.restore_if_not_last(len(history.epochs))
 
+    if task.calibrate is not None and val_loader is not None:  # e.g. multilabel thresholds tuned on val
+        meta.update(task.calibrate(evaluated, val_loader, ctx.policy, meta))
     save_model(evaluated.cpu(), ctx.out / "model", meta)
     storage.write_json(str(ctx.out / "history.json"), history.epochs)
     curves = [save_training_curves(history.epochs, ctx.out / "curves.png", "fine-tuning")] if history.epochs else []
@@ -160,6 +167,7 @@ def run(ctx: StageContext) -> StageResult:
             "param_groups": param_groups,
             "metrics": {"finetune": {k: v for k, v in final.items() if k not in ("epoch", "phase")}},
             "finetune": {
+                "task": task.name,
                 "classes": train_sel.class_names,
                 "images": len(train_sel),
                 "phases": [p.removeprefix("finetune-") for p, e in phases if e],
@@ -198,6 +206,12 @@ def run(ctx: StageContext) -> StageResult:
             ],
         ],
     )
+
+
+def task_validation(ctx: StageContext, task):
+    """The task's validation with the task's parameters (`task:` in the config), as the loop calls it."""
+    params = plugin_params(task, ctx.config.task.params, "task")
+    return functools.partial(task.validate, **params)
 
 
 def _lr_spread(ft) -> str:
@@ -275,8 +289,11 @@ def starting_weights(ctx: StageContext, model, groups, keep_head: int = 0) -> di
         meta = storage.read_json(str(directory / META))
         state = read_weights(str(directory / WEIGHTS))
         heads = set(meta.get("head_keys", [])) | head_keys(model, groups)
+        rename = task_of(ctx.host, ctx.config).backbone_key
+        if rename is not None:  # the backbone seeds the task's encoder under the encoder's own key names
+            state = {new: v for k, v in state.items() if k not in heads and (new := rename(k)) is not None}
         report = load_into(model, state, drop=heads, source="pretrain backbone")
         if keep_head:
             report["head_rows_kept"] = extend_head(model, {k: v for k, v in state.items() if k in heads}, keep_head)
         return report
-    return load_weights_file(ctx.config.model.weights, model, groups)
+    return load_weights_file(ctx.config.model.weights, model, groups, task_of(ctx.host, ctx.config).backbone_key)

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -35,6 +36,7 @@ from graftflow.core.models.build import build_model
 from graftflow.core.models.weights import META, WEIGHTS, load_into, read_weights
 from graftflow.core.specs import AugmentContext
 from graftflow.core.stages.base import StageContext
+from graftflow.core.tasks import task_of
 from graftflow.core.training.losses import StageLoss, build_loss
 
 
@@ -96,23 +98,28 @@ def task_loaders(
     """
     train, val = task_selections(ctx, section, classes, min_classes, store)
     baked = store == "dataset" and materialized_url(ctx) is not None
-    train_loader, val_loader, batch_op = loaders_for(ctx, train, val, batch_size, baked)
+    dataset = task_of(ctx.host, ctx.config).dataset if section == "finetune" else ArrowImageDataset
+    train_loader, val_loader, batch_op = loaders_for(ctx, train, val, batch_size, baked, dataset)
     return train_loader, val_loader, train, batch_op
 
 
 def task_selections(
     ctx: StageContext, section: str, classes: Sequence[str] | None, min_classes: int = 2, store: str = "dataset"
 ) -> tuple[Selection, Selection]:
-    """The train and val rows of a class filter (a separate pretraining source: all of it is train)."""
+    """The train and val rows of a class filter (a separate pretraining source: all of it is train).
+
+    Fine-tuning reads the stores its task trains on (`TaskSpec.store_targets`).
+    """
     url = dataset_url(ctx, store)
+    targets = task_of(ctx.host, ctx.config).store_targets if section == "finetune" else frozenset({"single"})
     if store != "dataset":  # a source of its own: all of it is pretraining data
         train = select(url, ["train", "val", "test"], classes, f"{section}.classes")
         require_classes(train, "train", f"{section}.classes", min_classes)
         val = Selection(images=train.images.slice(0, 0), labels=train.labels[:0], class_names=train.class_names)
     else:
-        train = select(url, "train", classes, f"{section}.classes")
+        train = select(url, "train", classes, f"{section}.classes", targets)
         require_classes(train, "train", f"{section}.classes", min_classes)
-        val = select(url, "val", train.class_names, f"{section}.classes")
+        val = select(url, "val", train.class_names, f"{section}.classes", targets)
     per_class = getattr(getattr(ctx.config, section, None), "labels_per_class", None)
     if per_class:
         train = per_class_subsample(train, per_class, ctx.config.seed)
@@ -144,23 +151,31 @@ def incremental_selections(ctx: StageContext, old_classes: Sequence[str], replay
 
 
 def loaders_for(
-    ctx: StageContext, train: Selection, val: Selection, batch_size: int | None, baked: bool = False
+    ctx: StageContext,
+    train: Selection,
+    val: Selection,
+    batch_size: int | None,
+    baked: bool = False,
+    dataset: Callable[..., Any] = ArrowImageDataset,
 ) -> tuple[DataLoader, DataLoader | None, Callable | None]:
-    """Loaders over two selections with the run's augmentations, normalisation and device settings."""
+    """Loaders over two selections with the run's augmentations, normalisation and device settings.
+
+    `dataset` makes the torch dataset of (image, target) pairs: the task's (`TaskSpec.dataset`).
+    """
     cfg = ctx.config
     norm = normalizer(cfg.data.mean, cfg.data.std, cfg.data.channels)
     context = AugmentContext(
         num_classes=len(train.class_names), image_size=cfg.data.image_size, channels=cfg.data.channels
     )
-    train_policy = augment_policy(
-        ctx.host, cfg.augment.train, "augment.train", ctx.policy.device_type, context, baked=baked
-    )
+    # `placement: auto` moves ops to the device only for class targets: batch ops see images and labels, not masks
+    placement_device = ctx.policy.device_type if train.target == "single" else "cpu"
+    train_policy = augment_policy(ctx.host, cfg.augment.train, "augment.train", placement_device, context, baked=baked)
     eval_ops = augment_policy(ctx.host, cfg.augment.eval, "augment.eval", context=context, training=False).sample
     bs = batch_size or cfg.data.batch_size
     # With batch ops, batches travel as uint8 (4× less to copy) and are normalised on the device after them.
     batch_norm = batch_normalizer(cfg.data.mean, cfg.data.std, cfg.data.channels) if train_policy.batch else None
     settings = loader_settings(ctx, len(train))
-    train_ds = ArrowImageDataset(
+    train_ds = dataset(
         train,
         cfg.data.channels,
         cfg.data.image_size,
@@ -187,9 +202,7 @@ def loaders_for(
     val_loader = None
     if len(val):
         settings = loader_settings(ctx, len(val))
-        val_ds = ArrowImageDataset(
-            val, cfg.data.channels, cfg.data.image_size, eval_ops, norm, cache=settings.pop("cache")
-        )
+        val_ds = dataset(val, cfg.data.channels, cfg.data.image_size, eval_ops, norm, cache=settings.pop("cache"))
         val_loader = make_loader(val_ds, bs * 2, False, seed=cfg.seed, pin_memory=ctx.policy.pin_memory, **settings)
     return train_loader, val_loader, batch_op
 
@@ -230,15 +243,18 @@ def eval_loader(
 ) -> tuple[DataLoader, Selection]:
     """Eval-transformed images of `split` (at most `per_class` per class, seeded like fine-tuning's budget).
 
-    `store` names the acquire output to read ("target_dataset": a method's target domain).
+    `store` names the acquire output to read ("target_dataset": a method's target domain). The main
+    store is read as the task reads it (its targets and `TaskSpec.dataset`).
     """
     cfg = ctx.config
-    sel = select(dataset_url(ctx, store), split, class_names, "evaluate.split")
+    task = task_of(ctx.host, cfg) if store == "dataset" else None
+    targets = task.store_targets if task is not None else frozenset({"single"})
+    sel = select(dataset_url(ctx, store), split, class_names, "evaluate.split", targets)
     if per_class:
         sel = per_class_subsample(sel, per_class, cfg.seed)
     eval_ops, _ = sample_transforms(ctx.host, cfg.augment.eval, "augment.eval")
     settings = loader_settings(ctx, len(sel))
-    ds = ArrowImageDataset(
+    ds = (task.dataset if task is not None else ArrowImageDataset)(
         sel,
         cfg.data.channels,
         cfg.data.image_size,
@@ -251,10 +267,20 @@ def eval_loader(
 
 def stage_loss(ctx: StageContext, section: str, ref: PluginRef, sel: Selection, labelled: bool = True) -> StageLoss:
     """`build_loss` for a training stage: class names and counts from its train selection."""
-    counts = np.bincount(sel.labels, minlength=len(sel.class_names)) if len(sel) and labelled else []
+    counts = class_counts(sel) if len(sel) and labelled else []
     data = ctx.config.data
     inputs = {"in_chans": data.channels, "image_size": data.image_size, "mean": data.mean, "std": data.std}
     return build_loss(ctx.host, ref, f"{section}.loss", sel.class_names if labelled else [], list(counts), inputs)
+
+
+def class_counts(sel: Selection) -> list[int]:
+    """Training images per class: of its label (single-label) or having it in its targets (label sets)."""
+    if sel.target == "multi":
+        flat = pc.list_flatten(sel.targets).to_numpy(zero_copy_only=False)
+        return np.bincount(flat, minlength=len(sel.class_names)).tolist()
+    if sel.target != "single":
+        return []
+    return np.bincount(sel.labels, minlength=len(sel.class_names)).tolist()
 
 
 def checkpoint_url(ctx: StageContext) -> str:

@@ -38,6 +38,8 @@ def run(ctx: StageContext) -> StageResult:
         field="predict.model",
         host=ctx.host,  # model stores (models:/NAME@alias) of the config's plugins
     )
+    if predictor.task is not None and predictor.task.predict is not None:
+        return _task_predictions(ctx, predictor)
     run_url = predictor.location.run_url if predictor.location else None
     with prediction_inputs(cfg.inputs, cfg.split, run_url, predictor.class_names, "predict.inputs") as images:
         predictions = predictor.predict_inputs(images)
@@ -63,6 +65,51 @@ def run(ctx: StageContext) -> StageResult:
             Artifact("table", "predicted-classes", "images per predicted class", rows=counts),
         ],
     )
+
+
+def _task_predictions(ctx: StageContext, predictor) -> StageResult:
+    """A task with outputs of its own (masks, label sets): its rows in its first format (`TaskSpec.formats`,
+    e.g. segmentation's kaggle-rle submission), written to predictions.csv and to `predict.out` when set."""
+    from graftflow.core import storage
+    from graftflow.core.inference.task_outputs import check_format, task_rows
+
+    cfg = ctx.config.predict
+    fmt = check_format(predictor, None, "predict")
+    run_url = predictor.location.run_url if predictor.location else None
+    with prediction_inputs(cfg.inputs, cfg.split, run_url, predictor.class_names, "predict.inputs") as images:
+        rows, skipped = task_rows(predictor, images)
+    if skipped:
+        log.warning("predict: %d image(s) skipped; first: %s: %s", len(skipped), *skipped[0])
+    predictor.task.write(rows, str(ctx.out / "predictions.csv"), fmt)
+    record = {**predictor.describe(), "task": predictor.task.name, "format": fmt, "images": len(rows)}
+    record["skipped"] = len(skipped)
+    if cfg.out:
+        predictor.task.write(rows, cfg.out, fmt)
+        record["out"] = cfg.out
+    storage.write_json(str(ctx.out / "predictions.csv.json"), record)
+    return StageResult(
+        outputs={"predictions": "predictions.csv", "record": "predictions.csv.json"},
+        summary={"predict": record},
+        artifacts=[
+            Artifact(
+                "table",
+                "predictions",
+                f"{len(rows)} images predicted ({predictor.task.name}, {fmt}; {len(skipped)} skipped)",
+                rows=[_shown(r) for r in rows[:FIRST_ROWS]] or [{"source": "-"}],
+            )
+        ],
+    )
+
+
+def _shown(row: dict) -> dict:
+    """A task's row as a table row: its numbers and names, lists joined with |, arrays (masks) left out."""
+    shown = {}
+    for key, value in row.items():
+        if isinstance(value, (str, int, float)):
+            shown[key] = value
+        elif isinstance(value, list):
+            shown[key] = "|".join(map(str, value))
+    return shown
 
 
 def _this_run(ctx: StageContext) -> str:

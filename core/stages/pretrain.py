@@ -115,7 +115,7 @@ def run(ctx: StageContext) -> StageResult:
         batch_transform=batch_op,
         seed=cfg.seed,
     ).run()
-    meta = model_meta(ctx.config, class_names)
+    meta = model_meta(ctx.config, class_names, task=False)
     meta["num_classes"] = pctx.num_classes
     meta["pretext"] = pretext.name
     meta["head_keys"] = sorted(head_keys(backbone, groups))

@@ -7,6 +7,7 @@ plateau schedules and best-epoch selection judge what training optimises.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
@@ -40,13 +41,24 @@ def loss_and_accuracy(model: nn.Module, loader: DataLoader, loss: StageLoss, pol
 
 
 class Validation(Callback):
-    """Adds `val_loss` and `val_accuracy` of `model` on `loader` to every epoch's metrics."""
+    """Adds the validation metrics of `model` on `loader` to every epoch's metrics.
 
-    def __init__(self, model: nn.Module, loader: DataLoader, loss: StageLoss, policy: DevicePolicy):
-        self.model, self.loader, self.loss, self.policy = model, loader, loss, policy
+    `measure(model, loader, loss, policy)` computes them: the task's (`TaskSpec.validate`);
+    by default `val_loss` and `val_accuracy` of a classifier.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loader: DataLoader,
+        loss: StageLoss,
+        policy: DevicePolicy,
+        measure: Callable[..., dict[str, float]] = loss_and_accuracy,
+    ):
+        self.model, self.loader, self.loss, self.policy, self.measure = model, loader, loss, policy, measure
 
     def on_validate(self, loop: Loop) -> None:
-        loop.metrics.update(loss_and_accuracy(self.model, self.loader, self.loss, self.policy))
+        loop.metrics.update(self.measure(self.model, self.loader, self.loss, self.policy))
 
 
 @torch.no_grad()

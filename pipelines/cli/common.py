@@ -139,10 +139,13 @@ def print_summary(summary: dict[str, Any], path: str) -> None:
             f"{', cache hit' if data.get('cache_hit') else ''} → {data['path']}"
         )
     test = summary.get("metrics", {}).get("test")
-    if test:
+    if test and "accuracy" in test:
         console.print(
             f"test accuracy: {test['accuracy']:.4f}   macro-F1: {test['macro_f1']:.4f}   ({test['images']} images)"
         )
+    elif test:  # another task's metrics (mean Dice, mAP, ...): its top-level numbers
+        numbers = "   ".join(f"{k}: {v:.4f}" for k, v in test.items() if isinstance(v, float))
+        console.print(f"test {numbers}   ({test.get('images', '?')} images)")
     for exp in summary.get("exports", []):
         console.print(f"export {exp['format']}: max |diff| vs eager {exp['max_abs_diff']:.2e}")
     console.print(f"summary: {path}")

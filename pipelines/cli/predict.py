@@ -31,6 +31,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     predict.add_argument(
         "--tta-views", metavar="V,V,...", help="TTA views (default original,hflip,zoom:0.9,hflip+zoom:0.9)"
     )
+    predict.add_argument(
+        "--format",
+        metavar="FORMAT",
+        help="an output of the model's task: segmentation writes kaggle-rle (ImageId,EncodedPixels,ClassId; the "
+        "default) or masks (a folder of PNGs at --out)",
+    )
     predict.add_argument("--engine", choices=("eager", "onnx", "torchscript"), default="eager")
     predict.add_argument("--batch-size", type=int, default=64, metavar="N")
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
@@ -54,7 +60,7 @@ def main(args: argparse.Namespace) -> int:
 
     if args.top_k < 1 or args.batch_size < 1:
         raise ConfigError(f"--{'top-k' if args.top_k < 1 else 'batch-size'}: must be at least 1")
-    if args.out:
+    if args.out and not args.format:  # a task's own --format checks its --out itself
         output_format(args.out)
     try:
         views = parse_tta_views(args.tta_views) if args.tta_views else list(DEFAULT_TTA_VIEWS)
@@ -70,6 +76,10 @@ def main(args: argparse.Namespace) -> int:
         artifact_root=args.artifact_root,
         plugins=args.plugin,
     )
+    if predictor.task is not None and predictor.task.predict is not None:
+        return _task_outputs(predictor, args)
+    if args.format:
+        raise ConfigError(f"--format: task '{predictor.task.name}' writes csv or parquet by --out's suffix")
     run_url = predictor.location.run_url if predictor.location else None
     with prediction_inputs(args.inputs, args.split, run_url, predictor.class_names) as images:
         with ProgressBar(len(images)) as progress:
@@ -87,6 +97,26 @@ def main(args: argparse.Namespace) -> int:
     )
     if predictions.skipped:
         print(f"warning: {predictions.skipped_summary()}", file=sys.stderr)
+    return 0
+
+
+def _task_outputs(predictor, args: argparse.Namespace) -> int:
+    """A task with outputs of its own (segmentation masks): `TaskSpec.predict`, written by `TaskSpec.write`."""
+    from graftflow.core.errors import ConfigError
+    from graftflow.core.inference.sources import prediction_inputs
+    from graftflow.core.inference.task_outputs import check_format, task_rows
+
+    fmt = check_format(predictor, args.format)
+    if not args.out:
+        raise ConfigError(f"--out: task '{predictor.task.name}' writes {fmt} to a file or folder; give --out")
+    run_url = predictor.location.run_url if predictor.location else None
+    with prediction_inputs(args.inputs, args.split, run_url, predictor.class_names) as images:
+        with ProgressBar(len(images)) as progress:
+            rows, skipped = task_rows(predictor, images, progress)
+    predictor.task.write(rows, args.out, fmt)
+    print(f"predicted {len(rows)} image(s) with {predictor.engine_name} → {args.out} ({fmt})", file=sys.stderr)
+    if skipped:
+        print(f"warning: {len(skipped)} image(s) skipped; first: {skipped[0][0]}: {skipped[0][1]}", file=sys.stderr)
     return 0
 
 

@@ -1,0 +1,137 @@
+"""Segmentation masks: Kaggle's run-length encoding, and the encoded mask column of the data store.
+
+Run-length encoding as Severstal's `train.csv` writes it (`EncodedPixels`):
+pixels are numbered from 1, top to bottom and then left to right (column-major,
+Fortran order), and the string is `start length start length ...` of the runs
+of mask pixels. An empty string is an empty mask.
+
+In the store a mask is one PNG per image at the image's size: a uint8 (or, past
+8 classes, uint16) image whose bit `c` is set where class `c` is present, so
+overlapping classes survive and the column is as small as PNG makes it. The
+PNG's bytes are part of the row's identity, like the image's sha256.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from graftflow.core.errors import DataError
+
+MAX_CLASSES = 16  # bits of a 16-bit PNG
+
+
+def rle_encode(mask: np.ndarray) -> str:
+    """A 2-D boolean mask → `start length ...` (1-indexed starts, column-major); "" for an empty mask."""
+    flat = np.asarray(mask, dtype=bool).flatten(order="F").astype(np.int8)
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], flat, [0]]))) + 1
+    edges[1::2] -= edges[::2]
+    return " ".join(map(str, edges.tolist()))
+
+
+def rle_decode(rle: str | None, shape: tuple[int, int], where: str = "EncodedPixels") -> np.ndarray:
+    """`start length ...` → a boolean (H, W) mask; a malformed string is a DataError naming `where`."""
+    height, width = shape
+    flat = np.zeros(height * width, dtype=bool)
+    text = (rle or "").strip()
+    if not text:
+        return flat.reshape((height, width), order="F")
+    try:
+        numbers = np.array(text.split(), dtype=np.int64)
+    except ValueError:
+        raise DataError(f"{where}: '{text[:40]}' is not a run-length encoding (numbers: start length ...)") from None
+    if len(numbers) % 2:
+        raise DataError(f"{where}: an odd count of numbers ({len(numbers)}); expected start length pairs")
+    starts, lengths = numbers[0::2] - 1, numbers[1::2]
+    if (starts < 0).any() or (lengths < 1).any() or (starts + lengths > flat.size).any():
+        raise DataError(f"{where}: a run falls outside the {height}×{width} image (starts are 1-indexed)")
+    edges = np.zeros(flat.size + 1, dtype=np.int32)  # +1 where a run starts, −1 after it ends: covered = sum > 0
+    np.add.at(edges, starts, 1)
+    np.add.at(edges, starts + lengths, -1)
+    return (np.cumsum(edges[:-1]) > 0).reshape((height, width), order="F")
+
+
+def encode_mask(masks: np.ndarray) -> bytes:
+    """(C, H, W) booleans → the store's PNG: bit c of each pixel is class c."""
+    from PIL import Image
+
+    masks = np.asarray(masks, dtype=bool)
+    if masks.shape[0] > MAX_CLASSES:
+        raise DataError(f"a mask store holds at most {MAX_CLASSES} classes, got {masks.shape[0]}")
+    dtype = np.uint8 if masks.shape[0] <= 8 else np.uint16
+    bits = (masks.astype(dtype) << np.arange(masks.shape[0], dtype=dtype)[:, None, None]).sum(0).astype(dtype)
+    buffer = io.BytesIO()
+    Image.fromarray(bits).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def decode_mask(data: bytes, classes: int) -> np.ndarray:
+    """The store's PNG → (C, H, W) booleans."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        bits = np.asarray(im).astype(np.int64)
+    return ((bits[None] >> np.arange(classes)[:, None, None]) & 1).astype(bool)
+
+
+def masks_from_rle(
+    runs: Mapping[str, Sequence[str]], class_names: Sequence[str], shape: tuple[int, int], where: str
+) -> np.ndarray:
+    """class name → its RLE strings (several rows of one class are OR-ed) → (C, H, W) booleans."""
+    out = np.zeros((len(class_names), *shape), dtype=bool)
+    for c, name in enumerate(class_names):
+        for rle in runs.get(name, ()):
+            out[c] |= rle_decode(rle, shape, f"{where} class {name}")
+    return out
+
+
+class MaskDataset:
+    """(image, masks) pairs of a mask store's selection: the segmentation task's dataset.
+
+    Images decode exactly as a classifier's do (`ArrowImageDataset`, its decoded cache
+    included); masks decode from the store's PNG and are resized with nearest neighbours.
+    Sample augmentations that are torchvision v2 transforms run on `(tv_tensors.Image,
+    tv_tensors.Mask)` together, so flips, affine and crops move image and mask alike while
+    colour ops leave the mask alone; any other callable sees the image only.
+    Returns a normalised float image (C, S, S) and float masks (classes, S, S) in {0, 1}.
+    """
+
+    def __init__(self, sel, channels: int, image_size: int, sample_transforms=(), normalize=None, cache=False):
+        import torch
+        from torchvision.transforms import v2
+
+        from graftflow.core.data.dataset import ArrowImageDataset
+
+        self.pixels = ArrowImageDataset(sel, channels, image_size, (), None, cache=cache)
+        self.masks, self.classes, self.image_size = sel.targets, len(sel.class_names), image_size
+        self.joint = [t for t in sample_transforms if isinstance(t, v2.Transform)]
+        self.image_only = [t for t in sample_transforms if not isinstance(t, v2.Transform)]
+        self.normalize = normalize
+        self._torch = torch
+
+    def __len__(self) -> int:
+        return len(self.pixels)
+
+    def mask(self, i: int):
+        """Mask `i` as uint8 (classes, S, S), resized with nearest neighbours."""
+        from torchvision.transforms import InterpolationMode
+        from torchvision.transforms.v2 import functional as F
+
+        data = self.masks[i].as_py()
+        masks = self._torch.from_numpy(decode_mask(data, self.classes).astype(np.uint8))
+        return F.resize(masks, [self.image_size] * 2, interpolation=InterpolationMode.NEAREST_EXACT)
+
+    def __getitem__(self, i: int):
+        from torchvision import tv_tensors
+
+        image, mask = tv_tensors.Image(self.pixels.decode(i)), tv_tensors.Mask(self.mask(i))
+        for op in self.joint:
+            image, mask = op(image, mask)
+        for op in self.image_only:
+            image = op(image)
+        image = image.as_subclass(self._torch.Tensor)
+        if self.normalize is not None:
+            image = self.normalize(image)
+        return image, mask.as_subclass(self._torch.Tensor).float()

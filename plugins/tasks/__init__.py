@@ -1,0 +1,1 @@
+"""Built-in tasks (`graft_tasks()`): classification, multilabel, segmentation."""
