@@ -11,7 +11,7 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-BENCHMARKS = ["store", "input_pipeline", "training_loop", "orchestration", "predict"]
+BENCHMARKS = ["store", "input_pipeline", "training_loop", "orchestration", "predict", "startup"]
 
 
 @pytest.mark.parametrize("name", BENCHMARKS)
