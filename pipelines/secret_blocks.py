@@ -15,6 +15,10 @@ def secret_value(name: str, field: str, example: str, error: type[GraftError]) -
     """The block's value; a block that does not exist is one line naming `field` and how to create it."""
     from prefect.blocks.system import Secret
 
+    from graftflow.pipelines import early_server
+
+    early_server.ready()  # `graft run` checks the config while its temporary server starts
+
     try:
         return Secret.load(name).get()
     except ValueError:

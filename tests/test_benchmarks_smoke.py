@@ -1,7 +1,7 @@
 """Every benchmark runs at tiny sizes in the suite (`make bench BENCH_ARGS=--smoke`), so one that breaks
 fails CI. The figures of such a run mean nothing and nothing here judges them: only that each benchmark
 measured both sides (positive, finite values) and that its record serialises. The orchestration
-benchmark runs its flows against the session's Prefect test server instead of an ephemeral one."""
+benchmark's `graft run` subprocesses talk to the session's Prefect server instead of starting ephemeral ones."""
 
 import importlib
 import json
@@ -11,13 +11,13 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-BENCHMARKS = ["store", "input_pipeline", "training_loop", "orchestration", "predict", "segmentation"]
+BENCHMARKS = ["store", "input_pipeline", "training_loop", "orchestration", "predict", "segmentation", "startup"]
 
 
 @pytest.mark.parametrize("name", BENCHMARKS)
 def test_benchmark_runs_at_smoke_size(name, request):
     if name == "orchestration":
-        request.getfixturevalue("prefect_harness")
+        request.getfixturevalue("prefect_api")
     results = importlib.import_module(f"tests.benchmarks.bench_{name}").run(quick=True, smoke=True)
     assert results
     for r in results:

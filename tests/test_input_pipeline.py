@@ -52,6 +52,21 @@ def test_decoded_cache_equals_decoding_each_image(store):
         assert torch.equal(image, a[i][0]) and label == a[i][1]
 
 
+def test_the_workers_fill_the_shared_cache_during_the_first_epoch(store):
+    """The cache is decoded where the images are first read: by the DataLoader workers, into shared memory
+    the training process sees; it then serves later epochs (and equals decoding each image)."""
+    sel = select(store, ["train", "val", "test"], None, "test")
+    cached = ArrowImageDataset(sel, 3, 8, cache=True)
+    assert cached.cached.is_shared() and not cached.filled.any()  # nothing decoded at construction
+    loader = make_loader(cached, 8, True, 2, seed=0)
+    first = torch.cat([images for images, _ in loader])
+    assert cached.filled.all()  # filled by the two worker processes, visible here
+    plain = ArrowImageDataset(sel, 3, 8)
+    assert all(torch.equal(cached.cached[i], plain.decode(i)) for i in range(len(sel)))
+    again = torch.cat([images for images, _ in loader])
+    assert sorted(first.flatten(1).sum(1).tolist()) == sorted(again.flatten(1).sum(1).tolist())
+
+
 def _batches(store: str, seed: int, workers: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     host = PluginHost()
     refs = [

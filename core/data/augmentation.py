@@ -96,7 +96,7 @@ class BatchNormalize:
         self.std = torch.tensor(per_channel(std)).view(1, -1, 1, 1)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        return (images - self.mean.to(images.device)) / self.std.to(images.device)
+        return (images - self.mean.to(images.device)).div_(self.std.to(images.device))  # one new tensor, not two
 
 
 batch_normalizer = BatchNormalize

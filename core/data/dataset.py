@@ -169,10 +169,15 @@ def decode_resized(raw, mode: ImageReadMode, resize: Callable[[torch.Tensor], to
 class ArrowImageDataset(Dataset):
     """Decodes encoded images from an Arrow column; returns (image tensor, label).
 
-    `cache=True` decodes and resizes every image once, at construction, into one
-    uint8 tensor (N,C,H,W) that DataLoader workers share (fork: copy-on-write),
-    so an epoch costs indexing and augmentation only. Without `normalize` the
-    images stay uint8 (batch ops on the device convert and normalise them).
+    `cache=True` decodes and resizes every image once into one uint8 tensor (N,C,H,W),
+    so later epochs cost indexing and augmentation only. The tensor lives in shared
+    memory and is filled on first access, by whichever process reads an image first:
+    the DataLoader workers decode the first epoch in parallel, while the model trains,
+    instead of the training process decoding everything before the first step (that
+    serial build was half of the input pipeline's cold-start time: docs/performance.md).
+    Where shared memory is short, the cache is built at construction, as before.
+    Without `normalize` the images stay uint8 (batch ops on the device convert and
+    normalise them).
     """
 
     def __init__(
@@ -191,19 +196,28 @@ class ArrowImageDataset(Dataset):
         self.augment = v2.Compose(list(sample_transforms)) if sample_transforms else None
         self.normalize = normalize
         self.cached: torch.Tensor | None = None
+        self.filled: torch.Tensor | None = None  # which rows of a shared cache hold their image already
         if cache:
-            self.cached = torch.empty((len(self.labels), channels, image_size, image_size), dtype=torch.uint8)
-            for i in range(len(self.labels)):
-                self.cached[i] = self.decode_encoded(i)
+            shape = (len(self.labels), channels, image_size, image_size)
+            if _shared_memory_fits(int(np.prod(shape)) + len(self.labels)):
+                self.cached = torch.empty(shape, dtype=torch.uint8).share_memory_()
+                self.filled = torch.zeros(len(self.labels), dtype=torch.bool).share_memory_()
+            else:
+                self.cached = torch.empty(shape, dtype=torch.uint8)
+                for i in range(len(self.labels)):
+                    self.cached[i] = self.decode_encoded(i)
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def decode(self, i: int) -> torch.Tensor:
         """Image `i` as uint8 (C, image_size, image_size), from the cache when there is one."""
-        if self.cached is not None:
-            return self.cached[i]
-        return self.decode_encoded(i)
+        if self.cached is None:
+            return self.decode_encoded(i)
+        if self.filled is not None and not self.filled[i]:
+            self.cached[i] = self.decode_encoded(i)
+            self.filled[i] = True  # after the pixels: a reader that sees the flag sees the image
+        return self.cached[i]
 
     def decode_encoded(self, i: int) -> torch.Tensor:
         try:
@@ -224,10 +238,40 @@ class ArrowImageDataset(Dataset):
         if self.cached is None or self.augment is not None:
             return [self[i] for i in indices]
         index = torch.as_tensor(indices, dtype=torch.long)
-        images = self.cached[index]
+        if self.filled is not None:
+            for i in index[~self.filled[index]].tolist():
+                self.decode(i)
+        images, labels = self.cached[index], self.labels[index]
         if self.normalize is not None:
             images = self.normalize(images)
-        return list(zip(images.unbind(0), self.labels[index].unbind(0), strict=False))
+        return Gathered(images, labels)
+
+
+class Gathered(list):
+    """A batch gathered from the cache: the (image, label) pairs DataLoader expects, plus the stacked
+    tensors they are views of, so `collate` hands those on instead of stacking the pairs again."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
+        super().__init__(zip(images.unbind(0), labels.unbind(0), strict=True))
+        self.images, self.labels = images, labels
+
+
+def collate(samples):
+    """default_collate, except for a `Gathered` batch, which is stacked already."""
+    if isinstance(samples, Gathered):
+        return samples.images, samples.labels
+    return default_collate(samples)
+
+
+def _shared_memory_fits(nbytes: int, margin: float = 0.5) -> bool:
+    """Whether a shared tensor of `nbytes` leaves `margin` of /dev/shm free (containers often have 64 MB)."""
+    import os
+
+    try:
+        stat = os.statvfs("/dev/shm")
+    except OSError:  # no /dev/shm (macOS, Windows): torch shares through files elsewhere
+        return True
+    return nbytes <= stat.f_bavail * stat.f_frsize * margin
 
 
 class BatchCollate:
@@ -241,7 +285,7 @@ class BatchCollate:
         self.transform = transform
 
     def __call__(self, samples):
-        images, labels = default_collate(samples)
+        images, labels = collate(samples)
         return self.transform(images, labels)
 
 
@@ -297,6 +341,6 @@ def make_loader(
         pin_memory=pin_memory,
         drop_last=drop_last,
         persistent_workers=num_workers > 0 and persistent_workers,
-        collate_fn=collate_fn,
+        collate_fn=collate if collate_fn is None else collate_fn,
         **extra,
     )

@@ -69,8 +69,18 @@ class Callbacks:
             raise ValueError(f"two callbacks save their state under the same key: {keys}")
 
     def fire(self, event: str, loop: Loop) -> None:
-        for callback in self.items:
-            getattr(callback, event)(loop)
+        for handler in self._handlers(event):
+            handler(loop)
+
+    def _handlers(self, event: str) -> list:
+        """The bound methods that do something at `event`, found once: `on_step_end` fires every step,
+        and most callbacks leave it as the base class's no-op."""
+        cache = self.__dict__.setdefault("_by_event", {})
+        if event not in cache:
+            base = getattr(Callback, event)
+            bound = [getattr(c, event) for c in self.items]
+            cache[event] = [fn for fn in bound if getattr(fn, "__func__", None) is not base]
+        return cache[event]
 
     def __iter__(self):
         return iter(self.items)

@@ -20,14 +20,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from graftflow.core.plugin_manager import PluginHost
+    from graftflow.core import plugin_index
 
-    host = PluginHost(args.plugin or ())
-    rows = host.listing()
-    if args.verbose:
-        details = item_details(host)
-        for row in rows:
-            row.update(details.get((row["kind"], row["name"]), {}))
+    # The listing comes from the plugin index while no plugin changed: no plugin (nor torch) is imported.
+    rows = plugin_index.cached(args.plugin or (), lambda: discover(args.plugin or ()))
+    if not args.verbose:
+        rows = [{k: row[k] for k in ("kind", "name", "plugin", "origin", "version")} for row in rows]
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
         return 0
@@ -39,6 +37,22 @@ def main(args: argparse.Namespace) -> int:
         for row in rows:
             _print_details(console, row)
     return 0
+
+
+def discover(refs) -> list[dict[str, Any]]:
+    """Every row of the listing with its details (-v), from a fresh discovery of the plugins."""
+    from graftflow.core.plugin_manager import PluginHost
+
+    return listing_rows(PluginHost(refs))
+
+
+def listing_rows(host) -> list[dict[str, Any]]:
+    """What the plugin index keeps for a host: every row of the listing with its details."""
+    rows = host.listing()
+    details = item_details(host)
+    for row in rows:
+        row.update(details.get((row["kind"], row["name"]), {}))
+    return json.loads(json.dumps(rows, default=str))  # as the index stores it: one form, cached or not
 
 
 def short_plugin(name: str) -> str:

@@ -35,8 +35,40 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    with ExitStack() as held:  # the storage credentials, for the whole command
-        return _run(args, held)
+    from graftflow.pipelines import early_server
+
+    prefect_defaults()  # before the server starts: it inherits them
+    _quick_check(args)  # a typo answers here, in well under a second: no plugin, no torch, no server
+    early_server.start()  # comes up while the config is checked (pipelines/early_server.py)
+    try:
+        with ExitStack() as held:  # the storage credentials, for the whole command
+            return _run(args, held)
+    finally:
+        early_server.stop()
+
+
+def _quick_check(args: argparse.Namespace) -> None:
+    """The config's fields and the plugin names it uses, against the plugin index (core/quick_check.py)."""
+    from graftflow.core import plugin_index
+    from graftflow.core.errors import ConfigError, GraftError
+    from graftflow.core.quick_check import quick_problems
+    from graftflow.core.stage_table import parse_stages
+
+    problems = quick_problems(args.config, args.set or [], plugin_index.lookup)
+    if problems:
+        try:
+            parse_stages(args.stages)
+        except GraftError as exc:
+            problems.insert(0, str(exc))
+        raise ConfigError("\n".join(problems))
+
+
+def _save_plugin_index(checked) -> None:
+    """The listing of the plugins this run loaded, for the next command's quick check and `graft plugins`."""
+    from graftflow.core import plugin_index
+    from graftflow.pipelines.cli.plugins import listing_rows
+
+    plugin_index.cached(checked.config.plugins, lambda: listing_rows(checked.host))
 
 
 def _run(args: argparse.Namespace, held: ExitStack) -> int:
@@ -59,6 +91,7 @@ def _run(args: argparse.Namespace, held: ExitStack) -> int:
         checks=[lambda c: credential_problems(c, held), lambda c: run_id_problems(c, args.run_id)],
     )
     config = checked.config
+    _save_plugin_index(checked)
     run = Run.open(config, args.run_id)  # an unwritable artifact_root fails here, before Prefect starts
 
     from graftflow.pipelines.cli.progress import TerminalProgress
@@ -67,12 +100,28 @@ def _run(args: argparse.Namespace, held: ExitStack) -> int:
     quiet_prefect_console(args.verbose)
     print(f"run {run.run_id} → {run.url}", flush=True)
     try:
-        with TerminalProgress(config).attached():
+        with TerminalProgress(config).attached(), _own_server_settings():
             result = transfer(config=config, stages=stages, run_id=run.run_id, force=args.force)
     except BaseException as exc:
         return _failed(args, run, exc)
     print_summary(run.summary(), result["summary"])
     return 0
+
+
+def _own_server_settings():
+    """On graft run's own temporary server: no flow-run heartbeats. They exist so a server can tell
+    crashed runs of other processes; this server ends with this process, and every flow's exit waits
+    up to a second for its heartbeat thread (7 flows: ~3.5 s of the run, measured)."""
+    from contextlib import nullcontext
+
+    from graftflow.pipelines import early_server
+
+    if not early_server.running():
+        return nullcontext()
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    early_server.ready()
+    return temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
 
 
 def _failed(args: argparse.Namespace, run, exc: BaseException) -> int:
