@@ -38,7 +38,6 @@ def main(args: argparse.Namespace) -> int:
     from graftflow.pipelines import early_server
 
     prefect_defaults()  # before the server starts: it inherits them
-    _quick_check(args)  # a typo answers here, in well under a second: no plugin, no torch, no server
     early_server.start()  # comes up while the config is checked (pipelines/early_server.py)
     try:
         with ExitStack() as held:  # the storage credentials, for the whole command
@@ -47,24 +46,8 @@ def main(args: argparse.Namespace) -> int:
         early_server.stop()
 
 
-def _quick_check(args: argparse.Namespace) -> None:
-    """The config's fields and the plugin names it uses, against the plugin index (core/quick_check.py)."""
-    from graftflow.core import plugin_index
-    from graftflow.core.errors import ConfigError, GraftError
-    from graftflow.core.quick_check import quick_problems
-    from graftflow.core.stage_table import parse_stages
-
-    problems = quick_problems(args.config, args.set or [], plugin_index.lookup)
-    if problems:
-        try:
-            parse_stages(args.stages)
-        except GraftError as exc:
-            problems.insert(0, str(exc))
-        raise ConfigError("\n".join(problems))
-
-
 def _save_plugin_index(checked) -> None:
-    """The listing of the plugins this run loaded, for the next command's quick check and `graft plugins`."""
+    """The listing of the plugins this run loaded, for the next `graft plugins`."""
     from graftflow.core import plugin_index
     from graftflow.pipelines.cli.plugins import listing_rows
 
