@@ -345,6 +345,9 @@ class TaskSpec:
       so a classifier's backbone seeds the task's encoder.
     - `calibrate(model, val_loader, policy, meta)`: run once fine-tuning ends, on the validation
       split; what it returns is recorded in model.json (multilabel: per-class decision thresholds).
+    - `gallery(rows, images, path)` (contract 2.4): a PNG at `path` of the first predictions drawn over
+      their images (uint8 (C, H, W) tensors at the images' own size, one per row given); `graft predict`
+      and the predict stage write it beside the predictions (segmentation: the predicted masks overlaid).
     """
 
     name: str
@@ -362,5 +365,6 @@ class TaskSpec:
     formats: tuple[str, ...] = ()
     backbone_key: Callable[[str], str | None] | None = None
     calibrate: Callable[..., dict[str, Any]] | None = None
+    gallery: Callable[[Sequence[Mapping[str, Any]], Sequence[Any], Path], Path] | None = None
     params_model: type | None = None
     description: str = ""

@@ -135,7 +135,7 @@ STAGES: tuple[Stage, ...] = (
         "Score new images (a folder, a bucket, an archive, a split) with a trained model: a predictions file.",
         chain=False,
         gpu=True,
-        outputs=("predictions", "record"),
+        outputs=("predictions", "record", "gallery"),
         reads=("predict",),
     ),
     Stage(

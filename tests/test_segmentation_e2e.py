@@ -2,11 +2,12 @@
 
 The stand-in (tests/kaggle_standin.py) serves a Severstal-shaped competition whose
 defects are drawn shapes with their exact RLE in train.csv (tests/severstal_synth.py).
-`graft run` (through Prefect, against the session's test server) acquires it into a
+`graft run` (a real process, through Prefect, against the session's test server) acquires it into a
 mask store, fine-tunes a U-Net over a timm encoder, evaluates Dice against the
 empty-mask baseline on the same test images, and exports TorchScript and ONNX,
-verified against eager. `graft predict --format kaggle-rle` then writes a
-submission whose every row decodes back to the masks the model predicts.
+verified against eager. `graft predict --format kaggle-rle` (the CLI, in this process) then
+writes a submission whose every row decodes back to the masks the model predicts, and
+a prediction gallery beside it.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def steel_config(tmp_path: Path) -> Path:
         },
         "model": {"family": "timm", "variant": "test_resnet"},
         "augment": {"train": [{"name": "horizontal-flip"}]},
-        "finetune": {"epochs": 10, "lr": 0.003, "monitor": "val_dice"},
+        "finetune": {"epochs": 8, "lr": 0.003, "monitor": "val_dice"},
         "export": {"formats": ["torchscript", "onnx"], "batch": 4},
     }
     path = tmp_path / "steel.yaml"
@@ -84,7 +85,7 @@ def _run_dir(tmp_path: Path) -> Path:
 
 @pytest.mark.slow
 def test_severstal_segmentation_end_to_end(prefect_api, standin, tmp_path):
-    files, truth = competition(n=80, test_images=3)
+    files, truth = competition(n=60, test_images=3)
     standin.add_competition(COMP, files)
     (tmp_path / "kaggle-config").mkdir()
     env = {**standin.env(), "KAGGLE_CONFIG_DIR": str(tmp_path / "kaggle-config")}
@@ -98,7 +99,7 @@ def test_severstal_segmentation_end_to_end(prefect_api, standin, tmp_path):
 
     # acquire: a mask store whose masks are exactly the drawn ones, at each image's own size
     info = read_info(summary["data"]["path"])
-    assert info.target == "mask" and info.class_names == ["1", "2", "3", "4"] and info.rows == 80
+    assert info.target == "mask" and info.class_names == ["1", "2", "3", "4"] and info.rows == 60
     table = read_table(info.url)
     from graftflow.core.data.masks import decode_mask
 
@@ -138,8 +139,17 @@ def test_severstal_segmentation_end_to_end(prefect_api, standin, tmp_path):
         if name.startswith("test_images/"):
             (tmp_path / name).write_bytes(data)
     out = tmp_path / "submission.csv"
-    predict = graft("predict", str(run_dir), str(tmp_path / "test_images"), "--format", "kaggle-rle", "--out", str(out))
-    assert predict.returncode == 0, predict.stderr[-3000:]
+    from graftflow.pipelines.cli import main as graft_main  # the CLI's own code path, without a process start
+
+    assert (
+        graft_main(
+            ["predict", str(run_dir), str(tmp_path / "test_images"), "--format", "kaggle-rle", "--out", str(out)]
+        )
+        == 0
+    )
+    # the prediction gallery beside the submission: each test image with its predicted masks overlaid
+    gallery = Image.open(tmp_path / "submission.gallery.png")
+    assert gallery.mode == "RGB" and gallery.size[0] >= 3 * WIDTH  # three images at their own size, in a row
     rows = list(csv.DictReader(io.StringIO(out.read_text())))
     assert list(rows[0]) == ["ImageId", "EncodedPixels", "ClassId"] and len(rows) == 3 * 4
     assert any(row["EncodedPixels"] for row in rows)  # the model does predict defects
@@ -161,6 +171,11 @@ def test_severstal_segmentation_end_to_end(prefect_api, standin, tmp_path):
     staged = Path(config.artifact_root) / "steel"
     written = [p for p in staged.glob("*/predict/predictions.csv")]
     assert len(written) == 1 and written[0].read_text() == out.read_text()
+    # the same gallery, registered as an image artifact (what the flow turns into a Prefect artifact)
+    assert entry["outputs"]["gallery"] == "gallery.png"
+    assert (written[0].parent / "gallery.png").read_bytes() == (tmp_path / "submission.gallery.png").read_bytes()
+    images = {a.key: a for a in entry["artifacts"] if a.kind == "image"}
+    assert images["prediction-gallery"].path == "gallery.png"
 
 
 def eager_masks(run_dir: Path, folder: Path, meta: dict) -> dict[str, np.ndarray]:

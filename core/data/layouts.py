@@ -6,6 +6,8 @@
   `train.csv`: `ImageId, ClassId, EncodedPixels`). The target is
   `single` (one label per image), `multi` (the label set) or `any` (a binary
   has-any-label class, e.g. defect / no defect).
+- `mask-folders`: an image folder and a mask-image folder with the same stems
+  (segmentation; see `mask_folders`).
 
 The folder may be local or at any fsspec URL. Every image is decoded once
 before it is accepted: a missing or unreadable image is skipped or fails the
@@ -26,6 +28,7 @@ from typing import Annotated, Any, Literal
 import fsspec
 from pydantic import BaseModel, ConfigDict, Field
 
+from graftflow.core.data.mask_folders import MaskFoldersLayout, mask_folder_records
 from graftflow.core.errors import DataError
 from graftflow.core.specs import ImageRecord
 
@@ -73,14 +76,16 @@ class TableLayout(BaseModel):
     negative: str = Field("negative", description="target any: the class of images with no label.")
 
 
-Layout = Annotated[FoldersLayout | TableLayout, Field(discriminator="kind")]
+Layout = Annotated[FoldersLayout | TableLayout | MaskFoldersLayout, Field(discriminator="kind")]
 
 
 class ImageSourceParams(BaseModel):
     """Parameters every image-folder source shares (folder, kaggle): layout, suffixes, bad images, archive cap."""
 
     model_config = ConfigDict(extra="forbid")
-    layout: Layout = Field(default_factory=FoldersLayout, description="How labels are given: folders or table.")
+    layout: Layout = Field(
+        default_factory=FoldersLayout, description="How labels are given: folders, table, mask-folders."
+    )
     extensions: list[str] = Field(list(IMAGE_SUFFIXES), description="Image file suffixes to include.")
     on_bad_image: Literal["skip", "fail"] = Field(
         "fail", description="A missing or unreadable image: skip it (counted and named in the report) or fail."
@@ -269,6 +274,8 @@ def records(
     )
     if isinstance(p.layout, TableLayout):
         return Records(lambda report: _table(fs, root, p, where, report))
+    if isinstance(p.layout, MaskFoldersLayout):
+        return Records(lambda report: mask_folder_records(fs, root, p, where, report))
     return Records(lambda report: _folders(fs, root, p, where, report))
 
 

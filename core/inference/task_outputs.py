@@ -16,11 +16,19 @@ from graftflow.core.errors import ConfigError, DataError
 from graftflow.core.inference.predictor import Predictor
 from graftflow.core.inference.sources import ImageInput
 
+GALLERY = 8  # images in a task's prediction gallery
+
 
 def task_rows(
-    predictor: Predictor, inputs: Iterable[ImageInput], progress: Callable[[int, int], None] | None = None
+    predictor: Predictor,
+    inputs: Iterable[ImageInput],
+    progress: Callable[[int, int], None] | None = None,
+    previews: list[bytes] | None = None,
 ) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
-    """Rows from `predictor.task.predict` for every readable image, and the skipped (name, why)."""
+    """Rows from `predictor.task.predict` for every readable image, and the skipped (name, why).
+
+    `previews`, when given, receives the bytes of the first GALLERY readable images (for `write_gallery`),
+    so the gallery needs no second read of the inputs and holds no more than it shows."""
     task = predictor.task
     inputs = list(inputs)
     rows: list[dict[str, Any]] = []
@@ -41,6 +49,8 @@ def task_rows(
                 continue
             names.append(item.name)
             sizes.append((height, width))
+            if previews is not None and len(previews) < GALLERY:
+                previews.append(data)
             pixels.append(decoded)
         if pixels:
             outputs = predictor.engine(predictor.batch(pixels)).float().cpu()
@@ -60,3 +70,23 @@ def check_format(predictor: Predictor, fmt: str | None, field: str = "--format")
         offered = ", ".join(formats) or "none (csv/parquet by --out's suffix)"
         raise ConfigError(f"{field}: '{fmt}' is not an output of task '{task.name}'; it writes {offered}")
     return fmt
+
+
+def write_gallery(predictor: Predictor, rows, previews: list[bytes], path) -> Any:
+    """The task's prediction gallery (`TaskSpec.gallery`) of the first rows over their images; None when the
+    task draws none or nothing was predicted."""
+    import numpy as np
+    import torch
+
+    gallery = getattr(predictor.task, "gallery", None)
+    if gallery is None or not previews:
+        return None
+    from io import BytesIO
+
+    from PIL import Image
+
+    images = []
+    for data in previews:
+        with Image.open(BytesIO(data)) as im:
+            images.append(torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1).contiguous())
+    return gallery(rows[: len(images)], images, path)

@@ -21,6 +21,7 @@ from graftflow.core.stages.base import Artifact, StageContext, StageResult
 
 log = logging.getLogger("graft.stage")
 FIRST_ROWS = 20  # rows in the predictions artifact
+GALLERY = "gallery.png"  # a task's prediction gallery (TaskSpec.gallery), beside predictions.csv
 
 
 def run(ctx: StageContext) -> StageResult:
@@ -71,13 +72,14 @@ def _task_predictions(ctx: StageContext, predictor) -> StageResult:
     """A task with outputs of its own (masks, label sets): its rows in its first format (`TaskSpec.formats`,
     e.g. segmentation's kaggle-rle submission), written to predictions.csv and to `predict.out` when set."""
     from graftflow.core import storage
-    from graftflow.core.inference.task_outputs import check_format, task_rows
+    from graftflow.core.inference.task_outputs import check_format, task_rows, write_gallery
 
     cfg = ctx.config.predict
     fmt = check_format(predictor, None, "predict")
     run_url = predictor.location.run_url if predictor.location else None
     with prediction_inputs(cfg.inputs, cfg.split, run_url, predictor.class_names, "predict.inputs") as images:
-        rows, skipped = task_rows(predictor, images)
+        previews: list[bytes] = []
+        rows, skipped = task_rows(predictor, images, None, previews)
     if skipped:
         log.warning("predict: %d image(s) skipped; first: %s: %s", len(skipped), *skipped[0])
     predictor.task.write(rows, str(ctx.out / "predictions.csv"), fmt)
@@ -87,18 +89,20 @@ def _task_predictions(ctx: StageContext, predictor) -> StageResult:
         predictor.task.write(rows, cfg.out, fmt)
         record["out"] = cfg.out
     storage.write_json(str(ctx.out / "predictions.csv.json"), record)
-    return StageResult(
-        outputs={"predictions": "predictions.csv", "record": "predictions.csv.json"},
-        summary={"predict": record},
-        artifacts=[
-            Artifact(
-                "table",
-                "predictions",
-                f"{len(rows)} images predicted ({predictor.task.name}, {fmt}; {len(skipped)} skipped)",
-                rows=[_shown(r) for r in rows[:FIRST_ROWS]] or [{"source": "-"}],
-            )
-        ],
-    )
+    outputs = {"predictions": "predictions.csv", "record": "predictions.csv.json"}
+    artifacts = [
+        Artifact(
+            "table",
+            "predictions",
+            f"{len(rows)} images predicted ({predictor.task.name}, {fmt}; {len(skipped)} skipped)",
+            rows=[_shown(r) for r in rows[:FIRST_ROWS]] or [{"source": "-"}],
+        )
+    ]
+    if write_gallery(predictor, rows, previews, ctx.out / GALLERY) is not None:
+        outputs["gallery"] = GALLERY
+        shown = min(len(previews), len(rows))
+        artifacts.append(Artifact("image", "prediction-gallery", f"the first {shown} predictions", path=GALLERY))
+    return StageResult(outputs=outputs, summary={"predict": record}, artifacts=artifacts)
 
 
 def _shown(row: dict) -> dict:

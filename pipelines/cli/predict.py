@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -104,7 +105,7 @@ def _task_outputs(predictor, args: argparse.Namespace) -> int:
     """A task with outputs of its own (segmentation masks): `TaskSpec.predict`, written by `TaskSpec.write`."""
     from graftflow.core.errors import ConfigError
     from graftflow.core.inference.sources import prediction_inputs
-    from graftflow.core.inference.task_outputs import check_format, task_rows
+    from graftflow.core.inference.task_outputs import check_format, task_rows, write_gallery
 
     fmt = check_format(predictor, args.format)
     if not args.out:
@@ -112,9 +113,15 @@ def _task_outputs(predictor, args: argparse.Namespace) -> int:
     run_url = predictor.location.run_url if predictor.location else None
     with prediction_inputs(args.inputs, args.split, run_url, predictor.class_names) as images:
         with ProgressBar(len(images)) as progress:
-            rows, skipped = task_rows(predictor, images, progress)
+            previews: list[bytes] = []
+            rows, skipped = task_rows(predictor, images, progress, previews)
     predictor.task.write(rows, args.out, fmt)
     print(f"predicted {len(rows)} image(s) with {predictor.engine_name} → {args.out} ({fmt})", file=sys.stderr)
+    if "://" not in args.out:  # the gallery beside a local --out: submission.csv → submission.gallery.png
+        out = Path(args.out.rstrip("/"))
+        drawn = write_gallery(predictor, rows, previews, out.with_name(out.name.split(".")[0] + ".gallery.png"))
+        if drawn is not None:
+            print(f"prediction gallery → {drawn}", file=sys.stderr)
     if skipped:
         print(f"warning: {len(skipped)} image(s) skipped; first: {skipped[0][0]}: {skipped[0][1]}", file=sys.stderr)
     return 0

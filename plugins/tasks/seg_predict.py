@@ -6,7 +6,8 @@ run-length encoding addresses the original pixels, as the competition scores the
 `kaggle-rle` writes `ImageId,EncodedPixels,ClassId`, one row per image and class
 (an empty EncodedPixels: no mask), which `rle_decode` turns back into exactly the
 predicted masks. `masks` writes one PNG per image into a folder (bit c = class c,
-the store's own encoding).
+the store's own encoding). `gallery` draws the first predictions' masks over their
+images, so a person can see what a submission says before sending it.
 """
 
 from __future__ import annotations
@@ -82,3 +83,16 @@ def write(rows: Sequence[Mapping[str, Any]], dest: str, fmt: str) -> None:
 
     with fsspec.open(dest, "w", encoding="utf-8", newline="") as f:  # a local path or any fsspec URL
         f.write(buffer.getvalue())
+
+
+def gallery(rows: Sequence[Mapping[str, Any]], images: Sequence[torch.Tensor], path: Path) -> Path:
+    """The predicted masks over each image (`TaskSpec.gallery`), at the image's own size, four to a row."""
+    import numpy as np
+
+    from graftflow.core import overlay_masks, save_grid
+
+    tiles = [
+        overlay_masks(image, torch.from_numpy(np.stack(list(row["masks"].values()))))
+        for row, image in zip(rows, images, strict=True)
+    ]
+    return save_grid(tiles, Path(path), nrow=min(4, len(tiles)))

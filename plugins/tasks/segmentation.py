@@ -80,6 +80,12 @@ def write(rows, dest, fmt):
     out(rows, dest, fmt)
 
 
+def gallery(rows, images, path):
+    from graftflow.plugins.tasks.seg_predict import gallery as draw
+
+    return draw(rows, images, path)
+
+
 @hookimpl
 def graft_tasks():
     return [
@@ -95,6 +101,7 @@ def graft_tasks():
             evaluate=evaluate,
             predict=predict,
             write=write,
+            gallery=gallery,
             formats=("kaggle-rle", "masks"),
             monitors=("val_dice",),
             backbone_key=lambda key: "encoder.model." + key,
