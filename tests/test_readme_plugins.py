@@ -15,6 +15,15 @@ def readme_plugins() -> dict[str, str]:
     return {name: code for code, name in blocks}
 
 
+def run_demo(tmp_path, sets: list[str], env: dict) -> tuple:
+    """`graft run` the demo through export with `sets`; its run folder and summary."""
+    args = [a for s in sets for a in ("--set", s)]
+    proc = graft("run", str(DIGITS), *args, "--stages", "acquire,finetune,evaluate,export", env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = run_dirs(tmp_path / "runs" / "digits-transfer")[0]
+    return run, json.loads((run / "summary.json").read_text())
+
+
 def test_readme_plugins_import_only_the_public_api():
     plugins = readme_plugins()
     assert set(plugins) == {"poly_loss.py", "mobilenet_family.py", "regression_task.py"}
@@ -53,17 +62,7 @@ def test_readme_plugins_run_through_graft_run(prefect_api, tmp_path):
         "finetune.epochs=4",
         "export.formats=[onnx]",
     ]
-    proc = graft(
-        "run",
-        str(DIGITS),
-        *[a for s in sets for a in ("--set", s)],
-        "--stages",
-        "acquire,finetune,evaluate,export",
-        env=env,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    run = run_dirs(tmp_path / "runs" / "digits-transfer")[0]
-    summary = json.loads((run / "summary.json").read_text())
+    run, summary = run_demo(tmp_path, sets, env)
     assert summary["finetune"]["loss"] == "poly1"
     groups = [g["name"] for g in summary["param_groups"]]
     assert len(groups) >= 4 and groups[-1] == "head"  # timm's own groups for MobileNetV3, input → head
@@ -103,17 +102,7 @@ def test_readme_task_plugin_runs_through_graft_run(prefect_api, tmp_path, monkey
         "finetune.lr=0.003",
         "export.formats=[onnx]",
     ]
-    proc = graft(
-        "run",
-        str(DIGITS),
-        *[a for s in sets for a in ("--set", s)],
-        "--stages",
-        "acquire,finetune,evaluate,export",
-        env=env,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    run = run_dirs(tmp_path / "runs" / "digits-transfer")[0]
-    summary = json.loads((run / "summary.json").read_text())
+    run, summary = run_demo(tmp_path, sets, env)
     assert summary["finetune"]["task"] == "number" and summary["finetune"]["loss"] == "mse"
     test = summary["metrics"]["test"]
     assert test["mae"] < 0.6 * test["mean_baseline_mae"], test  # it learned the digits' values
