@@ -166,19 +166,25 @@ def _result(
     )
 
 
+def image_store(tmp: Path, n: int) -> tuple[Path, str]:
+    """N benchmark JPEGs in a class-per-folder tree under `tmp`, and the Arrow store ingested from it."""
+    root = tmp / "folder"
+    _write_images(root, n)
+    url = str(tmp / "store")
+    build_store(
+        records(fsspec.filesystem("file"), str(root), {}, "bench"),
+        url,
+        {"val": 0.1, "test": 0.2, "seed": 0},
+        {"source": "bench"},
+        stratified_split,
+    )
+    return root, url
+
+
 def run(quick: bool = False, smoke: bool = False) -> list[Result]:
     n, epochs, repeats = (64, 1, 2) if smoke else (192, 1, 2) if quick else (2000, 3, 4)
     with tempfile.TemporaryDirectory(prefix="graft-bench-input-") as tmp:
-        root = Path(tmp) / "folder"
-        _write_images(root, n)
-        url = str(Path(tmp) / "store")
-        build_store(
-            records(fsspec.filesystem("file"), str(root), {}, "bench"),
-            url,
-            {"val": 0.1, "test": 0.2, "seed": 0},
-            {"source": "bench"},
-            stratified_split,
-        )
+        root, url = image_store(Path(tmp), n)
 
         def ours(placement: str) -> Callable[[], torch.utils.data.DataLoader]:
             def make():

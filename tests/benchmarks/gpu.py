@@ -152,31 +152,17 @@ def training_loop(compiled: bool, steps: int, repeats: int):
 
 def input_pipeline(images: int, epochs: int, repeats: int):
     """The CPU bench's pipelines, with graftflow's batch ops on the GPU (as `task_loaders` places them there)."""
-    import fsspec
     import torch
 
     from graftflow.core.config import PluginRef
     from graftflow.core.data.augmentation import augment_policy, batch_normalizer, compose_batch
     from graftflow.core.data.dataset import ArrowImageDataset, make_loader, select
-    from graftflow.core.data.layouts import records
-    from graftflow.core.data.splits import stratified_split
-    from graftflow.core.data.store import build_store
     from graftflow.core.plugin_manager import PluginHost
     from tests.benchmarks import bench_input_pipeline as cpu
-    from tests.benchmarks.bench_store import _write_images
 
     workers = cpu.WORKERS
     with tempfile.TemporaryDirectory(prefix="graft-bench-gpu-input-") as tmp:
-        root = Path(tmp) / "folder"
-        _write_images(root, images)
-        url = str(Path(tmp) / "store")
-        build_store(
-            records(fsspec.filesystem("file"), str(root), {}, "bench"),
-            url,
-            {"val": 0.1, "test": 0.2, "seed": 0},
-            {"source": "bench"},
-            stratified_split,
-        )
+        root, url = cpu.image_store(Path(tmp), images)
 
         def ours() -> tuple[float, int]:
             start = time.perf_counter()
