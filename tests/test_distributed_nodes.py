@@ -75,3 +75,19 @@ def test_several_hosts_need_a_rendezvous_endpoint(tmp_path):
         tiny(tmp_path, "distributed.nnodes=2")
     with pytest.raises(ConfigError, match="node_rank must be < nnodes"):
         tiny(tmp_path, "distributed.nnodes=2", "distributed.node_rank=2", "distributed.rdzv_endpoint=h:1")
+
+
+def test_a_disabled_pretrain_starts_no_ddp_workers(tmp_path, monkeypatch):
+    """Pretraining off under `nproc_per_node: 2` is skipped in this process: launching two workers to
+    say "skipped" cost ~24 s a run on two busy cores. The launcher is replaced by one that fails, so
+    the test fails if the stage starts workers at all (nothing is mocked on the path that runs)."""
+    from graftflow.core.stages import base
+
+    def no_launch(*args, **kwargs):
+        raise AssertionError("a stage with no epochs launched DDP workers")
+
+    monkeypatch.setattr(base, "launch", no_launch)
+    config = tiny(tmp_path, "distributed.nproc_per_node=2")
+    run = Run.open(config)
+    result = execute_stage("pretrain", config, run, PluginHost())
+    assert result["status"] == "skipped"

@@ -122,6 +122,12 @@ def stage_seconds(metrics: dict[str, Any] | None, seconds: float) -> None:
     metrics["seconds"] = seconds
 
 
+def _trains(declared: stage_table.Stage, config: PipelineConfig) -> bool:
+    """A training stage with no epochs to run (pretraining disabled) skips in this process: starting
+    its DDP workers would cost each of them a torch import and a process group, ~10 s, to say "skipped"."""
+    return declared.epochs is None or declared.epochs(config) > 0
+
+
 def execute_stage(stage: str, config: PipelineConfig, run: Run, host: PluginHost) -> dict[str, Any]:
     """Run one stage and record it; returns the stage's entry of summary.json plus its artifacts."""
     declared = stage_table.stage(stage)
@@ -137,7 +143,7 @@ def execute_stage(stage: str, config: PipelineConfig, run: Run, host: PluginHost
     seed_everything(config.seed)
     start = time.perf_counter()
     try:
-        if config.distributed.world_size > 1 and declared.distributed:
+        if config.distributed.world_size > 1 and declared.distributed and _trains(declared, config):
 
             def relay(epoch: int, metrics: dict) -> None:
                 host.epoch_relayed(run.info(), stage, epoch, metrics)
