@@ -31,3 +31,9 @@ def graft(
 def run_dirs(pipeline_dir: Path) -> list[Path]:
     """The run folders of a pipeline (`_cache/` and other `_` entries are not runs)."""
     return sorted(p for p in pipeline_dir.iterdir() if p.is_dir() and not p.name.startswith("_"))
+
+
+def untimed(metrics: dict) -> dict:
+    """Metrics without wall times (`seconds`: the stage's, `epoch_seconds`: the reported epoch's), which
+    differ between a resumed run and an uninterrupted one when everything else must be equal."""
+    return {k: v for k, v in metrics.items() if not k.endswith("seconds")}

@@ -28,7 +28,7 @@ from graftflow.core.stages.base import execute_stage
 from graftflow.core.training import loop
 from graftflow.plugins.methods.lwf import distillation
 from tests.prefect_server import BIN
-from tests.support import DIGITS, ROOT
+from tests.support import DIGITS, ROOT, untimed
 
 TARGET = "{kind: sklearn-digits-m, size: 8}"
 METHODS = {
@@ -216,10 +216,6 @@ def test_each_method_resumes_after_a_crash_to_the_same_weights(tmp_path, monkeyp
     assert summary["finetune"]["resumed_from_step"] == 10 and summary["finetune"]["method"] == method
     expected, got = weights(reference), weights(run)
     assert all(torch.equal(got[k], expected[k]) for k in expected)
-
-    def untimed(metrics: dict) -> dict:
-        return {k: v for k, v in metrics.items() if not k.endswith("seconds")}
-
     assert untimed(summary["metrics"]["finetune"]) == untimed(reference.summary()["metrics"]["finetune"])
 
 

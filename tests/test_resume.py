@@ -18,7 +18,7 @@ from graftflow.core.runs import Run
 from graftflow.core.stages.base import execute_stage
 from graftflow.core.training.checkpointing import COMPLETE, Checkpointer
 from tests.prefect_server import BIN
-from tests.support import DIGITS, ROOT
+from tests.support import DIGITS, ROOT, untimed
 
 BASE = [
     "data.image_size=8",
@@ -32,11 +32,6 @@ BASE = [
 
 def config_for(root: Path, *extra: str):
     return load_config(DIGITS, [f"artifact_root={root / 'runs'}", f"data.cache_dir={root / 'ds'}", *BASE, *extra])
-
-
-def untimed(metrics: dict) -> dict:
-    """Without wall times (`seconds`: the stage's, `epoch_seconds`: the reported epoch's)."""
-    return {k: v for k, v in metrics.items() if k not in ("seconds", "epoch_seconds")}
 
 
 def finetuned(config, run) -> dict[str, torch.Tensor]:
