@@ -1,27 +1,13 @@
-"""Learning without forgetting (Li & Hoiem 2016): learn new classes, keep the old ones.
-
-With `finetune.head: extend` the fine-tuned model's head is the pretrained head with
-the new classes appended (the old rows start as they were). Each step adds to the
-loss on the new data the distillation of the old classes' logits from a frozen copy
-of the model fine-tuning started from: T² · KL(softmax(teacher/T) ‖ softmax(student/T))
-over the old outputs, weighted by `alpha`. `replay: K` mixes K exemplars of each old
-class (a fixed, seeded choice from the old classes' training images) into the
-training data — rehearsal, as iCaRL-style methods do.
+"""Learning without forgetting's torch code: imported when the method is built
+(`graftflow.plugins.methods.lwf` registers and checks it without torch).
 """
 
 from __future__ import annotations
 
 import torch
-from pydantic import Field
 from torch import nn
 
-from graftflow.core import FinetuneMethod, MethodContext, MethodSpec, Params, hookimpl
-
-
-class LwFParams(Params):
-    temperature: float = Field(2.0, gt=0, description="Distillation temperature T (Li & Hoiem use 2).")
-    alpha: float = Field(1.0, ge=0, description="Weight of the distillation term.")
-    replay: int = Field(0, ge=0, description="Exemplars per old class mixed into the training data (0 = none).")
+from graftflow.core import FinetuneMethod, MethodContext
 
 
 def distillation(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -64,15 +50,3 @@ class LwF(FinetuneMethod):
         return criterion(logits, labels, inputs=images) + self.alpha * distillation(
             logits[:, : self.old], old, self.temperature
         )
-
-
-@hookimpl
-def graft_finetune_methods():
-    return [
-        MethodSpec(
-            name="lwf",
-            build=lambda **p: LwF(**p),
-            params_model=LwFParams,
-            description="learning without forgetting: distil the old classes from the starting model",
-        )
-    ]
