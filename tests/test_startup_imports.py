@@ -17,7 +17,7 @@ import pytest
 
 from graftflow.core.config import PipelineConfig
 from graftflow.core.plugin_manager import PluginHost
-from graftflow.core.validation import load_checked, method_traits, plugin_params
+from graftflow.core.validation import config_problems, load_checked, method_traits, plugin_params
 from tests.support import DIGITS, ROOT
 
 HEAVY = ("torch", "torchvision", "timm", "segmentation_models_pytorch", "sklearn", "prefect", "pyarrow")
@@ -134,3 +134,22 @@ def test_method_specs_declare_what_their_methods_say():
         for trait in ("needs_target", "needs_features", "extends_head"):
             assert getattr(spec, trait) is not None, (name, trait)
             assert getattr(traits, trait) == bool(getattr(built, trait)), (name, trait)
+
+
+def test_a_method_spec_written_before_2_5_is_built_to_read_its_needs(tmp_path):
+    """A stranger's MethodSpec without the traits (None) still gets its config checked: the core builds it."""
+    plugin = tmp_path / "old_method.py"
+    plugin.write_text(
+        "from graftflow.core import FinetuneMethod, MethodSpec, hookimpl\n\n\n"
+        "class Extending(FinetuneMethod):\n"
+        "    extends_head = True\n\n\n"
+        "@hookimpl\n"
+        "def graft_finetune_methods():\n"
+        "    return [MethodSpec(name='old-style', build=lambda: Extending())]\n"
+    )
+    host = PluginHost([str(plugin)], env={})
+    config = PipelineConfig.model_validate({"finetune": {"method": {"name": "old-style"}}})
+    traits = method_traits(host, config)
+    assert (traits.needs_target, traits.needs_features, traits.extends_head) == (False, False, True)
+    problems = config_problems(config, host)
+    assert any(p.startswith("finetune.head: method 'old-style' keeps the pretrained classes") for p in problems)
