@@ -14,6 +14,8 @@ used (a listing of plugins never has to import torch).
   `eval_loader(ctx, split, class_names, batch_size)`, `task_selections`, `class_counts`, `save_grid`,
   `StageResult`, `Artifact`; the classifier's parts `family_classifier`, `loss_and_accuracy`, `evaluate_classification`
 - `open_model(url, plugins)`: a saved model folder (model.safetensors + model.json) as a module
+- `lazy_module(name)`, `deferred(module, attr)`, `forward_to(module, names)`: heavy imports (torch, timm)
+  deferred to first use, so a plugin registers without them (see `graftflow.core.lazy`)
 - `Params`, the base of a plugin's parameters model; `LossRef` for a loss named inside one
 - errors a plugin raises for the user: `GraftError`, `ConfigError`, `PluginError`, `DataError`,
   `TransientDataError`, `StageError`
@@ -83,6 +85,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     },
     "MultiHotDataset": ("graftflow.core.data.label_sets", "MultiHotDataset"),
     "open_model": ("graftflow.core.models.saved", "open_model"),
+    **{n: ("graftflow.core.lazy", n) for n in ("deferred", "forward_to", "lazy_module")},
     **{
         n: ("graftflow.core.timm_families", n)
         for n in (
@@ -140,6 +143,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from graftflow.core.hookspecs import CONTRACT_VERSION, hookimpl
     from graftflow.core.images import overlay_masks, save_grid
     from graftflow.core.inference.predictor import Predictions, Predictor, load_predictor
+    from graftflow.core.lazy import deferred, forward_to, lazy_module
     from graftflow.core.models.build import family_classifier
     from graftflow.core.models.pretrained import create_timm_model
     from graftflow.core.models.saved import open_model

@@ -299,12 +299,21 @@ class MethodSpec:
     read in training), the model's features (`needs_features`), an extended head
     (`extends_head`), rehearsal exemplars (`replay_per_class`) — and adds loss terms,
     modules and metrics through `loss()` and the training-callback events.
+
+    `needs_target`, `needs_features` and `extends_head` (contract 2.5) say the same on the
+    spec, so a config is checked against them without building the method — building
+    imports torch, and `graft run` on a config with a typo answers in under a second
+    without it. They must agree with the built object's attributes; None (a spec written
+    before 2.5) means "build the method and ask it".
     """
 
     name: str
     build: Callable[..., Any]
     params_model: type | None = None
     description: str = ""
+    needs_target: bool | None = None
+    needs_features: bool | None = None
+    extends_head: bool | None = None
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import fsspec
-from fsspec.implementations.local import LocalFileSystem
+# fsspec takes ~0.1 s to import; a command that answers a config mistake never touches a file through it.
+from graftflow.core.lazy import lazy_module
+
+fsspec = lazy_module("fsspec")
+_local = lazy_module("fsspec.implementations.local")
 
 
 def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -34,7 +37,7 @@ def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
 
 
 def is_local(url: str) -> bool:
-    return isinstance(filesystem(url)[0], LocalFileSystem)
+    return isinstance(filesystem(url)[0], _local.LocalFileSystem)
 
 
 def join(url: str, *parts: str) -> str:
@@ -49,7 +52,7 @@ def write_json(url: str, data: Any) -> None:
     """Write JSON atomically: a temp sibling then a rename locally; one PUT (atomic per object) elsewhere."""
     text = json.dumps(data, indent=2, sort_keys=False, default=str)
     fs, path = filesystem(url)
-    if not isinstance(fs, LocalFileSystem):
+    if not isinstance(fs, _local.LocalFileSystem):
         fs.pipe_file(path, text.encode("utf-8"))
         return
     fs.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -73,7 +76,7 @@ def exists(url: str) -> bool:
 def local_staging_dir(final_url: str) -> Path:
     """A fresh local directory to write a stage into, next to its destination when local."""
     fs, path = filesystem(final_url)
-    if isinstance(fs, LocalFileSystem):
+    if isinstance(fs, _local.LocalFileSystem):
         parent = Path(path).parent
         parent.mkdir(parents=True, exist_ok=True)
         return Path(tempfile.mkdtemp(prefix=f".{Path(path).name}.partial-", dir=parent))
@@ -83,7 +86,7 @@ def local_staging_dir(final_url: str) -> Path:
 def publish_dir(local: Path, final_url: str) -> None:
     """Replace `final_url` with the finished local directory in one step."""
     fs, path = filesystem(final_url)
-    if isinstance(fs, LocalFileSystem):
+    if isinstance(fs, _local.LocalFileSystem):
         if os.path.exists(path):
             trash = f"{path}.old-{uuid.uuid4().hex[:8]}"
             os.replace(path, trash)
@@ -112,7 +115,7 @@ def discard_dir(local: Path) -> None:
 def local_copy(url: str) -> Path:
     """A local path to read `url` (a file or directory) with libraries that need one."""
     fs, path = filesystem(url)
-    if isinstance(fs, LocalFileSystem):
+    if isinstance(fs, _local.LocalFileSystem):
         return Path(path)
     dest = Path(tempfile.mkdtemp(prefix="graft-read-")) / Path(path).name
     fs.get(path, str(dest), recursive=fs.isdir(path))

@@ -11,15 +11,16 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from pydantic import BaseModel, Field, ValidationError
-from timm.models import group_parameters
-from torch import nn
 
 from graftflow.core.errors import ConfigError
 from graftflow.core.specs import LayerGroup, Params
+
+if TYPE_CHECKING:  # torch and timm load where a model is at hand: a family registers without them
+    import torch
+    from torch import nn
 
 
 class DropParams(Params):
@@ -51,6 +52,8 @@ def unknown_variant(family: str, variant: str, variants: Mapping[str, str]) -> C
 
 def classifier_param_names(model: nn.Module) -> list[str]:
     """Names of the parameters of `model.get_classifier()` (a module, or a tuple of them)."""
+    from torch import nn
+
     clf = model.get_classifier()
     modules = clf if isinstance(clf, (tuple, list)) else [clf]
     ids = {id(p) for m in modules if isinstance(m, nn.Module) for p in m.parameters()}
@@ -86,6 +89,8 @@ def timm_layer_groups(
     remains (e.g. convnext's `head.norm`) stays a body group just before it.
     With num_classes=0 the classifier has no parameters and "head" is omitted.
     """
+    from timm.models import group_parameters
+
     head = classifier_param_names(model)
     head_set = set(head)
     all_names = [name for name, _ in model.named_parameters()]
@@ -126,6 +131,7 @@ def timm_capabilities(architecture: str) -> frozenset[str]:
     """
     import timm
     import torch
+    from torch import nn
 
     with torch.device("meta"):
         model = timm.create_model(architecture, pretrained=False, num_classes=0)

@@ -197,6 +197,31 @@ def finetune_method(host: PluginHost, config: PipelineConfig) -> Any:
     return spec.build(**plugin_params(spec, config.finetune.method.params, "finetune.method"))
 
 
+@dataclass(frozen=True)
+class MethodTraits:
+    """What a fine-tuning method needs from the rest of the config (MethodSpec's fields, contract 2.5)."""
+
+    needs_target: bool
+    needs_features: bool
+    extends_head: bool
+
+
+def method_traits(host: PluginHost, config: PipelineConfig) -> MethodTraits:
+    """The traits of the method `finetune.method` names, its parameters checked, without building it.
+
+    A spec that declares its traits is taken at its word (building a method imports torch); one
+    written before contract 2.5 leaves them None, and the method is built to read them off it.
+    """
+    spec = host.methods.get(config.finetune.method.name, "finetune.method.name")
+    params = plugin_params(spec, config.finetune.method.params, "finetune.method")
+    names = ("needs_target", "needs_features", "extends_head")
+    declared = {n: getattr(spec, n, None) for n in names}
+    if any(v is None for v in declared.values()):
+        built = spec.build(**params)
+        declared = {n: getattr(built, n, False) if declared[n] is None else declared[n] for n in names}
+    return MethodTraits(**{n: bool(v) for n, v in declared.items()})
+
+
 def method_problems(config: PipelineConfig, method: Any, family: Any) -> list[str]:
     """What the chosen method needs from the rest of the config, one line per thing missing."""
     ft, name, problems = config.finetune, config.finetune.method.name, []
@@ -236,9 +261,20 @@ def validate_config(config: PipelineConfig, host: PluginHost, stages: list[str] 
         raise ConfigError("\n".join(problems))
 
 
-def config_problems(config: PipelineConfig, host: PluginHost, stages: list[str] | None = None) -> list[str]:
-    """Every problem of a parsed config against the registered plugins, one line each."""
+def config_problems(
+    config: PipelineConfig,
+    host: PluginHost,
+    stages: list[str] | None = None,
+    before_model_check: Callable[[list[str]], None] | None = None,
+) -> list[str]:
+    """Every problem of a parsed config against the registered plugins, one line each.
+
+    The model's dry run on the meta device (`check_model_input`) is the one check that imports
+    torch (seconds), so it runs last, its line put back where the model's problems go;
+    `before_model_check(problems so far)` is called just before it (`load_checked`'s `on_parsed`).
+    """
     problems: list[str] = []
+    model_check: tuple[int, tuple] | None = None  # (where its line goes, check_model_input's arguments)
 
     def check(fn, *args) -> Any:
         try:
@@ -256,9 +292,9 @@ def config_problems(config: PipelineConfig, host: PluginHost, stages: list[str] 
             resolved = check(check_pretrained, config, family, stages)  # auto sizes from the weights
         model_params = check(plugin_params, family, config.model.params, "model")
         if model_params is not None and config.model.variant in family.variants:
-            check(check_model_input, family, resolved or config, model_params)
+            model_check = (len(problems), (family, resolved or config, model_params))
 
-    method = check(finetune_method, host, config)
+    method = check(method_traits, host, config)
     if method is not None:
         problems.extend(method_problems(config, method, family))
     sources = [("data.source", config.data.source)]
@@ -335,6 +371,14 @@ def config_problems(config: PipelineConfig, host: PluginHost, stages: list[str] 
         check(host.exporters.get, fmt, f"export.formats[{i}]")
     if stages is not None and "predict" in stages:
         check(check_predict, config, host)
+    if before_model_check is not None:
+        before_model_check([p for p in problems if p])
+    if model_check is not None:
+        where, args = model_check
+        try:
+            check_model_input(*args)
+        except GraftError as exc:
+            problems.insert(where, str(exc))
     return list(dict.fromkeys(line for p in problems if p for line in p.splitlines()))
 
 
@@ -425,11 +469,16 @@ def load_checked(
     stages: list[str] | None = None,
     problems: Sequence[str] = (),
     checks: Sequence[Callable[[PipelineConfig], list[str]]] = (),
+    on_parsed: Callable[[PipelineConfig], None] | None = None,
 ) -> Checked:
     """Read, override, resolve and check a config file; every problem at once, one line each.
 
     `problems` found by the caller (e.g. `--stages`) are reported with the config's, and so
     are those of `checks(config)` (e.g. that `--run-id` names a run).
+    `on_parsed(config)` is called once the config has parsed and passed every check but the
+    model's dry run (which imports torch): `graft run` starts its Prefect server there, so the
+    server overlaps that import and the rest of the run's start, and a config with a mistake
+    never pays for it.
     An invalid field is set back to its default for the checks that follow, so the
     README's `--set model.family=resnt --set finetune.lr=-1` names both mistakes.
     Relative paths written in the file resolve from its folder; those given with
@@ -461,7 +510,12 @@ def load_checked(
         config, _, dropped = parse_partial(data)
     for extra in checks:  # first: one may make s3:// reachable (storage credentials) for the checks below
         found += extra(config)
-    found += [p for p in config_problems(config, host, stages) if not _under(p, dropped)]
+
+    def parsed(so_far: list[str]) -> None:
+        if on_parsed is not None and not found and not [p for p in so_far if not _under(p, dropped)]:
+            on_parsed(config)
+
+    found += [p for p in config_problems(config, host, stages, parsed) if not _under(p, dropped)]
     if found:
         raise fail()
     return Checked(config, host)

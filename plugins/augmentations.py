@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import math
 
-import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from torchvision.transforms import v2
-from torchvision.transforms.v2.functional import _color
 
-from graftflow.core import AugmentationSpec, AugmentContext, hookimpl
+from graftflow.core import AugmentationSpec, AugmentContext, hookimpl, lazy_module
+
+# Imported when an op is first built or run, not when the plugin registers (a config check needs no torch).
+torch = lazy_module("torch")
+F = lazy_module("torch.nn.functional")
+v2 = lazy_module("torchvision.transforms.v2")
+_color = lazy_module("torchvision.transforms.v2.functional._color")
 
 
 class _Params(BaseModel):
@@ -262,8 +264,8 @@ class BatchResizedCrop:
 class Mix:
     """v2.MixUp / v2.CutMix on the device, with probability p per batch; labels become class probabilities."""
 
-    def __init__(self, kind: type, alpha: float, p: float, num_classes: int):
-        self.op, self.p, self.num_classes = kind(alpha=alpha), p, num_classes
+    def __init__(self, kind: str, alpha: float, p: float, num_classes: int):
+        self.op, self.p, self.num_classes = getattr(v2, kind)(alpha=alpha), p, num_classes
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor):
         if labels.ndim == 1:
@@ -274,7 +276,9 @@ class Mix:
         return self.op(images, labels)
 
 
-def _mix(kind: type):
+def _mix(kind: str):
+    """A factory of v2's `kind` ("MixUp", "CutMix"), named so registering it imports no torchvision."""
+
     def factory(alpha: float, p: float, context: AugmentContext) -> Mix:
         return Mix(kind, alpha, p, context.num_classes)
 
@@ -365,7 +369,7 @@ def graft_augmentations():
         ),
         AugmentationSpec(
             "mixup",
-            _mix(v2.MixUp),
+            _mix("MixUp"),
             placement="batch",
             params_model=MixParams,
             uses_context=True,
@@ -374,7 +378,7 @@ def graft_augmentations():
         ),
         AugmentationSpec(
             "cutmix",
-            _mix(v2.CutMix),
+            _mix("CutMix"),
             placement="batch",
             params_model=MixParams,
             uses_context=True,

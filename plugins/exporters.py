@@ -12,10 +12,11 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-import torch
-from torch import nn
+from graftflow.core import Exporter, hookimpl, lazy_module
 
-from graftflow.core import Exporter, hookimpl
+# Imported when a model is exported, not when the exporters register (a config check needs no torch).
+torch = lazy_module("torch")
+nn = lazy_module("torch.nn")
 
 
 @contextmanager

@@ -25,12 +25,14 @@ import warnings
 from collections.abc import Callable, Iterator
 from typing import Annotated, Any, Literal
 
-import fsspec
 from pydantic import BaseModel, ConfigDict, Field
 
 from graftflow.core.data.mask_folders import MaskFoldersLayout, mask_folder_records
 from graftflow.core.errors import DataError
+from graftflow.core.lazy import lazy_module
 from graftflow.core.specs import ImageRecord
+
+fsspec = lazy_module("fsspec")  # imported when a folder is read: a source registers and checks params without it
 
 log = logging.getLogger("graft.data")
 

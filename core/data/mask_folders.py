@@ -21,11 +21,13 @@ import io
 from collections.abc import Iterator
 from typing import Literal
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from graftflow.core.errors import DataError
+from graftflow.core.lazy import lazy_module
 from graftflow.core.specs import ImageRecord
+
+np = lazy_module("numpy")  # imported when masks are read: the layout's parameters are checked without it
 
 
 class MaskFoldersLayout(BaseModel):

@@ -38,8 +38,7 @@ def main(args: argparse.Namespace) -> int:
     from graftflow.pipelines import early_server
 
     prefect_defaults()  # before the server starts: it inherits them
-    early_server.start()  # comes up while the config is checked (pipelines/early_server.py)
-    try:
+    try:  # the early server (pipelines/early_server.py) starts once the config has checked (`on_parsed`)
         with ExitStack() as held:  # the storage credentials, for the whole command
             return _run(args, held)
     finally:
@@ -71,7 +70,8 @@ def _run(args: argparse.Namespace, held: ExitStack) -> int:
         args.set or [],
         stages,
         problems,
-        checks=[lambda c: credential_problems(c, held), lambda c: run_id_problems(c, args.run_id)],
+        checks=[lambda c: _credential_problems(c, held), lambda c: run_id_problems(c, args.run_id)],
+        on_parsed=lambda _config: _start_server(),
     )
     config = checked.config
     _save_plugin_index(checked)
@@ -89,6 +89,22 @@ def _run(args: argparse.Namespace, held: ExitStack) -> int:
         return _failed(args, run, exc)
     print_summary(run.summary(), result["summary"])
     return 0
+
+
+def _start_server() -> None:
+    """The temporary Prefect server, launched once the config is known to be good (`load_checked`'s
+    `on_parsed`): it comes up while torch, the plugins and Prefect are imported and the run opens,
+    and a config with a mistake is answered without starting it (issue 19: in under a second)."""
+    from graftflow.pipelines import early_server
+
+    early_server.start()
+
+
+def _credential_problems(config, held: ExitStack) -> list[str]:
+    """A `storage.secret_block` is read from a Prefect server: then the server starts before the check."""
+    if config.storage.secret_block:
+        _start_server()
+    return credential_problems(config, held)
 
 
 def _own_server_settings():

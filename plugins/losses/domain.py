@@ -12,11 +12,14 @@ runs such a step yet.
 
 from __future__ import annotations
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field
-from torch import nn
 
-from graftflow.core import LossSpec, hookimpl
+from graftflow.core import LossSpec, deferred, forward_to, hookimpl
+
+# The losses' torch code lives in _domain.py, imported when one is built: registering and
+# checking a config imports no torch.
+_IMPL = "graftflow.plugins.losses._domain"
+__getattr__ = forward_to(_IMPL, ("MMD", "gaussian_mmd2"))
 
 
 class MMDParams(BaseModel):
@@ -27,41 +30,13 @@ class MMDParams(BaseModel):
     )
 
 
-def gaussian_mmd2(source: torch.Tensor, target: torch.Tensor, sigmas2: torch.Tensor) -> torch.Tensor:
-    x = torch.cat([source, target]).float()
-    d2 = torch.cdist(x, x).pow(2)
-    k = torch.exp(-d2[None] / (2 * sigmas2[:, None, None])).sum(0)
-    n = len(source)
-    return k[:n, :n].mean() + k[n:, n:].mean() - 2 * k[:n, n:].mean()
-
-
-class MMD(nn.Module):
-    def __init__(self, bandwidths: list[float] | None = None, scales: list[float] = (0.25, 0.5, 1.0, 2.0, 4.0)):
-        super().__init__()
-        self.bandwidths = list(bandwidths) if bandwidths else None
-        self.scales = list(scales)
-
-    def forward(self, source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        source, target = source.flatten(1), target.flatten(1)
-        if self.bandwidths is not None:
-            sigmas2 = torch.tensor(self.bandwidths, device=source.device) ** 2
-        else:
-            with torch.no_grad():
-                x = torch.cat([source, target]).float()
-                d2 = torch.cdist(x, x).pow(2)
-                off = d2[~torch.eye(len(x), dtype=torch.bool, device=x.device)]
-                base = (off.median() / 2).clamp(min=1e-12)
-            sigmas2 = base * torch.tensor(self.scales, device=source.device)
-        return gaussian_mmd2(source, target, sigmas2)
-
-
 @hookimpl
 def graft_losses():
     return [
         LossSpec(
             name="mmd",
             kind="auxiliary",
-            factory=MMD,
+            factory=deferred(_IMPL, "MMD"),
             params_model=MMDParams,
             description="Gaussian-kernel MMD² between two domains' features (domain adaptation term).",
         )

@@ -12,9 +12,13 @@ classes are scored: a pixel may belong to none of them.
 from __future__ import annotations
 
 from pydantic import Field
-from torch import nn
 
-from graftflow.core import LossSpec, Params, hookimpl
+from graftflow.core import LossSpec, Params, deferred, forward_to, hookimpl
+
+# The losses' torch code lives in _segmentation.py, imported when one is built: registering and
+# checking a config imports no torch.
+_IMPL = "graftflow.plugins.losses._segmentation"
+__getattr__ = forward_to(_IMPL, ("BceDice", "_dice", "_focal", "_lovasz"))
 
 
 class DiceParams(Params):
@@ -35,42 +39,36 @@ class LovaszParams(Params):
     per_image: bool = Field(False, description="Average the loss per image instead of over the batch.")
 
 
-class BceDice(nn.Module):
-    def __init__(self, bce_weight: float, dice_weight: float):
-        import segmentation_models_pytorch as smp
-
-        super().__init__()
-        self.bce, self.dice = nn.BCEWithLogitsLoss(), smp.losses.DiceLoss("multilabel", from_logits=True)
-        self.weights = (bce_weight, dice_weight)
-
-    def forward(self, logits, masks):
-        return self.weights[0] * self.bce(logits, masks) + self.weights[1] * self.dice(logits, masks)
-
-
-def _dice(smooth: float) -> nn.Module:
-    import segmentation_models_pytorch as smp
-
-    return smp.losses.DiceLoss("multilabel", from_logits=True, smooth=smooth)
-
-
-def _focal(gamma: float, alpha: float | None) -> nn.Module:
-    import segmentation_models_pytorch as smp
-
-    return smp.losses.FocalLoss("multilabel", gamma=gamma, alpha=alpha)
-
-
-def _lovasz(per_image: bool) -> nn.Module:
-    import segmentation_models_pytorch as smp
-
-    return smp.losses.LovaszLoss("multilabel", per_image=per_image, from_logits=True)
-
-
 @hookimpl
 def graft_losses():
     kind = "segmentation"
     return [
-        LossSpec("dice", kind, _dice, DiceParams, "1 − soft Dice per class (smp DiceLoss)"),
-        LossSpec("bce-dice", kind, BceDice, BceDiceParams, "binary cross-entropy + Dice (the default)"),
-        LossSpec("seg-focal", kind, _focal, FocalParams, "focal loss per pixel (smp FocalLoss)"),
-        LossSpec("lovasz", kind, _lovasz, LovaszParams, "Lovász hinge, an IoU surrogate (smp LovaszLoss)"),
+        LossSpec(
+            "dice",
+            kind,
+            deferred(_IMPL, "_dice"),
+            DiceParams,
+            "1 − soft Dice per class (smp DiceLoss)",
+        ),
+        LossSpec(
+            "bce-dice",
+            kind,
+            deferred(_IMPL, "BceDice"),
+            BceDiceParams,
+            "binary cross-entropy + Dice (the default)",
+        ),
+        LossSpec(
+            "seg-focal",
+            kind,
+            deferred(_IMPL, "_focal"),
+            FocalParams,
+            "focal loss per pixel (smp FocalLoss)",
+        ),
+        LossSpec(
+            "lovasz",
+            kind,
+            deferred(_IMPL, "_lovasz"),
+            LovaszParams,
+            "Lovász hinge, an IoU surrogate (smp LovaszLoss)",
+        ),
     ]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from graftflow.core import FinetuneMethod, MethodSpec, Params, SourceConfig, hookimpl
+from graftflow.core import MethodSpec, Params, SourceConfig, hookimpl
 
 
 class StandardParams(Params):
@@ -20,12 +20,22 @@ class StandardParams(Params):
     )
 
 
+def _build(target=None):
+    """The base `FinetuneMethod` as it is (imported here: it is an nn.Module, and registering needs no torch)."""
+    from graftflow.core import FinetuneMethod
+
+    return FinetuneMethod()
+
+
 @hookimpl
 def graft_finetune_methods():
     return [
         MethodSpec(
             name="standard",
-            build=lambda target=None: FinetuneMethod(),
+            build=_build,
+            needs_target=False,
+            needs_features=False,
+            extends_head=False,
             params_model=StandardParams,
             description="the stage's loss on labelled batches (the default)",
         )

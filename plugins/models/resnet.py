@@ -8,14 +8,12 @@ variants swap it for a 3×3 stride-1 conv, still named `conv1` (with timm's
 
 from __future__ import annotations
 
-from timm.models.resnet import BasicBlock, ResNet
-from torch import nn
+from typing import TYPE_CHECKING
 
 from graftflow.core import (
     ConfigError,
     DropParams,
     ModelFamily,
-    create_timm_model,
     hookimpl,
     reset_head,
     timm_layer_groups,
@@ -23,6 +21,10 @@ from graftflow.core import (
     unknown_variant,
     validate_params,
 )
+
+if TYPE_CHECKING:  # timm and torch are imported by `build`: registering the family (a config check) needs neither
+    from timm.models.resnet import ResNet
+    from torch import nn
 
 # variant → (blocks per stage, channels per stage) for the small-input variants.
 SMALL = {
@@ -48,6 +50,9 @@ def _small_resnet(layers, channels, *, num_classes: int, in_chans: int, **params
     """timm's ResNet with a full-resolution stem. timm's plain stem is always 64 wide
     (`stem_width` only shapes deep stems), so the new conv keeps that width to fit `bn1`
     and layer1's projection shortcut."""
+    from timm.models.resnet import BasicBlock, ResNet
+    from torch import nn
+
     model = ResNet(BasicBlock, layers, channels=channels, num_classes=num_classes, in_chans=in_chans, **params)
     model.conv1 = nn.Conv2d(in_chans, model.bn1.num_features, kernel_size=3, stride=1, padding=1, bias=False)
     nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")  # as timm inits convs
@@ -65,6 +70,8 @@ def build(variant: str, *, num_classes: int, in_chans: int, image_size: int, pre
         layers, channels = SMALL[variant]
         return _small_resnet(layers, channels, num_classes=num_classes, in_chans=in_chans, **params)
     if variant in STANDARD:
+        from graftflow.core import create_timm_model
+
         return create_timm_model(variant, num_classes=num_classes, in_chans=in_chans, pretrained=pretrained, **params)
     raise unknown_variant("resnet", variant, VARIANTS)
 

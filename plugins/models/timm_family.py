@@ -13,20 +13,22 @@ the names.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING
 
 from pydantic import Field
-from torch import nn
 
 from graftflow.core import (
     ModelFamily,
     Params,
-    create_timm_model,
     hookimpl,
     reset_head,
     timm_capabilities,
     timm_layer_groups,
     validate_params,
 )
+
+if TYPE_CHECKING:  # timm and torch are imported when a model is built or a name looked up, not at registration
+    from torch import nn
 
 
 class TimmParams(Params):
@@ -61,6 +63,8 @@ class TimmArchitectures(Mapping[str, str]):
 
 
 def build(variant: str, *, num_classes: int, in_chans: int, image_size: int, pretrained=None, **params) -> nn.Module:
+    from graftflow.core import create_timm_model
+
     params = {k: v for k, v in validate_params(TimmParams, params).items() if v is not None}
     return create_timm_model(
         variant, num_classes=num_classes, in_chans=in_chans, image_size=image_size, pretrained=pretrained, **params

@@ -8,16 +8,13 @@ which is checked here rather than left to a shape error in the first forward.
 from __future__ import annotations
 
 import re
-
-from timm.models.vision_transformer import VisionTransformer
-from torch import nn
+from typing import TYPE_CHECKING
 
 from graftflow.core import (
     ConfigError,
     DropParams,
     LayerGroup,
     ModelFamily,
-    create_timm_model,
     hookimpl,
     reset_head,
     timm_layer_groups,
@@ -25,6 +22,9 @@ from graftflow.core import (
     unknown_variant,
     validate_params,
 )
+
+if TYPE_CHECKING:  # timm and torch are imported by `build`: registering the family (a config check) needs neither
+    from torch import nn
 
 # variant → VisionTransformer kwargs; micro's patch size depends on the image (see _patch_size).
 SMALL = {
@@ -74,11 +74,15 @@ def build(variant: str, *, num_classes: int, in_chans: int, image_size: int, pre
             f"so the image size must be a multiple of {patch}; got {image_size}"
         )
     if variant in STANDARD:
+        from graftflow.core import create_timm_model
+
         return create_timm_model(
             variant, num_classes=num_classes, in_chans=in_chans, image_size=image_size, pretrained=pretrained, **params
         )
     if pretrained is not None:
         raise ConfigError(f"model.pretrained: vit '{variant}' has no pretrained weights")
+    from timm.models.vision_transformer import VisionTransformer
+
     common = dict(num_classes=num_classes, in_chans=in_chans, img_size=image_size, **params)
     return VisionTransformer(**{**SMALL[variant], "patch_size": patch, **common})
 

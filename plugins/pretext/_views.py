@@ -17,20 +17,10 @@ import math
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from graftflow.core import PretextContext
-
-
-class ViewParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    crop_scale_min: float = Field(0.4, gt=0, le=1, description="Smallest random-resized-crop area (fraction).")
-    rotation: float = Field(10.0, ge=0, le=180, description="Largest random rotation, in degrees.")
-    flip: bool = Field(False, description="Random horizontal flips (off: digits and text are not mirror-symmetric).")
-    jitter: float = Field(0.4, ge=0, le=1, description="Random contrast and brightness strength.")
-    noise: float = Field(0.1, ge=0, description="Std of added Gaussian noise, in normalised units.")
-    erase: float = Field(0.25, ge=0, le=1, description="Probability of erasing a random rectangle.")
+from graftflow.plugins.pretext._view_params import ViewParams  # noqa: F401 (imported from here before)
 
 
 def _uniform(n: int, lo: float, hi: float, device: torch.device) -> torch.Tensor:

@@ -8,12 +8,16 @@ anchor, temperature `pretrain.loss.temperature`). Works for every family.
 
 from __future__ import annotations
 
-import torch
 from pydantic import Field
-from torch import nn
 
-from graftflow.core import PretextContext, PretextTask, hookimpl
-from graftflow.plugins.pretext._views import ViewParams, Views, feature_backbone, projection_head
+from graftflow.core import PretextTask, forward_to, hookimpl, lazy_module
+from graftflow.plugins.pretext._view_params import ViewParams
+
+# The pretext's torch code lives in _simclr.py, imported when one is built: registering and
+# checking a config imports no torch.
+_IMPL = "graftflow.plugins.pretext._simclr"
+_impl = lazy_module(_IMPL)
+__getattr__ = forward_to(_IMPL, ("SimCLR",))
 
 
 class SimCLRParams(ViewParams):
@@ -21,28 +25,12 @@ class SimCLRParams(ViewParams):
     hidden_dim: int | None = Field(None, gt=0, description="Hidden width of the projector (default: feature size).")
 
 
-class SimCLR(nn.Module):
-    def __init__(self, ctx: PretextContext, proj_dim: int = 64, hidden_dim: int | None = None, **views):
-        super().__init__()
-        self.backbone, dim = feature_backbone(ctx)
-        self.projector = projection_head(dim, hidden_dim or dim, proj_dim)
-        self.views = Views(ctx.image_size, **views)
-        self.loss = ctx.make_loss()
-
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
-        return self.projector(self.backbone(images).flatten(1))
-
-    def step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        z1, z2 = self.embed(torch.cat([self.views(images), self.views(images)])).chunk(2)
-        return self.loss(z1, z2)
-
-
 @hookimpl
 def graft_pretext_tasks():
     return [
         PretextTask(
             name="simclr",
-            build=lambda ctx, **params: SimCLR(ctx, **params),
+            build=lambda ctx, **params: _impl.SimCLR(ctx, **params),
             needs_labels=False,
             params_model=SimCLRParams,
             loss_kind="pretext",

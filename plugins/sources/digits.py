@@ -9,11 +9,13 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
 from pydantic import BaseModel, ConfigDict
 
-from graftflow.core import DataSource, ImageRecord, hookimpl
+from graftflow.core import DataSource, ImageRecord, hookimpl, lazy_module
+
+# Imported when images are made, not when the source registers (a config check needs neither).
+np = lazy_module("numpy")
+Image = lazy_module("PIL.Image")
 
 
 class DigitsParams(BaseModel):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-import fsspec
 from pydantic import Field
 
 from graftflow.core import (
@@ -19,10 +18,13 @@ from graftflow.core import (
     ImageSourceParams,
     hookimpl,
     image_records,
+    lazy_module,
     listing,
     looks_like_archive,
     safe_extract,
 )
+
+fsspec = lazy_module("fsspec")  # imported when the folder is looked at, not when the source registers
 
 # What identifies a file's version on each filesystem: local/memory times, S3/GCS/HTTP validators.
 _VERSION_KEYS = (
