@@ -32,7 +32,7 @@ def host():
 def test_built_in_tasks_are_plugins_listed_with_their_parameters(host, capsys):
     from graftflow.pipelines.cli.plugins import main
 
-    assert CONTRACT_VERSION == (2, 4)
+    assert CONTRACT_VERSION >= (2, 5)
     assert {"classification", "multilabel", "segmentation"} <= set(host.tasks.names())
     main(argparse.Namespace(plugin=None, verbose=True, json=True))
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out) if r["kind"] == "task"}
@@ -65,7 +65,13 @@ def test_classification_is_the_default_and_model_json_says_so(host):
         ),
         (
             {"finetune": {"monitor": "val_dice"}},
-            "finetune.monitor: task 'classification' does not report 'val_dice'",
+            "finetune.monitor: task 'classification' and method 'standard' do not report 'val_dice'; "
+            "available: val_loss, val_accuracy",
+        ),
+        (
+            {"task": "segmentation", "finetune": {"monitor": "target_entropy"}},
+            "finetune.monitor: task 'segmentation' and method 'standard' do not report 'target_entropy'; "
+            "available: val_loss, val_dice",
         ),
         ({"task": {"name": "segmentation", "decodr": "fpn"}}, "task.decodr"),
     ],
@@ -141,6 +147,20 @@ def test_augmentations_move_image_and_mask_together(mask_store):
     assert not torch.equal(image2, image.flip(-1)) and image2.float().mean() < image.float().mean()
     norm = MaskDataset(sel, 1, 32, (), normalizer([0.5], [0.25], 1))[i][0]
     assert norm.dtype == torch.float32 and torch.allclose(norm, (image.float() / 255 - 0.5) / 0.25, atol=1e-6)
+
+
+def test_the_mask_cache_gives_the_decoded_masks_and_fills_once(mask_store):
+    """cache=True keeps each decoded mask's bits in shared memory: the same masks as decoding them, and a
+    second read comes from the cache (the store's column is not read again)."""
+    info, _ = mask_store
+    sel = select(info.url, ["train", "val", "test"], None, "x", frozenset({"mask"}))
+    plain, cached = MaskDataset(sel, 1, 32), MaskDataset(sel, 1, 32, cache=True)
+    assert cached.cached_bits is not None and cached.cached_bits.is_shared() and not cached.filled.any()
+    for i in range(len(sel)):
+        assert torch.equal(cached[i][1], plain[i][1]) and torch.equal(cached[i][0], plain[i][0])
+    assert cached.filled.all()
+    cached.masks = None  # every mask is cached now: the column is not needed again
+    assert all(torch.equal(cached[i][1], plain[i][1]) for i in range(len(sel)))
 
 
 def test_segmentation_model_groups_and_backbone_hand_off(host):

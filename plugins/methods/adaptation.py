@@ -24,7 +24,17 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from graftflow.core import FinetuneMethod, MethodContext, MethodSpec, Params, SourceConfig, grad_reverse, hookimpl, ramp
+from graftflow.core import (
+    FinetuneMethod,
+    MethodContext,
+    MethodSpec,
+    Monitor,
+    Params,
+    SourceConfig,
+    grad_reverse,
+    hookimpl,
+    ramp,
+)
 
 
 class AdaptationParams(Params):
@@ -190,6 +200,10 @@ class CDAN(Adversarial):
         return self.discriminate(self.multilinear(features, probs), weights)
 
 
+# The mean prediction entropy on the unlabelled target domain (TargetEntropy): lower is a more confident model.
+TARGET_MONITORS = (Monitor("target_entropy", "min"),)
+
+
 @hookimpl
 def graft_finetune_methods():
     return [
@@ -197,18 +211,21 @@ def graft_finetune_methods():
             name="mmd",
             build=lambda **p: MMDMethod(**p),
             params_model=MMDParams,
+            monitors=TARGET_MONITORS,
             description="DAN: multi-kernel MMD between source and target features, weight ramped",
         ),
         MethodSpec(
             name="dann",
             build=lambda **p: DANN(**p),
             params_model=AdversarialParams,
+            monitors=TARGET_MONITORS,
             description="DANN: domain discriminator behind a gradient reversal layer (Ganin et al. 2016)",
         ),
         MethodSpec(
             name="cdan",
             build=lambda **p: CDAN(**p),
             params_model=CDANParams,
+            monitors=TARGET_MONITORS,
             description="CDAN(+E): discriminator on features ⊗ class probabilities (Long et al. 2018)",
         ),
     ]
