@@ -163,3 +163,39 @@ def test_a_task_fine_tunes_under_two_gloo_processes(task, steel, tmp_path):
     assert TASKS[task]["monitor"] in metrics and 0.0 <= metrics[TASKS[task]["monitor"]] <= 1.0
     weights = finetuned(run)
     assert not any(k.startswith("module.") for k in weights) and all(torch.isfinite(v).all() for v in weights.values())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", list(TASKS))
+def test_self_supervised_pretraining_reads_mask_and_label_set_stores(task, steel, tmp_path):
+    """SimCLR needs images only: it pretrains on the task's own store (masks or label sets left out, CutMix on
+    segmentation's unlabelled batches mixing images alone), and the fine-tune starts from its backbone."""
+    sets = ["pretrain.enabled=true", "pretrain.pretext=simclr", "pretrain.epochs=1", "pretrain.batch_size=8"]
+    config = config_for(task, steel, tmp_path, *sets, "finetune.epochs=1", "finetune.ema=null")
+    host = PluginHost()
+    run = Run.open(config)
+    for stage in ("acquire", "pretrain", "finetune"):
+        execute_stage(stage, config, run, host)
+    summary = run.summary()
+    assert summary["pretrain"]["labels_used"] is False and summary["pretrain"]["images"] > 0
+    assert summary["metrics"]["pretrain"]["train_loss"] > 0
+    assert summary["finetune"]["weights_load"]["source"] == "pretrain backbone"
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+def test_a_labelled_pretext_on_a_mask_or_label_set_store_is_refused_at_config_check(task, steel, tmp_path):
+    from graftflow.core.errors import ConfigError
+    from graftflow.core.validation import validate_config
+
+    host = PluginHost()
+    ok = config_for(task, steel, tmp_path, "pretrain.enabled=true", "pretrain.pretext=simclr")
+    validate_config(ok, host)
+    config = config_for(task, steel, tmp_path, "pretrain.enabled=true", "pretrain.pretext=supervised")
+    with pytest.raises(ConfigError) as info:
+        validate_config(config, host)
+    target = "mask" if task == "segmentation" else "multi"
+    line = (
+        f"pretrain.pretext: 'supervised' trains on one class per image, and task '{task}' reads {target} stores; "
+        "use a self-supervised pretext ("
+    )
+    assert line in str(info.value) and "simclr" in str(info.value)
