@@ -77,9 +77,10 @@ def decode_mask_resized(data: bytes, classes: int, size: int) -> np.ndarray:
     """The store's PNG → (C, size, size) booleans, the same as `decode_mask` then a nearest-exact resize.
 
     Nearest neighbours only pick source pixels, so the bit image is indexed once at the
-    picked rows and columns and only the small grid is unpacked into classes: for
-    Severstal's 256×1600 masks at a training size of 128 that is ~5× faster than
-    unpacking four full-size masks and resizing them (the segmentation loader's cost).
+    picked rows and columns and only the small grid is unpacked into classes: for a
+    4-class Severstal 256×1600 mask at a training size of 128 that is 2 ms instead of
+    26 ms for unpacking the full-size masks and resizing them (measured on the shared
+    cores, load ~7), the segmentation loader's main cost.
     """
     return unpack_bits(resized_bits(data, size), classes)
 
