@@ -21,7 +21,7 @@ from graftflow.core.config import load_config
 from graftflow.core.plugin_manager import PluginHost
 from graftflow.core.runs import Run
 from graftflow.core.stages.base import execute_stage
-from tests.severstal_synth import competition
+from tests.severstal_synth import competition, table_layout, write_files
 
 TASKS = {
     "segmentation": {
@@ -45,25 +45,13 @@ TASKS = {
 def steel(tmp_path_factory) -> Path:
     """24 Severstal-shaped images (32×64, masks as RLE in train.csv), written once for every test here."""
     root = tmp_path_factory.mktemp("steel")
-    files, _ = competition(n=24, test_images=0)
-    for name, data in files.items():
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).write_bytes(data)
+    write_files(root, competition(n=24, test_images=0)[0])
     return root
 
 
 def config_for(task: str, steel: Path, root: Path, *sets: str):
     spec = TASKS[task]
-    layout = {
-        "kind": "table",
-        "table": "train.csv",
-        "image_column": "ImageId",
-        "label_column": "ClassId",
-        "images": "train_images",
-        "target": spec["target"],
-        "unlisted": "include",
-        **({"mask_column": "EncodedPixels"} if spec["target"] == "mask" else {"require_column": "EncodedPixels"}),
-    }
+    layout = table_layout(spec["target"])
     data = {
         "name": f"steel-{task}",
         "artifact_root": str(root / "runs"),

@@ -21,7 +21,7 @@ from graftflow.core.hookspecs import CONTRACT_VERSION
 from graftflow.core.models.build import build_model, check_partition, layer_groups, model_meta
 from graftflow.core.plugin_manager import PluginHost
 from graftflow.core.validation import validate_config
-from tests.severstal_synth import HEIGHT, WIDTH, competition
+from tests.severstal_synth import HEIGHT, WIDTH, competition, table_layout, write_files
 
 
 @pytest.fixture(scope="module")
@@ -98,22 +98,10 @@ def mask_store(tmp_path_factory):
     """A Severstal-shaped table (RLE in EncodedPixels) read by the table layout into a mask store."""
     root = tmp_path_factory.mktemp("steel")
     files, truth = competition(n=12, test_images=0)
-    for name, data in files.items():
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).write_bytes(data)
+    write_files(root, files)
     import fsspec
 
-    layout = {
-        "kind": "table",
-        "table": "train.csv",
-        "image_column": "ImageId",
-        "label_column": "ClassId",
-        "images": "train_images",
-        "target": "mask",
-        "mask_column": "EncodedPixels",
-        "unlisted": "include",
-    }
-    recs = records(fsspec.filesystem("file"), str(root), {"layout": layout}, "test")
+    recs = records(fsspec.filesystem("file"), str(root), {"layout": table_layout("mask")}, "test")
     info = build_store(recs, str(root / "store"), {"val": 0.2, "test": 0.2, "seed": 0}, {}, stratified_split)
     return info, truth
 
