@@ -187,3 +187,26 @@ def test_the_readme_severstal_config_is_valid(host):
     assert data["task"]["name"] == "segmentation" and data["data"]["source"]["layout"]["target"] == "mask"
     data["model"].pop("pretrained")  # timm's loader would download the weights
     validate_config(PipelineConfig.model_validate(data), host, stages=["finetune", "evaluate", "export"])
+
+
+def test_monitors_are_declared_with_their_direction(host):
+    """`finetune.monitor` takes its min/max from the declaring spec: the tasks' metrics are maximised, val_loss and
+    the adaptation methods' target_entropy minimised; a bare name (contract 2.4) is refused when the spec is made."""
+    from dataclasses import replace
+
+    from graftflow.core.specs import Monitor
+    from graftflow.core.tasks import resolve_monitor
+
+    classification = host.tasks.get("classification")
+    assert resolve_monitor(classification, "val_loss") == Monitor("val_loss", "min")
+    for task, metric in (("classification", "val_accuracy"), ("multilabel", "val_map"), ("segmentation", "val_dice")):
+        assert resolve_monitor(host.tasks.get(task), metric) == Monitor(metric, "max")
+    for method in ("mmd", "dann", "cdan"):
+        monitor = resolve_monitor(classification, "target_entropy", host.methods.get(method))
+        assert monitor == Monitor("target_entropy", "min")
+    with pytest.raises(ConfigError, match="available: val_loss, val_accuracy$"):
+        resolve_monitor(classification, "target_entropy", host.methods.get("standard"))
+    with pytest.raises(TypeError, match="TaskSpec 'classification': monitors holds 'val_f1'; declare Monitor"):
+        replace(classification, monitors=("val_f1",))
+    with pytest.raises(ValueError, match="mode must be 'min' or 'max'"):
+        Monitor("val_f1", "up")
