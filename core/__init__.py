@@ -22,7 +22,7 @@ used (a listing of plugins never has to import torch).
 - model families on timm: `timm_layer_groups`, `timm_split_forward`, `reset_head`,
   `classifier_param_names`, `module_path`, `DropParams`, `validate_params`, `unknown_variant`,
   `timm_capabilities` (+ `TOKEN_INTERFACE`); pretrained weights: `create_timm_model`, `PretrainedWeights`
-- fine-tuning methods: `MethodSpec`, `FinetuneMethod` (+ `MethodContext`), `grad_reverse`, `ramp`,
+- fine-tuning methods: `MethodSpec`, `Monitor`, `FinetuneMethod` (+ `MethodContext`), `grad_reverse`, `ramp`,
   `SourceConfig` (a data-source block in a method's parameters)
 - using a trained model (notebooks): `load_predictor(run)` → a `Predictor`; it returns `Predictions`
 - data sources: `ImageSourceParams`, `FoldersLayout`, `TableLayout`, `Records`, `image_records`,
@@ -52,6 +52,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
             "LossSpec",
             "MethodSpec",
             "ModelFamily",
+            "Monitor",
             "ModelStore",
             "Params",
             "PretextContext",
@@ -162,6 +163,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
         MethodSpec,
         ModelFamily,
         ModelStore,
+        Monitor,
         Params,
         PretextContext,
         PretextTask,

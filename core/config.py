@@ -333,11 +333,11 @@ class FinetuneConfig(TrainingConfig):
     bn: Literal["train", "freeze-stats", "freeze"] = Field(
         "train", description="BatchNorm: train normally, keep running statistics fixed, or also freeze its weights."
     )
-    monitor: Literal["val_loss", "val_accuracy", "target_entropy", "val_dice", "val_map"] = Field(
+    monitor: str = Field(
         "val_loss",
-        description="Validation metric for early stopping, plateau and the best checkpoint (target_entropy: the "
-        "mean prediction entropy on the unlabelled target domain, for domain-adaptation methods; val_dice: "
-        "task segmentation; val_map: task multilabel).",
+        description="Validation metric for early stopping, plateau and the best checkpoint: val_loss, or one the "
+        "task or the method declares (val_accuracy: classification; val_dice: segmentation; val_map: "
+        "multilabel; target_entropy: the domain-adaptation methods). `graft validate` lists what is available.",
     )
     early_stopping: PositiveInt | None = Field(None, description="Stop after this many epochs without improvement.")
     restore_best: bool = Field(True, description="End with the weights of the best epoch by `monitor`.")

@@ -56,7 +56,8 @@ if TYPE_CHECKING:
 PROJECT = "graft"
 # 2.1: graft_model_stores, graft_finetune_methods; 2.2: ModelFamily.pretrained and capabilities_of;
 # 2.3: graft_tasks (TaskSpec) and LossSpec kinds of tasks; 2.4: TaskSpec.gallery;
-# 2.5: MethodSpec.needs_target / needs_features / extends_head (a config checked without building the method)
+# 2.5: MethodSpec.needs_target / needs_features / extends_head (a config checked without building the
+#      method); Monitor(name, mode) in TaskSpec.monitors and MethodSpec.monitors; AugmentationSpec.batch_masks
 CONTRACT_VERSION = (2, 5)
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)

@@ -35,6 +35,42 @@ class Params(BaseModel):
 
 
 @dataclass(frozen=True)
+class Monitor:
+    """A metric `finetune.monitor` may name, and which way is better (added in contract 2.5).
+
+    Tasks (`TaskSpec.monitors`) and fine-tuning methods (`MethodSpec.monitors`) declare
+    the metrics they report each epoch; best-epoch selection, early stopping and plateau
+    scheduling take `mode` from here ("min": lower is better, "max": higher), never from
+    the metric's name, so a plugin's `val_mae` or `val_f1` is selected the right way.
+    """
+
+    name: str
+    mode: Literal["min", "max"]
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("min", "max"):
+            raise ValueError(f"Monitor '{self.name}': mode must be 'min' or 'max', got '{self.mode}'")
+
+    def better(self, value: float, than: float | None, min_delta: float = 0.0) -> bool:
+        """Whether `value` improves on `than` (None: nothing yet) by more than `min_delta`."""
+        if than is None:
+            return True
+        return (than - value if self.mode == "min" else value - than) > min_delta
+
+
+VAL_LOSS = Monitor("val_loss", "min")
+
+
+def _check_monitors(kind: str, name: str, monitors: Sequence[Any]) -> None:
+    """Monitors are `Monitor(name, mode)`: a bare name (contract ≤ 2.4) would leave selection guessing the way."""
+    for m in monitors:
+        if not isinstance(m, Monitor):
+            raise TypeError(
+                f"{kind} '{name}': monitors holds {m!r}; declare Monitor(name, 'min' | 'max') instead"
+            )  # every task reports its loss on the validation split
+
+
+@dataclass(frozen=True)
 class LayerGroup:
     """A slice of the network, ordered input→head: the unit of freezing and of LRs."""
 
@@ -196,6 +232,13 @@ class AugmentationSpec:
     `uses_context=True`: the factories also get `context=` an `AugmentContext`.
     `soft_targets=True`: the op turns labels into class probabilities (MixUp),
     so the loss must accept them (`LossSpec.soft_targets`).
+    `batch_masks` (contract 2.5): what the batch op does when the labels are masks
+    (N, classes, H, W) of a segmentation task: "joint" — it moves or cuts the masks with
+    the images (CutMix pastes the same box of both); "image-only" — it changes pixels and
+    leaves the masks as they are (colour, noise); "refused" (the default: an op that does
+    not say) — it would change the images' geometry and not the masks', so a mask task
+    refuses it batched, naming the entry, before any work (its per-sample form still runs:
+    torchvision v2 transforms move image and mask together).
     """
 
     name: str
@@ -206,6 +249,7 @@ class AugmentationSpec:
     batch_factory: Callable[..., Callable] | None = None
     uses_context: bool = False
     soft_targets: bool = False
+    batch_masks: Literal["joint", "image-only", "refused"] = "refused"
 
 
 @dataclass(frozen=True)
@@ -314,6 +358,10 @@ class MethodSpec:
     needs_target: bool | None = None
     needs_features: bool | None = None
     extends_head: bool | None = None
+    monitors: tuple[Monitor, ...] = ()  # metrics the method reports each epoch (contract 2.5), e.g. target_entropy
+
+    def __post_init__(self) -> None:
+        _check_monitors("MethodSpec", self.name, self.monitors)
 
 
 @dataclass(frozen=True)
@@ -338,8 +386,9 @@ class TaskSpec:
     - `store_targets`: the data-store targets it trains on ("single", "multi", "mask").
     - `loss_kind` / `default_loss`: the `LossSpec.kind` it accepts in `finetune.loss`,
       and the loss used when `finetune.loss` is not set.
-    - `monitors`: validation metrics it reports each epoch besides `val_loss`, which
-      `finetune.monitor` may name (the first is the natural one).
+    - `monitors`: `Monitor(name, mode)`s of the validation metrics it reports each epoch
+      besides `val_loss`, which `finetune.monitor` may name (the first is the natural one;
+      `mode` "min" or "max" says which way selection goes; contract 2.5).
     - `dataset(sel, channels, image_size, sample_ops, normalize, cache)` → a torch
       Dataset of (image, target) over a `Selection` (targets encoded for the loss).
     - `build_model(family, meta, params, pretrained)` → the model with the task's head
@@ -369,7 +418,7 @@ class TaskSpec:
     validate: Callable[..., dict[str, float]]
     evaluate: Callable[[Any], Any]
     predict: Callable[..., list[dict[str, Any]]] | None = None
-    monitors: tuple[str, ...] = ()
+    monitors: tuple[Monitor, ...] = ()
     write: Callable[[Sequence[Mapping[str, Any]], Path, str], None] | None = None
     formats: tuple[str, ...] = ()
     backbone_key: Callable[[str], str | None] | None = None
@@ -377,3 +426,6 @@ class TaskSpec:
     gallery: Callable[[Sequence[Mapping[str, Any]], Sequence[Any], Path], Path] | None = None
     params_model: type | None = None
     description: str = ""
+
+    def __post_init__(self) -> None:
+        _check_monitors("TaskSpec", self.name, self.monitors)

@@ -14,10 +14,9 @@ from typing import Any
 from graftflow.core.config import PipelineConfig, PluginRef
 from graftflow.core.errors import DataError
 from graftflow.core.plugin_manager import PluginHost
-from graftflow.core.specs import TaskSpec
+from graftflow.core.specs import VAL_LOSS, Monitor, TaskSpec
 
 DEFAULT_TASK = "classification"
-BASE_MONITORS = ("val_loss", "val_accuracy", "target_entropy")  # what every classifier-style run can report
 
 
 def task_of(host: PluginHost, config: PipelineConfig) -> TaskSpec:
@@ -51,9 +50,26 @@ def require_store_target(task: TaskSpec, target: str, field: str) -> None:
         )
 
 
-def monitor_problem(task: TaskSpec, monitor: str) -> str | None:
-    """`finetune.monitor` must be a metric the task's validation reports."""
-    allowed = ("val_loss", *task.monitors, "target_entropy")
-    if monitor in allowed:
+def available_monitors(task: TaskSpec, method: Any = None) -> dict[str, Monitor]:
+    """name → Monitor of what a fine-tune reports: `val_loss`, the task's metrics, the method's (`MethodSpec`)."""
+    declared = (VAL_LOSS, *task.monitors, *(getattr(method, "monitors", None) or ()))
+    return {m.name: m for m in declared}
+
+
+def monitor_problem(task: TaskSpec, monitor: str, method: Any = None) -> str | None:
+    """`finetune.monitor` must be a metric the task's validation or the method reports (one line, else None)."""
+    available = available_monitors(task, method)
+    if monitor in available:
         return None
-    return f"finetune.monitor: task '{task.name}' does not report '{monitor}'; it reports {', '.join(allowed)}"
+    by = f"task '{task.name}'" + (f" and method '{method.name}'" if method is not None else "")
+    return f"finetune.monitor: {by} do not report '{monitor}'; available: {', '.join(available)}"
+
+
+def resolve_monitor(task: TaskSpec, monitor: str, method: Any = None) -> Monitor:
+    """The declared `Monitor` (its mode) that `finetune.monitor` names; a ConfigError when none does."""
+    from graftflow.core.errors import ConfigError
+
+    problem = monitor_problem(task, monitor, method)
+    if problem:
+        raise ConfigError(problem)
+    return available_monitors(task, method)[monitor]

@@ -63,7 +63,12 @@ class PlannedAugmentation:
 
 
 def augmentation_plan(
-    host: PluginHost, refs: Sequence[PluginRef], section: str, device_type: str = "cpu", training: bool = True
+    host: PluginHost,
+    refs: Sequence[PluginRef],
+    section: str,
+    device_type: str = "cpu",
+    training: bool = True,
+    masks: bool = False,
 ) -> list[PlannedAugmentation]:
     """Where each entry of `section` runs, or a ConfigError naming the entry that cannot.
 
@@ -71,6 +76,12 @@ def augmentation_plan(
     device when the spec is batch-only, or when it has a batch form, the device is CUDA
     and every later entry runs batched too (batch ops run after all per-sample ops, so
     the order of the list is kept). Eval sections (`training=False`) run per sample only.
+
+    `masks=True` (a task whose targets are masks): batch ops get the masks as their labels,
+    so only batch forms that declare what they do with them run batched
+    (`AugmentationSpec.batch_masks`: "joint" cuts the mask with the image, "image-only"
+    leaves it as it is); a "refused" one runs per sample under auto (where torchvision
+    moves image and mask together) and is a one-line error where it can only run batched.
     """
     resolved = []
     for i, ref in enumerate(refs):
@@ -81,6 +92,13 @@ def augmentation_plan(
         can_sample, can_batch = spec.placement == "sample", spec.placement == "batch" or spec.batch_factory is not None
         if want not in ("auto", "sample", "batch"):
             raise ConfigError(f"{field}.placement: expected auto, sample or batch, got {want!r}")
+        if masks and can_batch and spec.batch_masks == "refused":
+            if want == "batch" or not can_sample:
+                raise ConfigError(
+                    f"{field}: '{spec.name}' cannot run on batches of masks (its batch form would change the "
+                    f"images and not their masks)" + ("; use placement sample" if can_sample else "")
+                )
+            can_batch = False
         if want == "sample" and not can_sample:
             raise ConfigError(f"{field}.placement: '{spec.name}' runs on whole batches only (placement batch)")
         if want == "batch" and not can_batch:
@@ -222,6 +240,22 @@ def method_traits(host: PluginHost, config: PipelineConfig) -> MethodTraits:
     return MethodTraits(**{n: bool(v) for n, v in declared.items()})
 
 
+def pretext_store_problem(config: PipelineConfig, host: PluginHost, pretext: Any, task: Any) -> str | None:
+    """A labelled pretext (`needs_labels`, e.g. supervised) cannot pretrain on the run's own store when
+    the task reads label-set or mask stores (no class per image); self-supervised pretexts read their images."""
+    pre = config.pretrain
+    if pretext is None or not pretext.needs_labels or not pre.enabled or pre.epochs == 0 or pre.source is not None:
+        return None
+    if "single" in task.store_targets:
+        return None
+    kinds = " or ".join(sorted(task.store_targets))
+    unlabelled = ", ".join(n for n, e in host.pretexts.entries() if not e.spec.needs_labels)
+    return (
+        f"pretrain.pretext: '{pretext.name}' trains on one class per image, and task '{task.name}' reads {kinds} "
+        f"stores; use a self-supervised pretext ({unlabelled}) or a labelled pretrain.source"
+    )
+
+
 def method_problems(config: PipelineConfig, method: Any, family: Any) -> list[str]:
     """What the chosen method needs from the rest of the config, one line per thing missing."""
     ft, name, problems = config.finetune, config.finetune.method.name, []
@@ -232,10 +266,6 @@ def method_problems(config: PipelineConfig, method: Any, family: Any) -> list[st
         )
     if method.extends_head and ft.head != "extend":
         problems.append(f"finetune.head: method '{name}' keeps the pretrained classes; set finetune.head: extend")
-    if ft.monitor == "target_entropy" and not method.needs_target:
-        problems.append(
-            f"finetune.monitor: target_entropy needs a domain-adaptation method with a target domain; '{name}' has none"
-        )
     if ft.head == "extend":
         pre = config.pretrain
         if not pre.enabled or pre.pretext.name != "supervised" or pre.epochs == 0:
@@ -310,6 +340,7 @@ def config_problems(
                 check(check_source, source, params, field)
 
     soft_targets = None
+    masks = config.task.name in host.tasks and "mask" in host.tasks.get(config.task.name).store_targets
     for section in ("augment.train", "augment.eval"):
         plan = check(
             augmentation_plan,
@@ -318,8 +349,10 @@ def config_problems(
             section,
             "cpu",
             section == "augment.train",
+            masks,
         )
-        soft_targets = soft_targets or next((s.spec.name for s in plan or () if s.spec.soft_targets), None)
+        if not masks:  # a mask task's CutMix pastes mask boxes: its targets stay masks, not class probabilities
+            soft_targets = soft_targets or next((s.spec.name for s in plan or () if s.spec.soft_targets), None)
 
     pretext = check(host.pretexts.get, config.pretrain.pretext.name, "pretrain.pretext")
     if pretext is not None:
@@ -351,7 +384,9 @@ def config_problems(
     if task is not None:
         check(plugin_params, task, config.task.params, "task")
         check(check_loss, host, finetune_loss(config, task), "finetune.loss", task.loss_kind)
-        problems.append(monitor_problem(task, config.finetune.monitor) or "")
+        method_spec = host.methods.get(config.finetune.method.name) if method is not None else None
+        problems.append(monitor_problem(task, config.finetune.monitor, method_spec) or "")
+        problems.append(pretext_store_problem(config, host, pretext, task) or "")
     if soft_targets is not None:
         refs = [("finetune.loss", config.finetune.loss)]
         if pretext is not None and pretext.needs_labels and pretext.loss_kind == "classification":

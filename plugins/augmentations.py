@@ -262,18 +262,50 @@ class BatchResizedCrop:
 
 
 class Mix:
-    """v2.MixUp / v2.CutMix on the device, with probability p per batch; labels become class probabilities."""
+    """v2.MixUp / v2.CutMix on the device, with probability p per batch; labels become class probabilities.
+
+    Unlabelled batches (labels -1: self-supervised pretraining) mix their images only and
+    keep their labels. Masks as labels (N, classes, H, W: a segmentation task) are cut
+    with the image's box by CutMix (`cut_masks`); MixUp refuses them (validation says so
+    before any work: its `batch_masks` is "refused").
+    """
 
     def __init__(self, kind: str, alpha: float, p: float, num_classes: int):
         self.op, self.p, self.num_classes = getattr(v2, kind)(alpha=alpha), p, num_classes
+        self.alpha, self.cuts = alpha, kind == "CutMix"
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor):
+        if labels.ndim == 4:
+            if not self.cuts:
+                raise ValueError(f"{type(self.op).__name__} cannot mix masks; it blends images (use cutmix)")
+            return self.cut_masks(images, labels) if self._applies() else (images, labels)
+        if labels.ndim == 1 and len(labels) and bool((labels < 0).all()):  # unlabelled: nothing to mix but pixels
+            if not self._applies():
+                return images, labels
+            dummy = torch.ones(len(labels), 1, dtype=images.dtype, device=images.device)
+            return self.op(images, dummy)[0], labels
         if labels.ndim == 1:
             num_classes = self.num_classes or int(labels.max()) + 1
             labels = F.one_hot(labels, num_classes).to(images.dtype)
-        if self.p < 1 and float(torch.rand(())) >= self.p:
+        if not self._applies():
             return images, labels
         return self.op(images, labels)
+
+    def _applies(self) -> bool:
+        return self.p >= 1 or float(torch.rand(())) < self.p
+
+    def cut_masks(self, images: torch.Tensor, masks: torch.Tensor):
+        """CutMix's box (area 1 − λ, λ ~ Beta(α, α), as v2.CutMix draws it) pasted from the batch rolled by one,
+        into the images and their masks alike: the pasted pixels bring their own mask."""
+        h, w = images.shape[-2:]
+        lam = float(torch.distributions.Beta(self.alpha, self.alpha).sample(()))
+        cy, cx = int(torch.randint(h, ())), int(torch.randint(w, ()))
+        rh, rw = int(0.5 * h * math.sqrt(1 - lam)), int(0.5 * w * math.sqrt(1 - lam))
+        y0, y1, x0, x1 = max(cy - rh, 0), min(cy + rh, h), max(cx - rw, 0), min(cx + rw, w)
+        images, masks = images.clone(), masks.clone()
+        images[..., y0:y1, x0:x1] = images.roll(1, 0)[..., y0:y1, x0:x1]
+        masks[..., y0:y1, x0:x1] = masks.roll(1, 0)[..., y0:y1, x0:x1]
+        return images, masks
 
 
 def _mix(kind: str):
@@ -293,6 +325,7 @@ def graft_augmentations():
             lambda p: v2.RandomHorizontalFlip(p),
             params_model=FlipParams,
             batch_factory=lambda p: BatchFlip(p, -1),
+            batch_masks="refused",  # the batch flip moves pixels, not masks: a mask task flips per sample
             description="mirror left-right",
         ),
         AugmentationSpec(
@@ -300,6 +333,7 @@ def graft_augmentations():
             lambda p: v2.RandomVerticalFlip(p),
             params_model=FlipParams,
             batch_factory=lambda p: BatchFlip(p, -2),
+            batch_masks="refused",
             description="mirror top-bottom",
         ),
         AugmentationSpec(
@@ -320,6 +354,7 @@ def graft_augmentations():
             "random-resized-crop",
             lambda size, scale_min: v2.RandomResizedCrop(size, scale=(scale_min, 1.0), antialias=True),
             batch_factory=lambda size, scale_min: BatchResizedCrop(size, scale_min),
+            batch_masks="refused",
             params_model=CropParams,
             description="crop a random area and resize it",
         ),
@@ -328,6 +363,7 @@ def graft_augmentations():
             lambda **p: v2.ColorJitter(**p),
             params_model=JitterParams,
             batch_factory=lambda **p: BatchJitter(**p),
+            batch_masks="image-only",
             description="random brightness, contrast, saturation and hue",
         ),
         AugmentationSpec(
@@ -335,6 +371,7 @@ def graft_augmentations():
             lambda sigma, p: GaussianNoise(sigma, p),
             params_model=NoiseParams,
             batch_factory=lambda sigma, p: BatchNoise(sigma, p),
+            batch_masks="image-only",
             description="additive Gaussian pixel noise",
         ),
         AugmentationSpec(
@@ -343,6 +380,7 @@ def graft_augmentations():
                 p, scale=(scale_min, scale_max), value=round(value * 255)
             ),
             batch_factory=lambda **kw: BatchErasing(**kw),
+            batch_masks="image-only",  # as v2.RandomErasing per sample: the box hides pixels, the mask stays
             params_model=ErasingParams,
             description="cutout: fill a random box",
         ),
@@ -374,6 +412,7 @@ def graft_augmentations():
             params_model=MixParams,
             uses_context=True,
             soft_targets=True,
+            batch_masks="refused",  # a blend of two masks is no mask
             description="blend image pairs and their labels (soft targets)",
         ),
         AugmentationSpec(
@@ -383,6 +422,7 @@ def graft_augmentations():
             params_model=MixParams,
             uses_context=True,
             soft_targets=True,
-            description="paste a box from another image; labels by area (soft targets)",
+            batch_masks="joint",  # the same box of the other image's mask is pasted too
+            description="paste a box from another image; labels by area (soft targets), masks by the same box",
         ),
     ]

@@ -86,3 +86,29 @@ def competition(n: int = 60, test_images: int = 3, seed: int = 0):
     files["train.csv"] = ("\n".join(rows) + "\n").encode()
     files["sample_submission.csv"] = b"ImageId,EncodedPixels,ClassId\n"
     return files, truth
+
+
+def write_files(root, files: dict[str, bytes]) -> None:
+    """The competition's files under `root` (a pathlib.Path), folders made as needed."""
+    for name, data in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+
+
+def table_layout(target: str = "mask") -> dict:
+    """The table layout that reads this train.csv: masks from EncodedPixels (`target: mask`), or the
+    label set of each image (`target: multi`, a row counted only where it has a mask)."""
+    layout = {
+        "kind": "table",
+        "table": "train.csv",
+        "image_column": "ImageId",
+        "label_column": "ClassId",
+        "images": "train_images",
+        "target": target,
+        "unlisted": "include",
+    }
+    return (
+        {**layout, "mask_column": "EncodedPixels"}
+        if target == "mask"
+        else {**layout, "require_column": "EncodedPixels"}
+    )

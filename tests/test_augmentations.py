@@ -267,3 +267,87 @@ def test_config_check_refuses_a_loss_without_soft_targets_next_to_mixup(host):
         validate_config(config, host, ["finetune"])
     ok = PipelineConfig.model_validate({"augment": {"train": ["cutmix"]}, "pretrain": {"enabled": False}})
     validate_config(ok, host, ["finetune"])
+
+
+# --- batch ops and masks (AugmentationSpec.batch_masks) ------------------------------------------
+
+
+def _mask_batch(n=6, size=16):
+    """Images whose every pixel says its image (i / n) and masks with the same value in every class."""
+    images = torch.arange(n, dtype=torch.float32).div(n).view(n, 1, 1, 1).expand(n, 1, size, size).contiguous()
+    masks = (torch.arange(n) % 2).float().view(n, 1, 1, 1).expand(n, 4, size, size).contiguous()
+    return images, masks
+
+
+def test_every_built_in_batch_op_declares_what_it_does_with_masks(host):
+    modes = {n: e.spec.batch_masks for n, e in host.augmentations.entries()}
+    assert modes["cutmix"] == "joint" and modes["mixup"] == "refused"
+    assert {modes[n] for n in ("color-jitter", "gaussian-noise", "random-erasing")} == {"image-only"}
+    assert {modes[n] for n in ("horizontal-flip", "vertical-flip", "random-resized-crop")} == {"refused"}
+
+
+def test_cutmix_cuts_the_mask_with_the_same_box(host):
+    ref = PluginRef.model_validate({"name": "cutmix"})
+    op = augment_policy(host, [ref], "augment.train", "cpu", AugmentContext(4, 16, 1), masks=True).batch[0]
+    x, m = _mask_batch()
+    for seed in range(4):
+        out, masks = seeded(lambda: op(x, m), seed)
+        assert masks.shape == m.shape and set(masks.unique().tolist()) <= {0.0, 1.0}  # still masks, not blends
+        pasted = out != x  # where a pixel came from the previous image (each image's pixels differ)
+        assert pasted.any()
+        for i in range(len(x)):
+            source = (i - 1) % len(x)
+            box = pasted[i, 0]
+            assert torch.equal(masks[i][:, box], m[source][:, box]) and torch.equal(masks[i][:, ~box], m[i][:, ~box])
+
+
+@pytest.mark.parametrize("name", ["color-jitter", "gaussian-noise"])
+def test_colour_and_noise_batch_ops_leave_masks_alone(host, name):
+    ref = PluginRef.model_validate({"name": name, "placement": "batch"})
+    op = augment_policy(host, [ref], "augment.train", "cpu", AugmentContext(4, 16, 1), masks=True).batch[0]
+    x, m = _mask_batch()
+    out, masks = seeded(lambda: op(x, m))
+    assert not torch.equal(out, x) and masks is m
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"name": "mixup"}, "augment.train[0]: 'mixup' cannot run on batches of masks"),
+        (
+            {"name": "horizontal-flip", "placement": "batch"},
+            "augment.train[0]: 'horizontal-flip' cannot run on batches of masks (its batch form would change the "
+            "images and not their masks); use placement sample",
+        ),
+        ({"name": "random-resized-crop", "placement": "batch"}, "'random-resized-crop' cannot run on batches of masks"),
+    ],
+)
+def test_batch_ops_that_ignore_masks_are_refused_for_a_mask_task_before_any_work(host, entry, message):
+    config = PipelineConfig.model_validate(
+        {"task": "segmentation", "augment": {"train": [entry]}, "pretrain": {"enabled": False}}
+    )
+    with pytest.raises(ConfigError) as info:
+        validate_config(config, host, ["finetune"])
+    assert message in str(info.value) and "\n" not in str(info.value).strip()
+
+
+def test_a_mask_task_flips_per_sample_under_auto_and_takes_cutmix_with_its_own_loss(host):
+    refs = [PluginRef(name="horizontal-flip"), PluginRef(name="color-jitter"), PluginRef(name="cutmix")]
+    policy = augment_policy(host, refs, "augment.train", "cuda", AugmentContext(4, 16, 1), masks=True)
+    assert [e["placement"] for e in policy.entries] == ["sample", "batch", "batch"] and not policy.soft_targets
+    config = {
+        "task": "segmentation",
+        "augment": {"train": ["horizontal-flip", "cutmix"]},
+        "pretrain": {"enabled": False},
+    }
+    validate_config(PipelineConfig.model_validate(config), host, ["finetune"])  # bce-dice is fine: masks stay masks
+
+
+@pytest.mark.parametrize("name", ["mixup", "cutmix"])
+def test_mixing_unlabelled_pretraining_batches_mixes_images_and_keeps_the_labels(host, name):
+    """Self-supervised pretraining reads images with label -1; one-hot encoding those crashed."""
+    op = build(host, name, placement="auto", num_classes=3)
+    x, _ = _distinct_batch()
+    unlabelled = torch.full((8,), -1)
+    out, labels = seeded(lambda: op(x, unlabelled))
+    assert torch.equal(labels, unlabelled) and out.shape == x.shape and not torch.equal(out, x)

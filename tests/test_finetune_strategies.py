@@ -14,7 +14,7 @@ from graftflow.core.config import load_config
 from graftflow.core.errors import ConfigError
 from graftflow.core.plugin_manager import PluginHost
 from graftflow.core.runs import Run
-from graftflow.core.specs import LayerGroup
+from graftflow.core.specs import LayerGroup, Monitor
 from graftflow.core.stages.base import execute_stage
 from graftflow.core.training.freezing import batchnorm_layers, set_trainable, train_mode, unfrozen_groups
 from graftflow.core.training.param_groups import build_param_groups, group_lrs
@@ -104,7 +104,13 @@ def test_plateau_reduces_every_group_by_the_same_factor():
     opt_groups, _ = build_param_groups(model, GROUPS, [1e-3, 1e-2], 0.0)
     opt = torch.optim.SGD(opt_groups)
     sched = GroupScheduler(
-        opt, "plateau", total_steps=100, warmup=0.0, monitor="val_loss", plateau_patience=1, plateau_factor=0.5
+        opt,
+        "plateau",
+        total_steps=100,
+        warmup=0.0,
+        monitor=Monitor("val_loss", "min"),
+        plateau_patience=1,
+        plateau_factor=0.5,
     )
     for loss in (1.0, 0.9, 0.95, 0.97):  # improves, then two epochs without improvement (> patience 1)
         sched.epoch_end({"val_loss": loss})
@@ -113,9 +119,12 @@ def test_plateau_reduces_every_group_by_the_same_factor():
 
 def test_best_tracker_and_ema_formula():
     model = Net()
-    tracker = BestTracker("val_accuracy")
+    tracker = BestTracker(Monitor("val_accuracy", "max"))
     assert tracker.update(1, {"val_accuracy": 0.5}, model) and not tracker.update(2, {"val_accuracy": 0.4}, model)
     assert tracker.best_epoch == 1 and tracker.since_best == 1
+    lowest = BestTracker(Monitor("val_mae", "min"))  # the declared mode decides, not the metric's name
+    assert lowest.update(1, {"val_mae": 2.0}, model) and lowest.update(2, {"val_mae": 1.0}, model)
+    assert not lowest.update(3, {"val_mae": 1.5}, model) and lowest.best_epoch == 2
     ema = make_ema(model, 0.9)
     w0 = model.fc.weight.detach().clone()
     with torch.no_grad():

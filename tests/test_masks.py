@@ -10,7 +10,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from graftflow.core.data.masks import decode_mask, encode_mask, masks_from_rle, rle_decode, rle_encode
+from graftflow.core.data.masks import (
+    decode_mask,
+    decode_mask_resized,
+    encode_mask,
+    masks_from_rle,
+    rle_decode,
+    rle_encode,
+)
 from graftflow.core.errors import DataError
 
 SEVERSTAL = (256, 1600)
@@ -74,3 +81,26 @@ def test_rows_of_one_class_are_joined():
     out = masks_from_rle({"2": ["1 2", "7 1"], "9": ["3 1"]}, ["1", "2", "3"], (3, 3), "x")
     assert out.shape == (3, 3, 3) and not out[0].any() and not out[2].any()
     assert out[1].flatten(order="F").tolist() == [1, 1, 0, 0, 0, 0, 1, 0, 0]
+
+
+@pytest.mark.parametrize(
+    "shape,classes,sizes",
+    [((256, 1600), 4, (32, 64, 128, 256, 320)), ((37, 53), 3, (8, 16, 37, 64, 100)), ((9, 13), 11, (5, 13, 31))],
+)
+def test_masks_decoded_at_the_training_size_equal_decode_then_nearest_resize(shape, classes, sizes):
+    """The loader's shortcut (index the PNG's bits at the picked pixels) gives exactly what decoding the
+    full mask and resizing it with nearest-exact neighbours gives, on random masks, down- and upscaled."""
+    import torch
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.v2 import functional as F
+
+    rng = np.random.default_rng(7)
+    for trial in range(3):
+        masks = rng.random((classes, *shape)) < (0.05 + 0.3 * trial)
+        data = encode_mask(masks)
+        full = torch.from_numpy(decode_mask(data, classes).astype(np.uint8))
+        for size in sizes:
+            expected = F.resize(full, [size, size], interpolation=InterpolationMode.NEAREST_EXACT).bool().numpy()
+            got = decode_mask_resized(data, classes, size)
+            assert got.shape == (classes, size, size) and got.dtype == bool
+            assert (got == expected).all(), (shape, size)

@@ -21,15 +21,13 @@ import yaml
 
 from graftflow.plugins.losses.multilabel import Asl, FocalBce
 from graftflow.plugins.tasks.ml_metrics import mean_ap, tune_thresholds
-from tests.severstal_synth import competition
+from tests.severstal_synth import competition, table_layout, write_files
 from tests.support import graft
 
 
 def write_competition(root: Path, n: int = 60) -> dict:
     files, truth = competition(n=n, test_images=2)
-    for name, data in files.items():
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).write_bytes(data)
+    write_files(root, files)
     return truth
 
 
@@ -48,16 +46,7 @@ def config(tmp_path: Path) -> Path:
             "source": {
                 "kind": "folder",
                 "path": str(tmp_path / "data"),
-                "layout": {
-                    "kind": "table",
-                    "table": "train.csv",
-                    "image_column": "ImageId",
-                    "label_column": "ClassId",
-                    "images": "train_images",
-                    "target": "multi",
-                    "require_column": "EncodedPixels",
-                    "unlisted": "include",
-                },
+                "layout": table_layout("multi"),
             },
         },
         "model": {"family": "resnet", "variant": "tiny"},

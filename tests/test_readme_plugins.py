@@ -34,6 +34,30 @@ def test_readme_plugins_import_only_the_public_api():
         assert ours == {"graftflow.core"}, (name, ours)
 
 
+def test_the_readme_task_declares_its_own_monitor(tmp_path):
+    """`finetune.monitor` is checked against what the task declares: the plugin's `val_mae` is accepted (and
+    minimised), a metric it does not report is one line listing what it does."""
+    from graftflow.core.config import PipelineConfig
+    from graftflow.core.errors import ConfigError
+    from graftflow.core.plugin_manager import PluginHost
+    from graftflow.core.tasks import resolve_monitor
+    from graftflow.core.validation import validate_config
+
+    path = tmp_path / "regression_task.py"
+    path.write_text(readme_plugins()["regression_task.py"])
+    host = PluginHost(env={"GRAFT_PLUGINS": str(path)})
+    task = host.tasks.get("number")
+    assert resolve_monitor(task, "val_mae").mode == "min" and resolve_monitor(task, "val_loss").mode == "min"
+    config = {"task": "number", "finetune": {"loss": "mse", "monitor": "val_accuracy"}}
+    with pytest.raises(ConfigError) as info:
+        validate_config(PipelineConfig.model_validate(config), host)
+    line = (
+        "finetune.monitor: task 'number' and method 'standard' do not report 'val_accuracy'; "
+        "available: val_loss, val_mae"
+    )
+    assert line in str(info.value)
+
+
 @pytest.mark.slow
 def test_readme_plugins_run_through_graft_run(prefect_api, tmp_path):
     paths = []
@@ -100,10 +124,12 @@ def test_readme_task_plugin_runs_through_graft_run(prefect_api, tmp_path, monkey
         "finetune.labels_per_class=40",  # 400 training images: enough to learn the values (200, 8 px, 4 epochs: not)
         "finetune.epochs=6",
         "finetune.lr=0.003",
+        "finetune.monitor=val_mae",  # the plugin's own metric, minimised as its Monitor declares
         "export.formats=[onnx]",
     ]
     run, summary = run_demo(tmp_path, sets, env)
     assert summary["finetune"]["task"] == "number" and summary["finetune"]["loss"] == "mse"
+    assert (summary["finetune"]["monitor"], summary["finetune"]["monitor_mode"]) == ("val_mae", "min")
     test = summary["metrics"]["test"]
     assert test["mae"] < 0.6 * test["mean_baseline_mae"], test  # it learned the digits' values
     assert summary["exports"][0]["format"] == "onnx"

@@ -26,20 +26,11 @@ from PIL import Image
 from graftflow.core.data.masks import rle_decode
 from graftflow.core.data.store import read_info, read_table
 from tests.kaggle_standin import KaggleStandIn
-from tests.severstal_synth import HEIGHT, WIDTH, competition
+from tests.severstal_synth import HEIGHT, WIDTH, competition, table_layout
 from tests.support import graft
 
 COMP = "severstal-steel-defect-detection"
-LAYOUT = {
-    "kind": "table",
-    "table": "train.csv",
-    "image_column": "ImageId",
-    "label_column": "ClassId",
-    "images": "train_images",
-    "target": "mask",
-    "mask_column": "EncodedPixels",
-    "unlisted": "include",
-}
+LAYOUT = table_layout("mask")
 
 
 def steel_config(tmp_path: Path) -> Path:

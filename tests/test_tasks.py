@@ -21,7 +21,7 @@ from graftflow.core.hookspecs import CONTRACT_VERSION
 from graftflow.core.models.build import build_model, check_partition, layer_groups, model_meta
 from graftflow.core.plugin_manager import PluginHost
 from graftflow.core.validation import validate_config
-from tests.severstal_synth import HEIGHT, WIDTH, competition
+from tests.severstal_synth import HEIGHT, WIDTH, competition, table_layout, write_files
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,13 @@ def test_classification_is_the_default_and_model_json_says_so(host):
         ),
         (
             {"finetune": {"monitor": "val_dice"}},
-            "finetune.monitor: task 'classification' does not report 'val_dice'",
+            "finetune.monitor: task 'classification' and method 'standard' do not report 'val_dice'; "
+            "available: val_loss, val_accuracy",
+        ),
+        (
+            {"task": "segmentation", "finetune": {"monitor": "target_entropy"}},
+            "finetune.monitor: task 'segmentation' and method 'standard' do not report 'target_entropy'; "
+            "available: val_loss, val_dice",
         ),
         ({"task": {"name": "segmentation", "decodr": "fpn"}}, "task.decodr"),
     ],
@@ -92,22 +98,10 @@ def mask_store(tmp_path_factory):
     """A Severstal-shaped table (RLE in EncodedPixels) read by the table layout into a mask store."""
     root = tmp_path_factory.mktemp("steel")
     files, truth = competition(n=12, test_images=0)
-    for name, data in files.items():
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).write_bytes(data)
+    write_files(root, files)
     import fsspec
 
-    layout = {
-        "kind": "table",
-        "table": "train.csv",
-        "image_column": "ImageId",
-        "label_column": "ClassId",
-        "images": "train_images",
-        "target": "mask",
-        "mask_column": "EncodedPixels",
-        "unlisted": "include",
-    }
-    recs = records(fsspec.filesystem("file"), str(root), {"layout": layout}, "test")
+    recs = records(fsspec.filesystem("file"), str(root), {"layout": table_layout("mask")}, "test")
     info = build_store(recs, str(root / "store"), {"val": 0.2, "test": 0.2, "seed": 0}, {}, stratified_split)
     return info, truth
 
@@ -141,6 +135,20 @@ def test_augmentations_move_image_and_mask_together(mask_store):
     assert not torch.equal(image2, image.flip(-1)) and image2.float().mean() < image.float().mean()
     norm = MaskDataset(sel, 1, 32, (), normalizer([0.5], [0.25], 1))[i][0]
     assert norm.dtype == torch.float32 and torch.allclose(norm, (image.float() / 255 - 0.5) / 0.25, atol=1e-6)
+
+
+def test_the_mask_cache_gives_the_decoded_masks_and_fills_once(mask_store):
+    """cache=True keeps each decoded mask's bits in shared memory: the same masks as decoding them, and a
+    second read comes from the cache (the store's column is not read again)."""
+    info, _ = mask_store
+    sel = select(info.url, ["train", "val", "test"], None, "x", frozenset({"mask"}))
+    plain, cached = MaskDataset(sel, 1, 32), MaskDataset(sel, 1, 32, cache=True)
+    assert cached.cached_bits is not None and cached.cached_bits.is_shared() and not cached.filled.any()
+    for i in range(len(sel)):
+        assert torch.equal(cached[i][1], plain[i][1]) and torch.equal(cached[i][0], plain[i][0])
+    assert cached.filled.all()
+    cached.masks = None  # every mask is cached now: the column is not needed again
+    assert all(torch.equal(cached[i][1], plain[i][1]) for i in range(len(sel)))
 
 
 def test_segmentation_model_groups_and_backbone_hand_off(host):
@@ -179,3 +187,26 @@ def test_the_readme_severstal_config_is_valid(host):
     assert data["task"]["name"] == "segmentation" and data["data"]["source"]["layout"]["target"] == "mask"
     data["model"].pop("pretrained")  # timm's loader would download the weights
     validate_config(PipelineConfig.model_validate(data), host, stages=["finetune", "evaluate", "export"])
+
+
+def test_monitors_are_declared_with_their_direction(host):
+    """`finetune.monitor` takes its min/max from the declaring spec: the tasks' metrics are maximised, val_loss and
+    the adaptation methods' target_entropy minimised; a bare name (contract 2.4) is refused when the spec is made."""
+    from dataclasses import replace
+
+    from graftflow.core.specs import Monitor
+    from graftflow.core.tasks import resolve_monitor
+
+    classification = host.tasks.get("classification")
+    assert resolve_monitor(classification, "val_loss") == Monitor("val_loss", "min")
+    for task, metric in (("classification", "val_accuracy"), ("multilabel", "val_map"), ("segmentation", "val_dice")):
+        assert resolve_monitor(host.tasks.get(task), metric) == Monitor(metric, "max")
+    for method in ("mmd", "dann", "cdan"):
+        monitor = resolve_monitor(classification, "target_entropy", host.methods.get(method))
+        assert monitor == Monitor("target_entropy", "min")
+    with pytest.raises(ConfigError, match="available: val_loss, val_accuracy$"):
+        resolve_monitor(classification, "target_entropy", host.methods.get("standard"))
+    with pytest.raises(TypeError, match="TaskSpec 'classification': monitors holds 'val_f1'; declare Monitor"):
+        replace(classification, monitors=("val_f1",))
+    with pytest.raises(ValueError, match="mode must be 'min' or 'max'"):
+        Monitor("val_f1", "up")

@@ -37,15 +37,17 @@ def augment_policy(
     context: AugmentContext | None = None,
     training: bool = True,
     baked: bool = False,
+    masks: bool = False,
 ) -> AugmentPolicy:
     """Build each entry's op where the plan places it.
 
     `baked=True` (training on `augment.materialize`d copies): ops with a per-sample form
     are already in the images and are left out; batch-only ops (MixUp, CutMix) remain.
+    `masks=True`: the batches' labels are masks (see `augmentation_plan`).
     """
     context = context or AugmentContext(num_classes=0, image_size=0, channels=0)
     policy = AugmentPolicy([], [], [])
-    for step in augmentation_plan(host, refs, section, device_type, training):
+    for step in augmentation_plan(host, refs, section, device_type, training, masks):
         spec = step.spec
         if baked and step.has_sample_form:
             continue
@@ -55,7 +57,7 @@ def augment_policy(
         else:
             policy.sample.append(spec.factory(**kwargs))
         policy.entries.append({"name": spec.name, "placement": step.placement, **step.params})
-        policy.soft_targets = policy.soft_targets or spec.soft_targets
+        policy.soft_targets = policy.soft_targets or (spec.soft_targets and not masks)
     return policy
 
 

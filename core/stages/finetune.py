@@ -32,7 +32,7 @@ from graftflow.core.stages.inputs import (
     target_loaders,
     task_loaders,
 )
-from graftflow.core.tasks import finetune_loss, task_of
+from graftflow.core.tasks import finetune_loss, resolve_monitor, task_of
 from graftflow.core.training.callbacks import Callbacks
 from graftflow.core.training.checkpointing import Checkpointer
 from graftflow.core.training.compile import compiled_forward
@@ -55,6 +55,7 @@ def run(ctx: StageContext) -> StageResult:
     cfg, ft = ctx.config, ctx.config.finetune
     task = task_of(ctx.host, cfg)
     method = finetune_method(ctx.host, cfg)
+    monitor = resolve_monitor(task, ft.monitor, ctx.host.methods.get(ft.method.name))  # its declared min/max
     old_classes = pretrained_classes(ctx) if ft.head == "extend" else []
     if old_classes:
         train_sel, val_sel = incremental_selections(ctx, old_classes, method.replay_per_class)
@@ -90,7 +91,7 @@ def run(ctx: StageContext) -> StageResult:
     history = History()
     ema = WeightEMA(model, ft.ema) if ft.ema else None
     evaluated = ema.module if ema is not None else model  # what validation, selection and export see
-    best = BestEpoch(evaluated, ft.monitor)
+    best = BestEpoch(evaluated, monitor)
     strategies = [
         target,
         FreezeSchedule(
@@ -131,7 +132,7 @@ def run(ctx: StageContext) -> StageResult:
             ft.schedule,
             epochs * len(train_loader),
             ft.warmup,
-            ft.monitor,
+            monitor,
             ft.plateau_patience,
             ft.plateau_factor,
         )
@@ -178,7 +179,8 @@ def run(ctx: StageContext) -> StageResult:
                 "epochs_run": len(history.epochs),
                 "stopped_early": history.stopped_early,
                 "best_epoch": best.best_epoch,
-                "monitor": ft.monitor,
+                "monitor": monitor.name,
+                "monitor_mode": monitor.mode,
                 "restored_best": restored,
                 "ema": ft.ema,
                 "lr_spread": _lr_spread(ft),

@@ -111,7 +111,7 @@ def task_selections(
     Fine-tuning reads the stores its task trains on (`TaskSpec.store_targets`).
     """
     url = dataset_url(ctx, store)
-    targets = task_of(ctx.host, ctx.config).store_targets if section == "finetune" else frozenset({"single"})
+    targets = _section_targets(ctx, section)
     if store != "dataset":  # a source of its own: all of it is pretraining data
         train = select(url, ["train", "val", "test"], classes, f"{section}.classes")
         require_classes(train, "train", f"{section}.classes", min_classes)
@@ -123,7 +123,30 @@ def task_selections(
     per_class = getattr(getattr(ctx.config, section, None), "labels_per_class", None)
     if per_class:
         train = per_class_subsample(train, per_class, ctx.config.seed)
+    if section != "finetune":
+        train, val = images_only(train), images_only(val)
     return train, val
+
+
+ANY_TARGET = frozenset({"single", "multi", "mask"})
+
+
+def _section_targets(ctx: StageContext, section: str) -> frozenset[str]:
+    """The store targets `section` reads: fine-tuning its task's; pretraining with a self-supervised pretext
+    (no `needs_labels`: SimCLR, MoCo, SimMIM) any store, images only; a labelled pretext class labels."""
+    if section == "finetune":
+        return task_of(ctx.host, ctx.config).store_targets
+    if section == "pretrain" and not ctx.host.pretexts.get(ctx.config.pretrain.pretext.name).needs_labels:
+        return ANY_TARGET
+    return frozenset({"single"})
+
+
+def images_only(sel: Selection) -> Selection:
+    """A multi-label or mask selection as unlabelled images (label -1, no targets): what a
+    self-supervised pretext reads from such a store, so nothing downstream sees masks or label sets."""
+    if sel.target == "single":
+        return sel
+    return Selection(images=sel.images, labels=np.full(len(sel), -1, dtype=np.int64), class_names=sel.class_names)
 
 
 def incremental_selections(ctx: StageContext, old_classes: Sequence[str], replay: int) -> tuple[Selection, Selection]:
@@ -167,9 +190,11 @@ def loaders_for(
     context = AugmentContext(
         num_classes=len(train.class_names), image_size=cfg.data.image_size, channels=cfg.data.channels
     )
-    # `placement: auto` moves ops to the device only for class targets: batch ops see images and labels, not masks
-    placement_device = ctx.policy.device_type if train.target == "single" else "cpu"
-    train_policy = augment_policy(ctx.host, cfg.augment.train, "augment.train", placement_device, context, baked=baked)
+    # Batch ops of a mask task get the masks as labels: only those declaring `batch_masks` joint/image-only run so
+    masks = train.target == "mask"
+    train_policy = augment_policy(
+        ctx.host, cfg.augment.train, "augment.train", ctx.policy.device_type, context, baked=baked, masks=masks
+    )
     eval_ops = augment_policy(ctx.host, cfg.augment.eval, "augment.eval", context=context, training=False).sample
     bs = batch_size or cfg.data.batch_size
     # With batch ops, batches travel as uint8 (4× less to copy) and are normalised on the device after them.

@@ -11,6 +11,8 @@ import math
 
 from torch.optim import Optimizer
 
+from graftflow.core.specs import VAL_LOSS, Monitor
+
 
 def factor(kind: str, step: int, total: int, warmup: float) -> float:
     total = max(total, 1)
@@ -48,7 +50,7 @@ class GroupScheduler:
         kind: str,
         total_steps: int,
         warmup: float,
-        monitor: str = "val_loss",
+        monitor: Monitor = VAL_LOSS,
         plateau_patience: int = 1,
         plateau_factor: float = 0.5,
     ):
@@ -77,11 +79,10 @@ class GroupScheduler:
         self._apply()
 
     def epoch_end(self, metrics: dict[str, float]) -> None:
-        value = metrics.get(self.monitor)
+        value = metrics.get(self.monitor.name)
         if self.kind != "plateau" or value is None:
             return
-        better = self.best is None or (value < self.best if self.monitor.endswith("loss") else value > self.best)
-        if better:
+        if self.monitor.better(value, self.best):
             self.best, self.bad_epochs = value, 0
             return
         self.bad_epochs += 1

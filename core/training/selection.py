@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from graftflow.core.specs import Monitor
 from graftflow.core.training.callbacks import Callback
 
 if TYPE_CHECKING:
@@ -18,16 +19,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("graft.train")
 
 
-def lower_is_better(metric: str) -> bool:
-    return metric.endswith("loss")
-
-
 class BestTracker:
-    """Remembers the best epoch's weights by `monitor` (copied to CPU, so training memory is untouched)."""
+    """Remembers the best epoch's weights by `monitor` (copied to CPU, so training memory is untouched).
 
-    def __init__(self, monitor: str, min_delta: float = 0.0):
+    Which way is better is the `Monitor`'s declared mode (the task's or the method's spec), not a
+    guess from the metric's name: a plugin's `val_mae` is minimised, its `val_f1` maximised.
+    """
+
+    def __init__(self, monitor: Monitor, min_delta: float = 0.0):
         self.monitor = monitor
-        self.sign = -1.0 if lower_is_better(monitor) else 1.0
         self.min_delta = min_delta
         self.best: float | None = None
         self.best_epoch: int | None = None
@@ -35,10 +35,10 @@ class BestTracker:
         self.since_best = 0
 
     def update(self, epoch: int, metrics: dict[str, float], model: nn.Module) -> bool:
-        value = metrics.get(self.monitor)
+        value = metrics.get(self.monitor.name)
         if value is None:
             return False
-        if self.best is None or self.sign * (value - self.best) > self.min_delta:
+        if self.monitor.better(value, self.best, self.min_delta):
             self.best, self.best_epoch, self.since_best = value, epoch, 0
             self.state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
             return True
@@ -55,7 +55,7 @@ class BestEpoch(Callback):
 
     state_key = "best"
 
-    def __init__(self, model: nn.Module, monitor: str):
+    def __init__(self, model: nn.Module, monitor: Monitor):
         self.model, self.tracker = model, BestTracker(monitor)
 
     @property

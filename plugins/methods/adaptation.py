@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from graftflow.core import MethodSpec, Params, SourceConfig, forward_to, hookimpl, lazy_module
+from graftflow.core import MethodSpec, Monitor, Params, SourceConfig, forward_to, hookimpl, lazy_module
 
 # The methods themselves (nn.Modules) are built from here; registering and checking them imports no torch.
 _impl = lazy_module("graftflow.plugins.methods._adaptation")
@@ -59,6 +59,10 @@ class CDANParams(AdversarialParams):
     map_dim: int = Field(1024, gt=0, description="Output size of the random multilinear map.")
 
 
+# The mean prediction entropy on the unlabelled target domain (TargetEntropy): lower is a more confident model.
+TARGET_MONITORS = (Monitor("target_entropy", "min"),)
+
+
 @hookimpl
 def graft_finetune_methods():
     return [
@@ -69,6 +73,7 @@ def graft_finetune_methods():
             needs_features=True,
             extends_head=False,
             params_model=MMDParams,
+            monitors=TARGET_MONITORS,
             description="DAN: multi-kernel MMD between source and target features, weight ramped",
         ),
         MethodSpec(
@@ -78,6 +83,7 @@ def graft_finetune_methods():
             needs_features=True,
             extends_head=False,
             params_model=AdversarialParams,
+            monitors=TARGET_MONITORS,
             description="DANN: domain discriminator behind a gradient reversal layer (Ganin et al. 2016)",
         ),
         MethodSpec(
@@ -87,6 +93,7 @@ def graft_finetune_methods():
             needs_features=True,
             extends_head=False,
             params_model=CDANParams,
+            monitors=TARGET_MONITORS,
             description="CDAN(+E): discriminator on features ⊗ class probabilities (Long et al. 2018)",
         ),
     ]

@@ -9,7 +9,7 @@ imported when first used (a registration hook must stay cheap).
 
 from __future__ import annotations
 
-from graftflow.core import Params, TaskSpec, hookimpl
+from graftflow.core import Monitor, Params, TaskSpec, hookimpl
 
 
 class ClassificationParams(Params):
@@ -57,7 +57,7 @@ def graft_tasks():
             layer_groups=layer_groups,
             validate=validate,
             evaluate=evaluate,
-            monitors=("val_accuracy",),
+            monitors=(Monitor("val_accuracy", "max"),),
             params_model=ClassificationParams,
             description="one class per image (the default): a softmax head over the classes",
         )

@@ -13,7 +13,7 @@ from __future__ import annotations
 import csv
 from typing import Any
 
-from graftflow.core import Params, TaskSpec, hookimpl
+from graftflow.core import Monitor, Params, TaskSpec, hookimpl
 
 
 class MultilabelParams(Params):
@@ -98,7 +98,7 @@ def graft_tasks():
             predict=predict,
             write=write,
             formats=("csv",),
-            monitors=("val_map",),
+            monitors=(Monitor("val_map", "max"),),
             calibrate=calibrate,
             params_model=MultilabelParams,
             description="a label set per image: sigmoid per class, thresholds tuned on val",

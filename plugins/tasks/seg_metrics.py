@@ -13,40 +13,48 @@ import torch
 
 
 class MaskScores:
-    """Running sums over batches of binary predictions and masks (N, C, H, W)."""
+    """Running sums over batches of binary predictions and masks (N, C, H, W), kept on their device.
 
-    def __init__(self, classes: int):
-        self.dice_sum = torch.zeros(classes, dtype=torch.float64)
-        self.empty_sum = torch.zeros(classes, dtype=torch.float64)
-        self.inter = torch.zeros(classes, dtype=torch.float64)
-        self.union = torch.zeros(classes, dtype=torch.float64)
-        self.correct = 0
+    Sums stay tensors on the batches' device, so scoring a batch never waits for it
+    (no `.item()`/`.cpu()` per batch): validation on a GPU syncs once, when it reads the result.
+    """
+
+    def __init__(self, classes: int, device=None):
+        zeros = lambda: torch.zeros(classes, dtype=torch.float64, device=device)  # noqa: E731
+        self.dice_sum, self.empty_sum, self.inter, self.union = zeros(), zeros(), zeros(), zeros()
+        self.correct = torch.zeros((), dtype=torch.float64, device=device)
         self.pixels = 0
         self.images = 0
 
     def add(self, pred: torch.Tensor, target: torch.Tensor) -> None:
-        pred, target = pred.bool().cpu(), target.bool().cpu()
+        pred, target = pred.bool(), target.bool()
         inter = (pred & target).flatten(2).sum(2).double()
         sizes = pred.flatten(2).sum(2).double() + target.flatten(2).sum(2).double()
         self.dice_sum += torch.where(sizes == 0, 1.0, 2 * inter / sizes.clamp_min(1)).sum(0)
         self.empty_sum += (target.flatten(2).sum(2) == 0).double().sum(0)
         self.inter += inter.sum(0)
         self.union += (pred | target).flatten(2).sum(2).double().sum(0)
-        self.correct += int((pred == target).sum())
+        self.correct += (pred == target).sum()
         self.pixels += pred.numel()
         self.images += len(pred)
 
+    def mean_dice(self) -> float:
+        return float(self.dice_sum.sum() / (max(self.images, 1) * len(self.dice_sum)))
+
     def dice_per_class(self) -> list[float]:
-        return (self.dice_sum / max(self.images, 1)).tolist()
+        return (self.dice_sum / max(self.images, 1)).cpu().tolist()
 
     def summary(self, class_names) -> dict:
         n = max(self.images, 1)
+        self.dice_sum, self.empty_sum, self.inter, self.union = (
+            t.cpu() for t in (self.dice_sum, self.empty_sum, self.inter, self.union)
+        )
         iou = torch.where(self.union == 0, 1.0, self.inter / self.union.clamp_min(1))
         return {
             "mean_dice": float(self.dice_sum.sum() / (n * len(class_names))),
             "empty_baseline_dice": float(self.empty_sum.sum() / (n * len(class_names))),
             "mean_iou": float(iou.mean()),
-            "pixel_accuracy": self.correct / max(self.pixels, 1),
+            "pixel_accuracy": float(self.correct) / max(self.pixels, 1),
             "images": self.images,
             "per_class": {
                 name: {"dice": float(self.dice_sum[c] / n), "iou": float(iou[c]), "empty_masks": int(self.empty_sum[c])}
@@ -67,18 +75,23 @@ def binarize(probs: torch.Tensor, threshold: float, min_area: float) -> torch.Te
 
 @torch.no_grad()
 def validate(model, loader, loss, policy, threshold: float = 0.5, min_area: float = 0.0) -> dict[str, float]:
-    """`val_loss` (the stage's loss) and `val_dice` (Kaggle's mean Dice of the binarised masks) on the val split."""
+    """`val_loss` (the stage's loss) and `val_dice` (Kaggle's mean Dice of the binarised masks) on the val split.
+
+    Loss and Dice are summed on the device and read once at the end: a per-batch
+    `float(loss)` would make the host wait for every batch (measured in the benchmark).
+    """
     model.eval()
-    total, seen, scores = 0.0, 0, None
+    total, seen, scores = None, 0, None
     for images, masks in loader:
         images, masks = policy.to_device(images), policy.to_device(masks)
         with policy.autocast():
             logits = model(images)
             value = loss(logits, masks, inputs=images)
-        total += float(value) * len(images)
+        weighted = value.detach().double() * len(images)
+        total = weighted if total is None else total + weighted
         seen += len(images)
-        scores = scores or MaskScores(masks.shape[1])
+        scores = scores or MaskScores(masks.shape[1], masks.device)
         scores.add(binarize(logits.float().sigmoid(), threshold, min_area), masks > 0.5)
     if not seen:
         return {}
-    return {"val_loss": total / seen, "val_dice": float(scores.dice_sum.sum() / (scores.images * len(scores.dice_sum)))}
+    return {"val_loss": float(total) / seen, "val_dice": scores.mean_dice()}

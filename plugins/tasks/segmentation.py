@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from graftflow.core import Params, TaskSpec, hookimpl
+from graftflow.core import Monitor, Params, TaskSpec, hookimpl
 
 
 class SegmentationParams(Params):
@@ -103,7 +103,7 @@ def graft_tasks():
             write=write,
             gallery=gallery,
             formats=("kaggle-rle", "masks"),
-            monitors=("val_dice",),
+            monitors=(Monitor("val_dice", "max"),),
             backbone_key=lambda key: "encoder.model." + key,
             params_model=SegmentationParams,
             description="a mask per class (smp U-Net / FPN over a timm encoder); Dice as Kaggle scores it",

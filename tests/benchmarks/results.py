@@ -23,9 +23,14 @@ class Result:
     target_max: float | None = None  # an absolute ceiling in `unit`, e.g. 10.0 for "≤ 10 s of overhead"
     notes: str = ""
     extra: dict = field(default_factory=dict)
+    # The median of per-pair ratios, for benchmarks that time ours and the baseline back to back in pairs:
+    # load on shared cores then moves both sides of a pair alike and cancels, where a ratio of medians does not.
+    paired_ratio: float | None = None
 
     @property
     def ratio(self) -> float | None:
+        if self.paired_ratio is not None:
+            return self.paired_ratio
         if not self.baseline:
             return None
         return self.value / self.baseline if self.higher_is_better else self.baseline / self.value
