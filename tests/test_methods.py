@@ -33,7 +33,8 @@ from tests.support import DIGITS, ROOT, untimed
 TARGET = "{kind: sklearn-digits-m, size: 8}"
 METHODS = {
     "mmd": [f"finetune.method={{name: mmd, target: {TARGET}}}"],
-    "dann": [f"finetune.method={{name: dann, hidden: 32, target: {TARGET}}}"],
+    # BatchNorm in the discriminator: its running statistics must survive a resume and DDP too
+    "dann": [f"finetune.method={{name: dann, hidden: 32, batch_norm: true, target: {TARGET}}}"],
     "cdan": [f"finetune.method={{name: cdan, entropy: true, hidden: 32, target: {TARGET}}}"],
     "lwf": [
         "finetune.method={name: lwf, replay: 3}",
@@ -131,6 +132,16 @@ def test_dann_features_drop_the_shifted_coordinate():
     """With gradient reversal the features stop carrying what tells the domains apart; without it they keep it."""
     aligned, control = adversarial_features(1.0), adversarial_features(0.0)
     assert aligned < 0.1 and control > 0.5
+
+
+def test_the_discriminator_takes_batch_norm_and_keeps_its_layer_names_without():
+    """`batch_norm: true` puts BatchNorm1d after each hidden layer; off, the layers keep the names that
+    checkpoints written before the option hold (0, 3, 6)."""
+    from graftflow.plugins.methods.adaptation import discriminator
+
+    plain, normed = discriminator(8, 16, 0.5), discriminator(8, 16, 0.0, batch_norm=True)
+    assert sorted({k.split(".")[0] for k in plain.state_dict()}) == ["0", "3", "6"]
+    assert sum(isinstance(m, nn.BatchNorm1d) for m in normed) == 2 and "1.running_mean" in normed.state_dict()
 
 
 def test_lwf_distillation_is_zero_when_the_model_equals_its_frozen_copy():

@@ -11,16 +11,15 @@ from torch import nn
 from graftflow.core import FinetuneMethod, MethodContext, grad_reverse, ramp
 
 
-def discriminator(features: int, hidden: int, dropout: float) -> nn.Module:
-    return nn.Sequential(
-        nn.Linear(features, hidden),
-        nn.ReLU(),
-        nn.Dropout(dropout),
-        nn.Linear(hidden, hidden),
-        nn.ReLU(),
-        nn.Dropout(dropout),
-        nn.Linear(hidden, 1),
-    )
+def discriminator(features: int, hidden: int, dropout: float, batch_norm: bool = False) -> nn.Module:
+    """Two hidden layers, then a domain logit; without `batch_norm` its layers keep the indices (0, 3, 6)
+    that checkpoints written before the option name."""
+
+    def block(width_in: int) -> list[nn.Module]:
+        norm = [nn.BatchNorm1d(hidden)] if batch_norm else []
+        return [nn.Linear(width_in, hidden), *norm, nn.ReLU(), nn.Dropout(dropout)]
+
+    return nn.Sequential(*block(features), *block(hidden), nn.Linear(hidden, 1))
 
 
 class DomainAdaptation(FinetuneMethod):
@@ -88,9 +87,9 @@ class MMDMethod(DomainAdaptation):
 class Adversarial(DomainAdaptation):
     """A discriminator behind the gradient reversal layer, trained to tell the domains apart."""
 
-    def __init__(self, hidden: int = 256, dropout: float = 0.5, **params):
+    def __init__(self, hidden: int = 256, dropout: float = 0.5, batch_norm: bool = False, **params):
         super().__init__(**params)
-        self.hidden, self.dropout = hidden, dropout
+        self.hidden, self.dropout, self.batch_norm = hidden, dropout, batch_norm
 
     def discriminate(self, inputs: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
         n = len(inputs) // 2
@@ -104,7 +103,7 @@ class Adversarial(DomainAdaptation):
 class DANN(Adversarial):
     def setup(self, ctx: MethodContext) -> None:
         super().setup(ctx)
-        self.discriminator = discriminator(ctx.feature_dim, self.hidden, self.dropout).to(ctx.device)
+        self.discriminator = discriminator(ctx.feature_dim, self.hidden, self.dropout, self.batch_norm).to(ctx.device)
 
     def domain_loss(self, source, target, source_logits, target_logits):
         return self.discriminate(torch.cat([source, target]))
@@ -128,7 +127,7 @@ class CDAN(Adversarial):
                 "map_g", torch.randn(ctx.num_classes, self.map_dim, generator=generator).to(ctx.device)
             )
         dim = self.map_dim if self.randomized else outer
-        self.discriminator = discriminator(dim, self.hidden, self.dropout).to(ctx.device)
+        self.discriminator = discriminator(dim, self.hidden, self.dropout, self.batch_norm).to(ctx.device)
 
     def multilinear(self, features: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
         if self.randomized:

@@ -51,6 +51,9 @@ class MMDParams(AdaptationParams):
 class AdversarialParams(AdaptationParams):
     hidden: int = Field(256, gt=0, description="Width of the domain discriminator's two hidden layers.")
     dropout: float = Field(0.5, ge=0, lt=1, description="Dropout in the discriminator.")
+    batch_norm: bool = Field(
+        False, description="BatchNorm after each hidden layer of the discriminator (Transfer-Learning-Library's)."
+    )
 
 
 class CDANParams(AdversarialParams):
