@@ -3,6 +3,8 @@
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,3 +39,29 @@ def untimed(metrics: dict) -> dict:
     """Metrics without wall times (`seconds`: the stage's, `epoch_seconds`: the reported epoch's), which
     differ between a resumed run and an uninterrupted one when everything else must be equal."""
     return {k: v for k, v in metrics.items() if not k.endswith("seconds")}
+
+
+@contextmanager
+def crash_at_step(monkeypatch, step: int, stage: str, *stage_args) -> Iterator[None]:
+    """Runs `stage` (`execute_stage(stage, *stage_args)`) with training step `step` raising "simulated
+    crash", checks that it crashed, and gives the block the crashed run before the real step comes back:
+    a crash between checkpoints, without a signal, for the resume-to-identical-weights tests."""
+    import pytest
+
+    from graftflow.core.stages.base import execute_stage
+    from graftflow.core.training import loop
+
+    real = loop.GradientStep.accumulate
+
+    def crashing(self, step_fn, images, labels, micro):
+        if self.history.steps + 1 == step:
+            raise RuntimeError("simulated crash")
+        return real(self, step_fn, images, labels, micro)
+
+    monkeypatch.setattr(loop.GradientStep, "accumulate", crashing)
+    try:
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            execute_stage(stage, *stage_args)
+        yield
+    finally:
+        monkeypatch.setattr(loop.GradientStep, "accumulate", real)

@@ -25,10 +25,9 @@ from graftflow.core.config import load_config
 from graftflow.core.plugin_manager import PluginHost
 from graftflow.core.runs import Run
 from graftflow.core.stages.base import execute_stage
-from graftflow.core.training import loop
 from graftflow.plugins.methods.lwf import distillation
 from tests.prefect_server import BIN
-from tests.support import DIGITS, ROOT, untimed
+from tests.support import DIGITS, ROOT, crash_at_step, untimed
 
 TARGET = "{kind: sklearn-digits-m, size: 8}"
 METHODS = {
@@ -211,17 +210,8 @@ def test_a_target_on_a_method_that_takes_none_is_a_config_error(tmp_path):
 def test_each_method_resumes_after_a_crash_to_the_same_weights(tmp_path, monkeypatch, method):
     _, _, reference = run_stages(tmp_path / "reference", method)
     config, host, run = run_stages(tmp_path / "crashed", method, stages=("acquire", "pretrain"))
-    real = loop.GradientStep.accumulate
-
-    def crashing(self, step_fn, images, labels, micro):
-        if self.history.steps + 1 == 13:  # between checkpoints (every 5 steps), in the second epoch
-            raise RuntimeError("simulated crash")
-        return real(self, step_fn, images, labels, micro)
-
-    monkeypatch.setattr(loop.GradientStep, "accumulate", crashing)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        execute_stage("finetune", config, run, host)
-    monkeypatch.setattr(loop.GradientStep, "accumulate", real)
+    with crash_at_step(monkeypatch, 13, "finetune", config, run, host):  # between checkpoints (every 5 steps)
+        pass
     execute_stage("finetune", config, run, host)
     summary = run.summary()
     assert summary["finetune"]["resumed_from_step"] == 10 and summary["finetune"]["method"] == method

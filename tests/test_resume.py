@@ -18,7 +18,7 @@ from graftflow.core.runs import Run
 from graftflow.core.stages.base import execute_stage
 from graftflow.core.training.checkpointing import COMPLETE, Checkpointer
 from tests.prefect_server import BIN
-from tests.support import DIGITS, ROOT, untimed
+from tests.support import DIGITS, ROOT, crash_at_step, untimed
 
 BASE = [
     "data.image_size=8",
@@ -53,19 +53,9 @@ def test_resume_after_a_crash_gives_identical_weights(tmp_path, monkeypatch, ref
     config, host = config_for(tmp_path), PluginHost()
     run = Run.open(config)
     execute_stage("acquire", config, run, host)
-    real = loop.GradientStep.accumulate
-
-    def crashing(self, step_fn, images, labels, micro):
-        if self.history.steps + 1 == crash_at:
-            raise RuntimeError("simulated crash")
-        return real(self, step_fn, images, labels, micro)
-
-    monkeypatch.setattr(loop.GradientStep, "accumulate", crashing)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        execute_stage("finetune", config, run, host)
-    assert run.summary()["stages"]["finetune"]["status"] == "failed"
-    assert not (Path(run.url) / "finetune").exists()  # nothing half-written where a later stage would look
-    monkeypatch.setattr(loop.GradientStep, "accumulate", real)
+    with crash_at_step(monkeypatch, crash_at, "finetune", config, run, host):
+        assert run.summary()["stages"]["finetune"]["status"] == "failed"
+        assert not (Path(run.url) / "finetune").exists()  # nothing half-written where a later stage would look
     execute_stage("finetune", config, run, host)
     weights, expected = finetuned(config, run), reference[0]
     summary = run.summary()
@@ -204,18 +194,8 @@ def test_pretraining_resumes_after_a_crash_to_identical_weights(tmp_path, monkey
     config, host = pretrain_config(tmp_path, pretext), PluginHost()
     run = Run.open(config)
     execute_stage("acquire", config, run, host)
-    real = loop.GradientStep.accumulate
-
-    def crashing(self, step_fn, images, labels, micro):
-        if self.history.steps + 1 == 23:  # in the second epoch, between checkpoints
-            raise RuntimeError("simulated crash")
-        return real(self, step_fn, images, labels, micro)
-
-    monkeypatch.setattr(loop.GradientStep, "accumulate", crashing)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        execute_stage("pretrain", config, run, host)
-    assert (Path(run.url) / "_checkpoints" / "pretrain").exists()
-    monkeypatch.setattr(loop.GradientStep, "accumulate", real)
+    with crash_at_step(monkeypatch, 23, "pretrain", config, run, host):  # in the second epoch, between checkpoints
+        assert (Path(run.url) / "_checkpoints" / "pretrain").exists()
     execute_stage("pretrain", config, run, host)
     summary = run.summary()
     assert summary["pretrain"]["resumed_from_step"] == 20
@@ -236,12 +216,7 @@ def test_without_the_queue_in_the_checkpoint_moco_would_not_resume_identically(
     config, host = pretrain_config(tmp_path, pretext), PluginHost()
     run = Run.open(config)
     execute_stage("acquire", config, run, host)
-    real_accumulate, real_restore = loop.GradientStep.accumulate, resume.Checkpoint.restore
-
-    def crashing(self, step_fn, images, labels, micro):
-        if self.history.steps + 1 == 23:
-            raise RuntimeError("simulated crash")
-        return real_accumulate(self, step_fn, images, labels, micro)
+    real_restore = resume.Checkpoint.restore
 
     def restore_forgetting_the_queue(self):
         phase = real_restore(self)
@@ -250,10 +225,8 @@ def test_without_the_queue_in_the_checkpoint_moco_would_not_resume_identically(
             self.model.synced.fill_(False)  # the key encoder is copied afresh from the query encoder
         return phase
 
-    monkeypatch.setattr(loop.GradientStep, "accumulate", crashing)
-    with pytest.raises(RuntimeError):
-        execute_stage("pretrain", config, run, host)
-    monkeypatch.setattr(loop.GradientStep, "accumulate", real_accumulate)
+    with crash_at_step(monkeypatch, 23, "pretrain", config, run, host):
+        pass
     monkeypatch.setattr(resume.Checkpoint, "restore", restore_forgetting_the_queue)
     execute_stage("pretrain", config, run, host)
     weights = backbone(run)

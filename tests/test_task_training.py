@@ -16,12 +16,12 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-import graftflow.core.training.loop as loop
 from graftflow.core.config import load_config
 from graftflow.core.plugin_manager import PluginHost
 from graftflow.core.runs import Run
 from graftflow.core.stages.base import execute_stage
 from tests.severstal_synth import competition, table_layout, write_files
+from tests.support import crash_at_step, untimed
 
 TASKS = {
     "segmentation": {
@@ -91,10 +91,6 @@ def finetuned(run) -> dict[str, torch.Tensor]:
     return load_file(f"{run.url}/finetune/model/model.safetensors")
 
 
-def untimed(metrics: dict) -> dict:
-    return {k: v for k, v in metrics.items() if k not in ("seconds", "epoch_seconds")}
-
-
 @pytest.mark.slow  # two fine-tunes and a resumed one: ~10 s each quiet, 20–25 s on the shared cores
 @pytest.mark.parametrize("task", list(TASKS))
 def test_a_killed_task_fine_tune_resumes_to_the_uninterrupted_weights(task, steel, tmp_path, monkeypatch):
@@ -111,17 +107,8 @@ def test_a_killed_task_fine_tune_resumes_to_the_uninterrupted_weights(task, stee
     config = config_for(task, steel, tmp_path / "crashed")
     run = Run.open(config)
     execute_stage("acquire", config, run, host)
-    real = loop.GradientStep.accumulate
-
-    def crashing(self, step_fn, images, labels, micro):
-        if self.history.steps + 1 == crash_at:
-            raise RuntimeError("simulated crash")
-        return real(self, step_fn, images, labels, micro)
-
-    monkeypatch.setattr(loop.GradientStep, "accumulate", crashing)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        execute_stage("finetune", config, run, host)
-    monkeypatch.setattr(loop.GradientStep, "accumulate", real)
+    with crash_at_step(monkeypatch, crash_at, "finetune", config, run, host):
+        pass
     execute_stage("finetune", config, run, host)
     summary = run.summary()
     assert summary["finetune"]["resumed_from_step"] == (crash_at - 1) // 3 * 3 > 0
