@@ -65,9 +65,7 @@ def _check_monitors(kind: str, name: str, monitors: Sequence[Any]) -> None:
     """Monitors are `Monitor(name, mode)`: a bare name (contract ≤ 2.4) would leave selection guessing the way."""
     for m in monitors:
         if not isinstance(m, Monitor):
-            raise TypeError(
-                f"{kind} '{name}': monitors holds {m!r}; declare Monitor(name, 'min' | 'max') instead"
-            )  # every task reports its loss on the validation split
+            raise TypeError(f"{kind} '{name}': monitors holds {m!r}; declare Monitor(name, 'min' | 'max') instead")
 
 
 @dataclass(frozen=True)

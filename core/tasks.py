@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from graftflow.core.config import PipelineConfig, PluginRef
-from graftflow.core.errors import DataError
+from graftflow.core.errors import ConfigError, DataError
 from graftflow.core.plugin_manager import PluginHost
 from graftflow.core.specs import VAL_LOSS, Monitor, TaskSpec
 
@@ -67,9 +67,7 @@ def monitor_problem(task: TaskSpec, monitor: str, method: Any = None) -> str | N
 
 def resolve_monitor(task: TaskSpec, monitor: str, method: Any = None) -> Monitor:
     """The declared `Monitor` (its mode) that `finetune.monitor` names; a ConfigError when none does."""
-    from graftflow.core.errors import ConfigError
-
-    problem = monitor_problem(task, monitor, method)
-    if problem:
-        raise ConfigError(problem)
-    return available_monitors(task, method)[monitor]
+    found = available_monitors(task, method).get(monitor)
+    if found is None:
+        raise ConfigError(monitor_problem(task, monitor, method))
+    return found
