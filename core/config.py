@@ -892,6 +892,11 @@ def starts_pretrained(config: PipelineConfig, pretrain_completed: bool) -> bool:
     )
 
 
+def pretrains(config: PipelineConfig) -> bool:
+    """Whether the pretrain stage trains at all: enabled, with epochs to run (else it is skipped)."""
+    return config.pretrain.enabled and config.pretrain.epochs > 0
+
+
 def head_only_epochs(config: PipelineConfig, pretrain_completed: bool) -> int:
     """`finetune.freeze_epochs`, or unset: 1 when there are pretrained weights to protect, else 0."""
     explicit = config.finetune.freeze_epochs

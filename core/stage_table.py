@@ -66,7 +66,9 @@ class Stage:
 
 
 def _pretrain_epochs(config: PipelineConfig) -> int:
-    return config.pretrain.epochs if config.pretrain.enabled else 0
+    from graftflow.core.config import pretrains
+
+    return config.pretrain.epochs if pretrains(config) else 0
 
 
 def _finetune_epochs(config: PipelineConfig) -> int:

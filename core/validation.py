@@ -25,6 +25,7 @@ from graftflow.core.config import (
     format_validation_error,
     override_keys,
     parse_partial,
+    pretrains,
     read_yaml,
     resolve_paths,
     within,
@@ -244,7 +245,7 @@ def pretext_store_problem(config: PipelineConfig, host: PluginHost, pretext: Any
     """A labelled pretext (`needs_labels`, e.g. supervised) cannot pretrain on the run's own store when
     the task reads label-set or mask stores (no class per image); self-supervised pretexts read their images."""
     pre = config.pretrain
-    if pretext is None or not pretext.needs_labels or not pre.enabled or pre.epochs == 0 or pre.source is not None:
+    if pretext is None or not pretext.needs_labels or not pretrains(config) or pre.source is not None:
         return None
     if "single" in task.store_targets:
         return None
@@ -268,7 +269,7 @@ def method_problems(config: PipelineConfig, method: Any, family: Any) -> list[st
         problems.append(f"finetune.head: method '{name}' keeps the pretrained classes; set finetune.head: extend")
     if ft.head == "extend":
         pre = config.pretrain
-        if not pre.enabled or pre.pretext.name != "supervised" or pre.epochs == 0:
+        if not pretrains(config) or pre.pretext.name != "supervised":
             problems.append(
                 "finetune.head: extend appends new classes to the pretrained head, which needs supervised "
                 "pretraining in the same run (pretrain.enabled: true, pretrain.pretext: supervised)"

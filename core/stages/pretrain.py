@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 
 from graftflow.core import storage
-from graftflow.core.config import PluginRef
+from graftflow.core.config import PluginRef, pretrains
 from graftflow.core.images import save_training_curves
 from graftflow.core.models.build import head_keys, layer_groups, model_meta
 from graftflow.core.models.pretrained import load_report as weights_report
@@ -37,7 +37,7 @@ log = logging.getLogger("graft.stage")
 def run(ctx: StageContext) -> StageResult:
     cfg, host = ctx.config, ctx.host
     pre = cfg.pretrain
-    if not pre.enabled or pre.epochs == 0:
+    if not pretrains(cfg):
         return StageResult(status="skipped", summary={"pretrain": {"skipped": True}})
     pretext = host.pretexts.get(pre.pretext.name, "pretrain.pretext")
     family = host.families.get(cfg.model.family, "model.family")
