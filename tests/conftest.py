@@ -1,4 +1,5 @@
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,23 @@ os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "graft")
 os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def settle_prefect_log_workers():
+    """After each test file, let Prefect's background log and event workers send what they hold.
+
+    A file that ran flows against a server it has since stopped leaves their batches behind; sent
+    later, their "--- Error logging to API ---" lands on whatever stderr a later test of the same
+    xdist worker has redirected (test_config_properties counts the CLI's stderr lines).
+    """
+    yield
+    if "prefect.logging.handlers" in sys.modules:
+        from prefect.events.worker import EventsWorker
+        from prefect.logging.handlers import APILogWorker
+
+        APILogWorker.drain_all(timeout=5)
+        EventsWorker.drain_all(timeout=5)
 
 
 @pytest.fixture(scope="session")
