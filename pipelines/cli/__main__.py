@@ -1,5 +1,5 @@
 import sys
 
-from graftflow.pipelines.cli import main
+from graftflow.pipelines.cli import console
 
-sys.exit(main())
+sys.exit(console())

@@ -85,7 +85,7 @@ def _environment(prefect_home: str, smoke: bool) -> dict[str, str]:
 
 
 def run(quick: bool = False, smoke: bool = False) -> list[Result]:
-    repeats = 1 if smoke else 2 if quick else 4
+    repeats = 1 if smoke else 2 if quick else 6
     with tempfile.TemporaryDirectory(prefix="graft-bench-prefect-") as prefect_home:
         env = _environment(prefect_home, smoke)
         load_before = os.getloadavg()[0]
