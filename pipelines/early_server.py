@@ -169,12 +169,19 @@ def stop() -> None:
     if _current is None:
         return
     server, _current = _current, None
-    if server.healthy and "prefect.logging.handlers" in sys.modules:
-        from prefect.events.worker import EventsWorker
-        from prefect.logging.handlers import APILogWorker
-
-        APILogWorker.drain_all(timeout=5)
-        EventsWorker.drain_all(timeout=5)
+    if server.healthy:
+        drain_prefect_workers()
     server.stop()
     if os.environ.get(API_URL) == server.api_url:
         del os.environ[API_URL]
+
+
+def drain_prefect_workers(timeout: float = 5) -> None:
+    """Let Prefect's background log and event workers send what they hold (if Prefect is loaded at all)."""
+    if "prefect.logging.handlers" not in sys.modules:
+        return
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=timeout)
+    EventsWorker.drain_all(timeout=timeout)

@@ -1,5 +1,4 @@
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,12 +20,9 @@ def settle_prefect_log_workers():
     xdist worker has redirected (test_config_properties counts the CLI's stderr lines).
     """
     yield
-    if "prefect.logging.handlers" in sys.modules:
-        from prefect.events.worker import EventsWorker
-        from prefect.logging.handlers import APILogWorker
+    from graftflow.pipelines.early_server import drain_prefect_workers
 
-        APILogWorker.drain_all(timeout=5)
-        EventsWorker.drain_all(timeout=5)
+    drain_prefect_workers()
 
 
 @pytest.fixture(scope="session")
